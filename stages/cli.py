@@ -1,0 +1,34 @@
+"""The Typer app behind ``python -m stages <command>``: one command per pipeline stage.
+
+Each stage lives in its own module with a ``main`` function; this file only registers them,
+so ``python -m stages --help`` lists every stage with its one-line help.
+"""
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from stages.common import stage_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Offline preference alignment (DPO and f-DPO family) as DVC stages.")
+
+@app.callback()
+def _main() -> None:
+    """Offline preference alignment (DPO and f-DPO family) as DVC stages."""
+
+
+#: command name -> (module, one-line help), in pipeline order.
+COMMANDS = {
+    "prepare": ("stages.prepare", "Load and clean reviews; draw train and eval prompts."),
+}
+
+
+def _register(name: str, module: str, help_text: str) -> None:
+    fn = importlib.import_module(module).main
+    app.command(name=name, help=help_text, short_help=help_text)(stage_command(fn))
+
+
+for _name, (_module, _help) in COMMANDS.items():
+    _register(_name, _module, _help)

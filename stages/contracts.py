@@ -1,0 +1,130 @@
+"""Data contracts: one per file that flows between stages, asserted whenever a stage reads it.
+
+Each contract names the fields a JSON Lines row must have, their types, and a row check.
+``read_rows(path, CONTRACT)`` raises a one-line :class:`StageError` naming the file, the row
+(1-based line number) and the missing or bad field::
+
+    rows = read_rows("data/prompts/train.jsonl", PROMPTS)
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from stages.common import StageError
+
+Check = Callable[[dict], "str | None"]
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Fields (name -> type or tuple of types) plus an optional row check returning an error."""
+
+    name: str
+    fields: dict[str, type | tuple[type, ...]]
+    check: Check | None = None
+    optional: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+
+
+def _is_type(value, kind) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if float in kinds and isinstance(value, int):
+        return True
+    return isinstance(value, kinds)
+
+
+def _label(row: dict) -> str | None:
+    return None if row["label"] in (0, 1) else f"label must be 0 or 1, got {row['label']!r}"
+
+
+def _strings(row: dict, key: str) -> str | None:
+    items = row[key]
+    if not items or not all(isinstance(c, str) for c in items):
+        return f"{key} must be a non-empty list of strings"
+    return None
+
+
+def _floats(row: dict, key: str, n: int) -> str | None:
+    values = row[key]
+    if len(values) != n:
+        return f"{key} has {len(values)} values for {n} completions"
+    if not all(_is_type(v, float) and math.isfinite(v) for v in values):
+        return f"{key} must hold finite numbers"
+    return None
+
+
+def _scored(row: dict) -> str | None:
+    n = len(row["completions"])
+    return _strings(row, "completions") or _floats(row, "rewards", n) or (
+        _floats(row, "gold", n) if "gold" in row else None)
+
+
+def _preferences(row: dict) -> str | None:
+    err = _scored(row)
+    if err:
+        return err
+    n = len(row["completions"])
+    for pair in row["pairs"]:
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(_is_type(i, int) for i in pair)
+                or not all(0 <= i < n for i in pair) or pair[0] == pair[1]):
+            return f"pairs entry {pair!r} must be two distinct completion indices below {n}"
+    return None
+
+
+#: ``data/prepared/{train,test}.jsonl``: a cleaned review and its label (1 = positive).
+PREPARED = Contract("prepared review", {"text": str, "label": int}, _label)
+#: ``data/prompts/{train,eval}.jsonl``: a prompt (first words of a review) and its stable id.
+PROMPTS = Contract("prompt", {"prompt_id": str, "prompt": str})
+#: ``data/samples.jsonl``: K completions (without the prompt text) per prompt.
+SAMPLES = Contract("samples", {"prompt_id": str, "prompt": str, "completions": list},
+                   lambda r: _strings(r, "completions"))
+#: ``data/scored.jsonl``: samples plus one reward (and gold score, if any) per completion.
+SCORED = Contract("scored samples", {"prompt_id": str, "prompt": str, "completions": list,
+                                     "rewards": list}, _scored, optional={"gold": list})
+#: ``data/preferences.jsonl``: scored samples plus ``pairs`` [[w, l], ...], w preferred.
+PREFERENCES = Contract("preferences", {"prompt_id": str, "prompt": str, "completions": list,
+                                       "rewards": list, "pairs": list, "split": str},
+                       _preferences, optional={"gold": list})
+
+
+def check_row(row: object, contract: Contract, where: str) -> dict:
+    """Assert one row against a contract; ``where`` is ``file:line`` for the message."""
+    if not isinstance(row, dict):
+        raise StageError(f"{where}: expected a JSON object ({contract.name})")
+    for name, kind in {**contract.fields, **contract.optional}.items():
+        if name not in row:
+            if name in contract.optional:
+                continue
+            raise StageError(f"{where}: missing field '{name}' ({contract.name})")
+        if not _is_type(row[name], kind):
+            raise StageError(f"{where}: field '{name}' has type {type(row[name]).__name__}, "
+                             f"expected {getattr(kind, '__name__', kind)}")
+    err = contract.check(row) if contract.check else None
+    if err:
+        raise StageError(f"{where}: {err}")
+    return row
+
+
+def read_rows(path: str | Path, contract: Contract) -> list[dict]:
+    """Read a JSON Lines file and assert every row against ``contract``; empty files fail."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{path}: file not found ({contract.name})")
+    rows = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise StageError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            rows.append(check_row(row, contract, f"{path}:{lineno}"))
+    if not rows:
+        raise StageError(f"{path}: no rows ({contract.name})")
+    return rows

@@ -1,0 +1,168 @@
+"""The ``prepare`` stage: sources, cleaning, prompts, metrics and bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stages.cli import app
+from stages.common import StageError
+from stages.contracts import PREPARED, PROMPTS, read_rows
+from stages.prepare import clean_text, make_prompts, prepare
+
+OUTPUTS = ["data/prepared/train.jsonl", "data/prepared/test.jsonl", "data/prompts/train.jsonl",
+           "data/prompts/eval.jsonl", "metrics/prepare.json"]
+
+
+def _params(source: str = "synthetic", **data) -> dict:
+    base = {"source": source, "synthetic": {"n_train": 300, "n_test": 100}, "prompt_words": 4,
+            "n_train_prompts": 50, "n_eval_prompts": 20}
+    base.update(data)
+    return {"seed": 0, "data": base}
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    return [{"text": f"Review {i + offset} is <br /><br />quite   long and {'good' if i % 2 else 'bad'}.",
+             "label": i % 2} for i in range(n)]
+
+
+def _write(folder: Path, fmt: str, train: list[dict], test: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", train), ("test", test)):
+        frame = pd.DataFrame(rows)
+        if fmt == "jsonl":
+            frame.to_json(folder / f"{split}.jsonl", orient="records", lines=True)
+        elif fmt == "csv":
+            frame.to_csv(folder / f"{split}.csv", index=False)
+        else:
+            frame.to_parquet(folder / f"{split}.parquet")
+    return folder
+
+
+def _check_outputs(metrics: dict, n_train: int, n_eval: int) -> None:
+    train = read_rows("data/prepared/train.jsonl", PREPARED)
+    test = read_rows("data/prepared/test.jsonl", PREPARED)
+    for row in train + test:
+        assert "<br" not in row["text"] and "  " not in row["text"]
+    prompts = read_rows("data/prompts/train.jsonl", PROMPTS)
+    evals = read_rows("data/prompts/eval.jsonl", PROMPTS)
+    assert len(prompts) == n_train and len(evals) == n_eval
+    assert len({p["prompt_id"] for p in prompts}) == n_train
+    train_texts = [r["text"] for r in train]
+    test_texts = [r["text"] for r in test]
+    for p in prompts:
+        index = int(p["prompt_id"].split("-")[1])
+        assert p["prompt_id"].startswith("train-") and train_texts[index].startswith(p["prompt"])
+        assert len(p["prompt"].split()) == 4
+    for p in evals:
+        index = int(p["prompt_id"].split("-")[1])
+        assert p["prompt_id"].startswith("test-") and test_texts[index].startswith(p["prompt"])
+    assert metrics == json.loads(Path("metrics/prepare.json").read_text())
+    assert metrics["prompts"] == {"train": n_train, "eval": n_eval}
+    assert metrics["train"]["rows"] == len(train)
+
+
+def test_clean_text():
+    assert clean_text("A  film.<br /><br />Great\tfun<br/>end ") == "A film. Great fun end"
+
+
+def test_make_prompts_drops_short_reviews_and_is_seeded():
+    rows = [{"text": "one two three", "label": 1}] + [{"text": f"a b c d e{i}", "label": 0}
+                                                      for i in range(5)]
+    prompts, dropped = make_prompts(rows, 3, 4, 0, "train", "data.n_train_prompts")
+    assert dropped == 1 and len(prompts) == 3
+    assert all(p["prompt"] == "a b c d" and p["prompt_id"] != "train-0" for p in prompts)
+    assert prompts == make_prompts(rows, 3, 4, 0, "train", "data.n_train_prompts")[0]
+
+
+def test_prepare_synthetic(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics = prepare(_params())
+    _check_outputs(metrics, 50, 20)
+    assert 0.4 <= metrics["train"]["positive_share"] <= 0.6
+    first = Path("data/prompts/train.jsonl").read_text()
+    prepare(_params())
+    assert Path("data/prompts/train.jsonl").read_text() == first
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_prepare_local_folder(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
+    source = _write(tmp_path / "src", fmt, _rows(40), _rows(30, offset=100))
+    metrics = prepare(_params(str(source), n_train_prompts=10, n_eval_prompts=5))
+    _check_outputs(metrics, 10, 5)
+    assert metrics["train"]["rows"] == 40 and metrics["test"]["rows"] == 30
+
+
+def test_prepare_max_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = _write(tmp_path / "src", "jsonl", _rows(40), _rows(30, offset=100))
+    metrics = prepare(_params(str(source), n_train_prompts=10, n_eval_prompts=5,
+                              max_train_rows=20, max_test_rows=12))
+    assert metrics["train"]["rows"] == 20 and metrics["test"]["rows"] == 12
+
+
+def test_prepare_real_imdb(tmp_path, monkeypatch, imdb_dir):
+    monkeypatch.chdir(tmp_path)
+    metrics = prepare(_params(str(imdb_dir), n_train_prompts=500, n_eval_prompts=200))
+    _check_outputs(metrics, 500, 200)
+    assert metrics["train"]["rows"] == 24904 and metrics["test"]["rows"] == 24678
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"source": "synthetc"}, "data.source: cannot load 'synthetc'"),
+    ({"source": "./no/such/folder"}, "data.source: './no/such/folder' is not"),
+    ({"prompt_words": 0}, "data.prompt_words must be >= 1"),
+    ({"n_train_prompts": 10**6}, "data.n_train_prompts=1000000 but only"),
+    ({"n_eval_prompts": "ten"}, "data.n_eval_prompts must be int"),
+])
+def test_bad_params(tmp_path, monkeypatch, change, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StageError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        prepare(_params(**{k: v for k, v in change.items() if k != "source"},
+                        **({"source": change["source"]} if "source" in change else {})))
+    assert not any(Path(p).exists() for p in OUTPUTS)
+
+
+@pytest.mark.parametrize("train, test, message", [
+    ([{"txt": "a b c d e", "label": 1}], _rows(3), "has no 'text' column"),
+    ([{"text": "a b c d e", "y": 1}], _rows(3), "has no 'label' column"),
+    ([{"text": "a b c d e", "label": 2}], _rows(3), "row 1: label must be 0 or 1"),
+    ([{"text": "<br />", "label": 1}], _rows(3), "split 'train' is empty"),
+])
+def test_bad_files(tmp_path, monkeypatch, train, test, message):
+    monkeypatch.chdir(tmp_path)
+    source = _write(tmp_path / "src", "jsonl", train, test)
+    with pytest.raises(StageError, match=message):
+        prepare(_params(str(source), n_train_prompts=1, n_eval_prompts=1))
+    assert not any(Path(p).exists() for p in OUTPUTS)
+
+
+def test_missing_split_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    source = _write(tmp_path / "src", "jsonl", _rows(5), _rows(5))
+    (source / "test.jsonl").unlink()
+    with pytest.raises(StageError, match="has no test.jsonl"):
+        prepare(_params(str(source)))
+
+
+def test_cli_help_lists_commands():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0 and "prepare" in result.output
+    result = CliRunner().invoke(app, ["prepare", "--help"])
+    assert result.exit_code == 0 and "--params" in result.output
+
+
+def test_cli_error_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(_params(prompt_words=0)))
+    result = CliRunner().invoke(app, ["prepare"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: params: data.prompt_words must be >= 1, got 0"
+    assert not Path("data").exists()
