@@ -1,0 +1,229 @@
+"""DPO-family preference losses: one small function per divergence score and per pair loss.
+
+Notation. For a completion y of prompt x, ``r(y) = log π(y|x) - log π_ref(y|x)`` summed over the
+completion tokens (π_ref is the SFT policy). A divergence turns r into a *score* s(r) = f′(u),
+u = π/π_ref = exp(r) (f-DPO convention: α → 0 is reverse KL, α → 1 is forward KL), and a pair
+loss acts on the score margin Δ = s(r_w) - s(r_l) of the chosen (w) and rejected (l) completions.
+
+References (equation numbers where we are sure of them, otherwise the named object):
+
+* DPO   — Rafailov et al. 2023, arXiv 2305.18290, Eq. 7 (loss), Eq. 5 (implicit reward β·r).
+* f-DPO — Wang et al. 2023, arXiv 2309.16240, Table 1 (f′ per divergence) and the f-DPO loss,
+  i.e. DPO's Eq. 7 with r replaced by f′(π/π_ref).
+* SLiC-HF — Zhao et al. 2023, arXiv 2305.10425 (rank-calibration hinge loss);
+  RSO — Liu et al. 2023, arXiv 2309.06657 ("hinge-norm" loss on log π/π_sft).
+* IPO   — Azar et al. 2023, arXiv 2310.12036, Eq. 17 (sampled IPO loss, τ ≡ β).
+
+Numerical stability. Every value and gradient is finite in float32 for |r| up to 1e4: log σ and
+softplus are used in log space, and the exponentials of the forward-KL and α scores go through
+:func:`safe_exp`, which equals exp(x) for x ≤ :data:`SAFE_EXP_CAP` and continues linearly (same
+value and slope) beyond it. So the scores equal the paper's f′ exactly for r ≥ -SAFE_EXP_CAP
+(forward KL) and α·r ≥ -SAFE_EXP_CAP (α); below that they stay strictly increasing (the sign
+of every margin is kept) but grow linearly instead of exponentially. trl instead overflows to
+inf/nan (forward KL) or clamps the exponent and loses the gradient (α); see the tests.
+
+Usage::
+
+    from stages.losses import preference_loss, validate_config
+
+    validate_config("sigmoid", "alpha", beta=0.1, alpha=0.5)
+    out = preference_loss(policy_w, policy_l, ref_w, ref_l, len_w, len_l,
+                          loss="sigmoid", divergence="alpha", beta=0.1, alpha=0.5)
+    out.loss.backward()            # mean over pairs; out.losses holds the [P] per-pair values
+    margin = out.chosen_rewards - out.rejected_rewards
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "alpha")
+LOSSES = ("sigmoid", "hinge", "ipo")
+
+#: Exponents above this continue linearly in :func:`safe_exp`. exp(30) ≈ 1.1e13, so at |r| = 1e4
+#: scores stay below ~1e17/α and score slopes at most exp(30): far from float32's 3.4e38, even
+#: squared in a gradient-norm computation. Where the cap acts, a score is ≤ -1.1e13 (≤ -1.1e13/α),
+#: so the sigmoid/hinge loss is either flat (Δ ≫ 0: loss and gradient ≈ 0 in both forms) or linear
+#: in Δ (Δ ≪ 0), where each capped score contributes slope β·e^30 instead of the paper's β·e^(-r).
+#: The sign of every margin and gradient is kept.
+SAFE_EXP_CAP = 30.0
+
+
+def safe_exp(x: Tensor) -> Tensor:
+    """exp(x) for x ≤ SAFE_EXP_CAP, continued by its tangent line exp(c)·(1 + x - c) beyond.
+
+    C¹, strictly increasing and finite (with a finite gradient) for any finite x.
+    """
+    return _capped(torch.exp, x, math.exp(SAFE_EXP_CAP))
+
+
+def safe_expm1(x: Tensor) -> Tensor:
+    """expm1(x) for x ≤ SAFE_EXP_CAP, linear beyond (= safe_exp(x) - 1, exact near 0)."""
+    return _capped(torch.expm1, x, math.expm1(SAFE_EXP_CAP))
+
+
+def _capped(fn, x: Tensor, value_at_cap: float) -> Tensor:
+    # x is clamped before fn, so the unselected branch contributes no inf/nan gradient
+    c = SAFE_EXP_CAP
+    return torch.where(x <= c, fn(x.clamp(max=c)), value_at_cap + math.exp(c) * (x - c))
+
+
+# --------------------------------------------------------------------------- divergence scores
+
+
+def reverse_kl_score(r: Tensor) -> Tensor:
+    """Reverse KL: f′(u) = log u + 1, score r (constant dropped).
+
+    f-DPO Table 1; with the sigmoid loss this is DPO (Rafailov et al. 2023, Eq. 7).
+    """
+    return r
+
+
+def forward_kl_score(r: Tensor) -> Tensor:
+    """Forward KL: f′(u) = -1/u, score -exp(-r) (f-DPO Table 1).
+
+    Exact for r ≥ -SAFE_EXP_CAP; linear continuation below (see :func:`safe_exp`).
+    """
+    return -safe_exp(-r)
+
+
+def jsd_score(r: Tensor) -> Tensor:
+    """Jensen-Shannon: f′(u) = log(2u / (1 + u)), score log σ(r) (log 2 dropped; f-DPO Table 1).
+
+    Computed with ``F.logsigmoid``, stable for any r.
+    """
+    return F.logsigmoid(r)
+
+
+def alpha_score(r: Tensor, alpha: float) -> Tensor:
+    """α-divergence, 0 < α < 1: f′(u) = (1 - u^(-α))/α = -expm1(-α r)/α (f-DPO Table 1).
+
+    Equal to the table's -exp(-α r)/α up to the constant 1/α, without the cancellation that
+    constant causes for small α; → r as α → 0. Exact for α r ≥ -SAFE_EXP_CAP, linear below.
+    """
+    return -safe_expm1(-alpha * r) / alpha
+
+
+def divergence_score(r: Tensor, divergence: str, alpha: float | None = None) -> Tensor:
+    """Dispatch to the score of ``divergence`` (one of :data:`DIVERGENCES`)."""
+    if divergence == "reverse_kl":
+        return reverse_kl_score(r)
+    if divergence == "forward_kl":
+        return forward_kl_score(r)
+    if divergence == "jsd":
+        return jsd_score(r)
+    if divergence == "alpha":
+        if alpha is None:
+            raise ValueError("alpha: required for divergence 'alpha'")
+        return alpha_score(r, alpha)
+    raise ValueError(f"divergence: unknown {divergence!r}, expected one of {DIVERGENCES}")
+
+
+# --------------------------------------------------------------------------- pair losses
+
+
+def sigmoid_loss(delta: Tensor, beta: float) -> Tensor:
+    """Logistic (Bradley-Terry) loss -log σ(β Δ) = softplus(-β Δ).
+
+    DPO (Rafailov et al. 2023, Eq. 7) for Δ = r_w - r_l; the f-DPO loss for a general score.
+    """
+    return F.softplus(-beta * delta)
+
+
+def hinge_loss(delta: Tensor, beta: float) -> Tensor:
+    """Hinge loss max(0, 1 - β Δ).
+
+    SLiC-HF calibration loss (Zhao et al. 2023) in the normalized form of RSO (Liu et al. 2023).
+    """
+    return torch.relu(1.0 - beta * delta)
+
+
+def ipo_loss(delta_mean: Tensor, beta: float) -> Tensor:
+    """IPO squared loss (Δ̄ - 1/(2β))² (Azar et al. 2023, Eq. 17, with τ ≡ β).
+
+    Δ̄ = r_w/|y_w| - r_l/|y_l| uses per-token mean log-ratios, as trl does for IPO.
+    """
+    return (delta_mean - 1.0 / (2.0 * beta)) ** 2
+
+
+# --------------------------------------------------------------------------- combined entry point
+
+
+@dataclass(frozen=True)
+class PreferenceLossOutput:
+    """Per-pair losses [P] (with grad) and detached implicit rewards β·r (DPO Eq. 5) for logging."""
+
+    losses: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+
+    @property
+    def loss(self) -> Tensor:
+        """Mean loss over the pairs (the training objective)."""
+        return self.losses.mean()
+
+
+def validate_config(loss: str, divergence: str, beta: float, alpha: float | None) -> None:
+    """Raise ValueError (one line naming the parameter) for an invalid loss configuration.
+
+    ``alpha`` is checked only for ``divergence='alpha'`` and ignored otherwise. IPO is only defined
+    for reverse KL: its Eq. 17 regresses the log-ratio margin itself onto 1/(2τ), and neither the
+    IPO nor the f-DPO paper derives a squared loss on f′-score margins (trl allows it; we do not).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss: unknown {loss!r}, expected one of {LOSSES}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence: unknown {divergence!r}, expected one of {DIVERGENCES}")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
+        raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
+    if divergence == "alpha":
+        if alpha is None:
+            raise ValueError("alpha: required for divergence 'alpha' (a number in (0, 1))")
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
+            raise ValueError(
+                f"alpha: must lie in the open interval (0, 1), got {alpha!r} "
+                "(use divergence 'reverse_kl' for alpha -> 0, 'forward_kl' for alpha -> 1)"
+            )
+    if loss == "ipo" and divergence != "reverse_kl":
+        raise ValueError(f"divergence: loss 'ipo' requires divergence 'reverse_kl', got {divergence!r}")
+
+
+def preference_loss(
+    policy_w: Tensor,
+    policy_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    len_w: Tensor,
+    len_l: Tensor,
+    *,
+    loss: str,
+    divergence: str = "reverse_kl",
+    beta: float,
+    alpha: float | None = None,
+) -> PreferenceLossOutput:
+    """Per-pair preference loss from summed completion log-probs, all tensors of shape [P].
+
+    ``policy_*`` carry the gradient, ``ref_*`` are the (no-grad) SFT log-probs, ``len_*`` the
+    completion token counts (only IPO uses them; clamped to ≥ 1). Half-precision inputs are
+    computed in float32. Rewards are β·r from the summed log-ratios for every loss.
+    """
+    validate_config(loss, divergence, beta, alpha)
+    dtype = torch.promote_types(policy_w.dtype, torch.float32)
+    r_w = policy_w.to(dtype) - ref_w.to(dtype)
+    r_l = policy_l.to(dtype) - ref_l.to(dtype)
+    if loss == "ipo":
+        n_w, n_l = len_w.to(dtype).clamp(min=1.0), len_l.to(dtype).clamp(min=1.0)  # as trl
+        losses = ipo_loss(r_w / n_w - r_l / n_l, beta)
+    else:
+        delta = divergence_score(r_w, divergence, alpha) - divergence_score(r_l, divergence, alpha)
+        losses = sigmoid_loss(delta, beta) if loss == "sigmoid" else hinge_loss(delta, beta)
+    return PreferenceLossOutput(
+        losses=losses,
+        chosen_rewards=(beta * r_w).detach(),
+        rejected_rewards=(beta * r_l).detach(),
+    )
