@@ -22,6 +22,15 @@ def _main() -> None:
 #: command name -> (module, one-line help), in pipeline order.
 COMMANDS = {
     "prepare": ("stages.prepare", "Load and clean reviews; draw train and eval prompts."),
+    "sft": ("stages.sft", "Train (or copy) the SFT policy: a causal LM on the train reviews."),
+    "reward": ("stages.reward", "Train (or copy) the sentiment reward model; report test accuracy."),
+    "sample": ("stages.sample", "Sample K completions per train prompt from the SFT policy."),
+    "score": ("stages.score", "Score every completion with the reward model (and gold scorer)."),
+    "pairs": ("stages.pairs", "Build preference pairs from scored completions (first_round, rso, ...)."),
+    "reference": ("stages.reference", "Log-probs of every completion under the SFT policy, once."),
+    "align": ("stages.align", "Train one DPO-family variant on the preference pairs."),
+    "evaluate": ("stages.evaluate", "Sample a policy on held-out prompts; reward, entropy, nll, kl."),
+    "report": ("stages.report", "Summary table, reward-vs-entropy and reward-vs-KL plots."),
 }
 
 

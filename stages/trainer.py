@@ -1,0 +1,272 @@
+"""Offline preference trainer: a transformers ``Trainer`` whose dataset items are prompts.
+
+An item is one prompt with all K of its completions, the preference pairs drawn from them and
+their reference log-probs (from the ``reference`` stage, so no reference model is run). The
+collator encodes every completion of every prompt in the batch once with
+:func:`stages.sequences.encode_batch`; a step forwards each completion once, gathers the pair
+indices from the per-sequence log-probs and averages :func:`stages.losses.preference_loss` over
+the pairs of the batch::
+
+    items = build_items(preference_rows, reference_rows)            # one dict per prompt
+    trainer = PreferenceTrainer(
+        model=model, args=args, processing_class=tokenizer,
+        train_dataset=[i for i in items if i["split"] == "train"],
+        eval_dataset=[i for i in items if i["split"] == "val"],
+        data_collator=PromptCollator(tokenizer, max_length=64),
+        loss_config=LossConfig("sigmoid", "reverse_kl", beta=0.1), variant="dpo",
+        live_dir="logs/align/dpo")
+    trainer.train()        # StageError at the first non-finite loss or gradient
+
+Logged (DVCLive, ``Live(dir, dvcyaml=False)`` through transformers' ``DVCLiveCallback``; the
+DVCLive step is the optimizer step): ``train/{loss,accuracy,margin,chosen_reward,rejected_reward}``,
+``grad_norm``, ``learning_rate``, ``epoch`` and ``eval/{loss,accuracy,margin,...}``. Rewards are
+the implicit β·r; accuracy is the share of pairs with r_w > r_l, which is the sign of the score
+margin Δ = s(r_w) - s(r_l) for every divergence since each score s is increasing. Metrics are
+summed on the device and read only when Trainer logs (no extra host sync in the step); the
+non-finite guard is read every step on CPU and at every logging step on an accelerator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.integrations import DVCLiveCallback
+
+from stages.common import StageError
+from stages.losses import PreferenceLossOutput, preference_loss
+from stages.sequences import completion_logprobs, encode_batch
+
+#: Order of the per-pair sums kept on the device: loss, margin, chosen, rejected, correct, pairs.
+_STATS = ("loss", "margin", "chosen_reward", "rejected_reward", "accuracy")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The pair loss of a variant (see :func:`stages.losses.preference_loss`)."""
+
+    loss: str
+    divergence: str
+    beta: float
+    alpha: float | None = None
+
+
+def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
+    """Join preference rows with their reference rows (same order) into prompt items; prompts
+    without pairs are dropped (they add nothing to the loss)."""
+    items = []
+    for pref, ref in zip(preferences, reference, strict=True):
+        if not pref["pairs"]:
+            continue
+        items.append({"prompt_id": pref["prompt_id"], "prompt": pref["prompt"],
+                      "completions": list(pref["completions"]), "pairs": [list(p) for p in pref["pairs"]],
+                      "ref_logps": [float(x) for x in ref["logps"]], "split": pref["split"]})
+    return items
+
+
+class PromptCollator:
+    """Encode every completion of every prompt in a batch once; map pairs to flat row indices.
+
+    Returns ``input_ids``/``attention_mask``/``completion_mask`` [N, T] (N = all completions),
+    ``ref_logps`` [N] and ``chosen``/``rejected`` [P] (rows of the winner and loser of each pair).
+    """
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        prompts, completions, ref_logps, chosen, rejected = [], [], [], [], []
+        for item in items:
+            offset = len(completions)
+            prompts += [item["prompt"]] * len(item["completions"])
+            completions += item["completions"]
+            ref_logps += item["ref_logps"]
+            chosen += [offset + w for w, _ in item["pairs"]]
+            rejected += [offset + l for _, l in item["pairs"]]
+        batch = encode_batch(self.tokenizer, prompts, completions, self.max_length)
+        batch["ref_logps"] = torch.tensor(ref_logps, dtype=torch.float32)
+        batch["chosen"] = torch.tensor(chosen, dtype=torch.long)
+        batch["rejected"] = torch.tensor(rejected, dtype=torch.long)
+        return batch
+
+
+def grouped_preference_loss(model, batch: dict[str, torch.Tensor], config: LossConfig) -> PreferenceLossOutput:
+    """Forward each completion of the batch once, gather the pairs, return per-pair losses."""
+    logps, n_tokens = completion_logprobs(model, batch)
+    n_tokens = n_tokens.clamp(min=1)  # an empty completion has r = 0: its per-token mean is 0 too
+    ref = batch["ref_logps"].to(logps.device)
+    w, l = batch["chosen"].to(logps.device), batch["rejected"].to(logps.device)
+    return preference_loss(logps[w], logps[l], ref[w], ref[l], n_tokens[w], n_tokens[l],
+                           loss=config.loss, divergence=config.divergence, beta=config.beta,
+                           alpha=config.alpha)
+
+
+def pair_sums(out: PreferenceLossOutput) -> torch.Tensor:
+    """Sums over pairs of loss, reward margin, chosen and rejected reward, correct pairs; count."""
+    margin = out.chosen_rewards - out.rejected_rewards
+    return torch.stack([out.losses.detach().sum(), margin.sum(), out.chosen_rewards.sum(),
+                        out.rejected_rewards.sum(), (margin > 0).float().sum(),
+                        torch.ones_like(margin).sum()]).float()  # no host-to-device copy
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0, so the policy's log-probs are comparable with the
+    reference's (computed in eval mode) and a step is deterministic."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+class PreferenceTrainer(Trainer):
+    """``Trainer`` for prompt items (see module docstring); ``loss_config`` picks the variant."""
+
+    def __init__(self, *args, loss_config: LossConfig, variant: str, live_dir: str | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.variant = variant
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer scales for GA
+        self.loss_is_scaled_for_ga = False
+        self._sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        self._first_bad: torch.Tensor | None = None  # [loss step, gradient step], 0 = none yet
+        self.add_callback(_NonFiniteGuard(self))
+        if live_dir is not None:
+            from dvclive import Live
+
+            live = None
+            if self.is_world_process_zero():
+                live = Live(live_dir, dvcyaml=False, save_dvc_exp=False, report=None)
+                a = self.args
+                live.log_params({"variant": variant, **vars(loss_config), "optimizer": getattr(a.optim, "value", a.optim),
+                                 "learning_rate": a.learning_rate, "epochs": a.num_train_epochs,
+                                 "batch_prompts": a.per_device_train_batch_size, "seed": a.seed})
+            self.add_callback(_StepAlignedDVCLive(live=live))
+
+    # ------------------------------------------------------------------ loss and statistics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = grouped_preference_loss(model, inputs, self.loss_config)
+        loss = out.loss
+        split = "train" if model.training else "eval"
+        with torch.no_grad():
+            sums = pair_sums(out)
+            self._sums[split] = sums if self._sums[split] is None else self._sums[split] + sums
+            if model.training:
+                self._record_bad(0, ~torch.isfinite(loss))
+        return (loss, out) if return_outputs else loss
+
+    def _record_bad(self, slot: int, bad: torch.Tensor) -> None:
+        """Remember (on the device, without a sync) the first step where ``bad`` held."""
+        if self._first_bad is None:
+            self._first_bad = torch.zeros(2, dtype=torch.long, device=bad.device)
+        step = self.state.global_step + 1
+        current = self._first_bad[slot]
+        self._first_bad[slot] = torch.where((current == 0) & bad, torch.full_like(current, step), current)
+
+    def check_gradients(self, model: nn.Module) -> None:
+        """Record a non-finite gradient norm of this step (device-side, no sync)."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self._record_bad(1, ~torch.isfinite(norm))
+
+    def raise_if_nonfinite(self) -> None:
+        """StageError naming the variant and the first step with a non-finite loss or gradient."""
+        if self._first_bad is None:
+            return
+        loss_step, grad_step = self._first_bad.tolist()
+        if not loss_step and not grad_step:
+            return
+        if loss_step and (not grad_step or loss_step <= grad_step):
+            what, step = "loss", loss_step
+        else:
+            what, step = "gradient", grad_step
+        c = self.loss_config
+        alpha = f", alpha={c.alpha}" if c.alpha is not None else ""
+        raise StageError(
+            f"align@{self.variant}: non-finite {what} at step {step} of {self.state.max_steps} "
+            f"(loss={c.loss}, divergence={c.divergence}, beta={c.beta}{alpha}, "
+            f"learning_rate={self.args.learning_rate}); no model was written")
+
+    def _drain(self, split: str) -> dict[str, float]:
+        """Reduce the accumulated sums across processes and return their per-pair means."""
+        sums = self._sums[split]
+        self._sums[split] = None
+        if sums is None:
+            return {}
+        sums = self.accelerator.reduce(sums, reduction="sum").tolist()
+        n = max(sums[-1], 1.0)
+        return {f"{split}_{name}": value / n for name, value in zip(_STATS, sums[:-1])}
+
+    # ------------------------------------------------------------------ logging and evaluation
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):
+            logs.pop(key, None)  # timings would make the git-tracked curves differ on every run
+        if "train_runtime" in logs:  # the end-of-training summary: run-mean loss
+            logs["train_loss_mean"] = logs.pop("train_loss", float("nan"))
+        elif "loss" in logs:  # a training window: exact pair-weighted means instead
+            logs.pop("loss")
+            logs.update(self._drain("train"))
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._sums["eval"] = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        for key, value in self._drain("eval").items():  # pair-weighted, replaces the batch mean
+            output.metrics[f"{metric_key_prefix}_{key.removeprefix('eval_')}"] = value
+        return output
+
+
+class _NonFiniteGuard(TrainerCallback):
+    """Checks gradients before each optimizer step and reads the guard when syncing is cheap."""
+
+    def __init__(self, trainer: PreferenceTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.trainer.check_gradients(model)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = max(int(args.logging_steps), 1)
+        if (args.device.type == "cpu" or state.global_step % every == 0
+                or state.global_step >= state.max_steps):
+            self.trainer.raise_if_nonfinite()
+
+
+class _StepAlignedDVCLive(DVCLiveCallback):
+    """transformers' DVCLive callback with the DVCLive step set to the optimizer step, so the
+    train and eval curves share an x axis; the end-of-run summary goes to metrics.json only."""
+
+    def setup(self, args, state, model):
+        # The parent dumps all ~150 TrainingArguments as params, which DVCLive then re-parses at
+        # every step; the trainer logs the variant's own settings instead.
+        self._initialized = True
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if not self._initialized:
+            self.setup(args, state, model)
+        if not state.is_world_process_zero or self.live is None:
+            return
+        self.live.step = state.global_step
+        if "train_runtime" in (logs or {}):
+            from dvclive.plots import Metric
+            from dvclive.utils import standardize_metric_name
+
+            for key, value in logs.items():
+                if Metric.could_log(value):
+                    self.live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value,
+                                         plot=False)
+            self.live.make_summary()
+            return
+        super().on_log(args, state, control, model=model, logs=logs, **kwargs)
