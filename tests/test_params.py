@@ -1,0 +1,61 @@
+"""params.yaml, the Hydra profiles in conf/, and dvc.yaml agree with each other and the code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(tmp_path: Path, profile: str) -> dict:
+    """Compose conf/ exactly as `dvc exp run -S profile=<name>` does."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / f"{profile}.yaml"
+    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT / ".dvc" / "hydra"),
+                     [f"profile={profile}"])
+    return yaml.safe_load(out.read_text())
+
+
+def test_demo_profile_is_params_yaml(tmp_path):
+    assert compose(tmp_path, "demo") == yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_imdb_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMDB_DIR", "/data/imdb")
+    params = compose(tmp_path, "imdb")
+    assert params["data"]["source"] == "/data/imdb"
+    assert params["data"]["max_train_rows"] == 12000 and params["sft"]["model"] == "tiny"
+    assert params["align"]["variants"] == compose(tmp_path, "demo")["align"]["variants"]
+
+
+def test_paper_profile(tmp_path):
+    params, demo = compose(tmp_path, "paper"), compose(tmp_path, "demo")
+    assert params["data"]["source"] == "stanfordnlp/imdb"
+    assert params["data"]["n_train_prompts"] == 5000 and params["sample"]["n_per_prompt"] == 4
+    assert (params["sft"]["model"], params["sft"]["epochs"]) == ("lvwerra/gpt2-imdb", 0)
+    assert (params["reward"]["model"], params["reward"]["epochs"]) == ("lvwerra/distilbert-imdb", 0)
+    assert params["reward"]["score"] == "logit" and params["pairs"]["strategy"] == "first_round"
+    assert set(params["align"]["variants"]) == set(demo["align"]["variants"])
+    assert params["sft"]["tiny"] == demo["sft"]["tiny"]  # untouched keys come from the base
+
+
+def test_every_key_is_commented():
+    """Each leaf key of params.yaml carries a comment on its line or a block comment above."""
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.endswith(":"):
+            continue
+        assert "#" in line or lines[i - 1].strip().startswith("#"), f"params.yaml:{i + 1} {line}"
+
+
+@pytest.mark.parametrize("name", list(yaml.safe_load((ROOT / "params.yaml").read_text())
+                                      ["align"]["variants"]))
+def test_variant_names_are_dvc_and_hydra_keys(name):
+    """A dot in a variant name would break `align.variants.<name>` in dvc.yaml params and -S."""
+    from stages.align import VARIANT_NAME
+
+    assert VARIANT_NAME.match(name) and "." not in name
