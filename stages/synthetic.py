@@ -40,7 +40,7 @@ Examples: "The acting is great but the plot is awful." = 0.25*2 - 3 = -2.5;
 acting is great." = +1.25; "The acting is very great." = +3.
 
 :func:`bag_of_words_score` (plain sum of phrase scores, no modifiers, no contrast) shows where a
-bag of words is misled: the sign differs from the gold sign for roughly a fifth of the reviews.
+bag of words is misled: its sign differs from the gold sign for about 18% of the reviews.
 Everything is deterministic: the generators use only private ``random.Random`` instances seeded
 with strings derived from ``seed`` (``generate_splits`` uses one stream for train and another for
 test, and drops test texts that occur in train), never global state or ``hash()``.
