@@ -141,7 +141,7 @@ def workspace(tmp_path_factory, tiny):
     other = tiny_gpt2(tok, {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64,
                             "dropout": 0.0})
     save_pretrained(other, tok, root / "models/aligned/dpo")
-    rtok = train_bpe_tokenizer([r["text"] for r in train], vocab_size=300, cls=True)
+    rtok = train_bpe_tokenizer([r["text"] for r in train], vocab_size=300)
     rm = tiny_classifier(rtok, {"n_layers": 1, "dim": 16, "n_heads": 2,
                                 "max_position_embeddings": 128, "dropout": 0.0})
     save_pretrained(rm, rtok, root / "models/reward")
