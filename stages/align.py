@@ -91,7 +91,8 @@ def variant_config(params: dict, name: str) -> dict:
         raise StageError("params: align.common and align.variants must be mappings")
     variants = align["variants"]
     if name not in variants:
-        raise StageError(f"params: align.variants.{name} is missing (variants: {', '.join(map(str, variants))})")
+        known = ", ".join(map(str, variants))
+        raise StageError(f"params: align.variants.{name} is missing (variants: {known})")
     variant = variants[name] or {}
     if not isinstance(variant, dict):
         raise StageError(f"params: align.variants.{name} must be a mapping")

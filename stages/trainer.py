@@ -92,7 +92,8 @@ class PromptCollator:
         return batch
 
 
-def grouped_preference_loss(model, batch: dict[str, torch.Tensor], config: LossConfig) -> PreferenceLossOutput:
+def grouped_preference_loss(model, batch: dict[str, torch.Tensor],
+                            config: LossConfig) -> PreferenceLossOutput:
     """Forward each completion of the batch once, gather the pairs, return per-pair losses."""
     logps, n_tokens = completion_logprobs(model, batch)
     n_tokens = n_tokens.clamp(min=1)  # an empty completion has r = 0: its per-token mean is 0 too
@@ -139,7 +140,8 @@ class PreferenceTrainer(Trainer):
             if self.is_world_process_zero():
                 live = Live(live_dir, dvcyaml=False, save_dvc_exp=False, report=None)
                 a = self.args
-                live.log_params({"variant": variant, **vars(loss_config), "optimizer": getattr(a.optim, "value", a.optim),
+                live.log_params({"variant": variant, **vars(loss_config),
+                                 "optimizer": getattr(a.optim, "value", a.optim),
                                  "learning_rate": a.learning_rate, "epochs": a.num_train_epochs,
                                  "batch_prompts": a.per_device_train_batch_size, "seed": a.seed})
             self.add_callback(_StepAlignedDVCLive(live=live))

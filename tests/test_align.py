@@ -27,22 +27,25 @@ from stages.trainer import (LossConfig, PreferenceTrainer, PromptCollator, build
 #: Mirror of params.yaml's ``align`` section (the default variants with their real settings).
 DEFAULT_ALIGN = {
     "common": {
-        "optimizer": "adamw_torch", "learning_rate": 1.0e-3, "lr_scheduler": "cosine",
-        "warmup_ratio": 0.1, "weight_decay": 0.0, "epochs": 3, "batch_prompts": 16,
-        "eval_batch_prompts": 64, "grad_accum_steps": 1, "max_grad_norm": 1.0, "max_length": 64,
-        "logging_steps": 5, "eval_steps": 25, "seed": 0,
+        "optimizer": "adamw_torch", "learning_rate": 5.0e-4, "lr_scheduler": "cosine",
+        "warmup_ratio": 0.1, "weight_decay": 0.0, "epochs": 2, "batch_prompts": 16,
+        "eval_batch_prompts": 128, "grad_accum_steps": 1, "max_grad_norm": 1.0, "max_length": 64,
+        "logging_steps": 5, "eval_steps": 20, "seed": 0,
     },
     "variants": {
-        "dpo": {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.1},
-        "hinge": {"loss": "hinge", "divergence": "reverse_kl", "beta": 0.1},
-        "ipo": {"loss": "ipo", "divergence": "reverse_kl", "beta": 0.5},
-        "fkl": {"loss": "sigmoid", "divergence": "forward_kl", "beta": 0.1},
-        "jsd": {"loss": "sigmoid", "divergence": "jsd", "beta": 0.1},
-        "alpha-0_1": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.1, "beta": 0.1},
-        "alpha-0_3": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.3, "beta": 0.1},
-        "alpha-0_5": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.5, "beta": 0.1},
-        "alpha-0_7": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.7, "beta": 0.1},
-        "alpha-0_9": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.9, "beta": 0.1},
+        "dpo": {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3},
+        "hinge": {"loss": "hinge", "divergence": "reverse_kl", "beta": 0.3},
+        "ipo": {"loss": "ipo", "divergence": "reverse_kl", "beta": 5.0, "learning_rate": 2.0e-4},
+        "fkl": {"loss": "sigmoid", "divergence": "forward_kl", "beta": 0.01, "learning_rate": 3.0e-4},
+        "jsd": {"loss": "sigmoid", "divergence": "jsd", "beta": 0.3},
+        "alpha-0_1": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.1, "beta": 0.3},
+        "alpha-0_3": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.3, "beta": 0.3},
+        "alpha-0_5": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.5, "beta": 0.1,
+                      "learning_rate": 3.0e-4},
+        "alpha-0_7": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.7, "beta": 0.03,
+                      "learning_rate": 3.0e-4},
+        "alpha-0_9": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.9, "beta": 0.01,
+                      "learning_rate": 3.0e-4},
     },
 }
 
@@ -180,7 +183,8 @@ def test_training_lowers_loss_for_every_default_variant(project, variant):
     metrics = align(variant, params)
     cfg = variant_config(params, variant)
     loss_cfg = LossConfig(cfg["loss"], cfg["divergence"], cfg["beta"], cfg["alpha"])
-    items = build_items(_read_jsonl(Path("data/preferences.jsonl")), _read_jsonl(Path("data/reference.jsonl")))
+    items = build_items(_read_jsonl(Path("data/preferences.jsonl")),
+                        _read_jsonl(Path("data/reference.jsonl")))
     train = [i for i in items if i["split"] == "train"]
     before = _dataset_loss(Path("models/sft"), train, loss_cfg)
     after = _dataset_loss(Path("models/aligned") / variant, train, loss_cfg)
@@ -322,7 +326,8 @@ def _set(params: dict, dotted: str, value) -> dict:
 @pytest.mark.parametrize("variant, dotted, value, expected", [
     ("dpo", "align.variants.dpo.loss", "logistic", r"align@dpo: .*align\.variants\.dpo\.loss"),
     ("jsd", "align.variants.jsd.divergence", "tv", r"align@jsd: .*align\.variants\.jsd\.divergence"),
-    ("alpha-0_5", "align.variants.alpha-0_5.alpha", 1.0, r"align@alpha-0_5: .*align\.variants\.alpha-0_5\.alpha"),
+    ("alpha-0_5", "align.variants.alpha-0_5.alpha", 1.0,
+     r"align@alpha-0_5: .*align\.variants\.alpha-0_5\.alpha"),
     ("alpha-0_1", "align.variants.alpha-0_1.alpha", 0.0, r"align@alpha-0_1: .*alpha-0_1\.alpha"),
     ("dpo", "align.variants.dpo.beta", 0.0, r"align@dpo: .*align\.variants\.dpo\.beta"),
     ("hinge", "align.variants.hinge.beta", -1.0, r"align@hinge: .*align\.variants\.hinge\.beta"),

@@ -40,6 +40,8 @@ def test_paper_profile(tmp_path):
     assert params["reward"]["score"] == "logit" and params["pairs"]["strategy"] == "first_round"
     assert set(params["align"]["variants"]) == set(demo["align"]["variants"])
     assert params["sft"]["tiny"] == demo["sft"]["tiny"]  # untouched keys come from the base
+    for name, variant in params["align"]["variants"].items():  # no tiny-model learning rate left
+        assert variant.get("learning_rate", params["align"]["common"]["learning_rate"]) <= 1e-5, name
 
 
 def test_every_key_is_commented():
