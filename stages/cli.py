@@ -1,7 +1,8 @@
 """The Typer app behind ``python -m stages <command>``: one command per pipeline stage.
 
 Each stage lives in its own module with a ``main`` function; this file only registers them,
-so ``python -m stages --help`` lists every stage with its one-line help.
+so ``python -m stages --help`` lists every stage with its one-line help (plus ``bench``,
+the benchmarks, which is not a pipeline stage).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ COMMANDS = {
     "align": ("stages.align", "Train one DPO-family variant on the preference pairs."),
     "evaluate": ("stages.evaluate", "Sample a policy on held-out prompts; reward, entropy, nll, kl."),
     "report": ("stages.report", "Summary table, reward-vs-entropy and reward-vs-KL plots."),
+    "bench": ("stages.bench", "Benchmarks (not a stage): trainer vs trl, sampling, eval, FLOP/s."),
 }
 
 

@@ -1,0 +1,105 @@
+"""The benchmark's correctness, not its speed: our trainer and trl's DPOTrainer take the same
+steps on the same pairs, the FLOP count follows the 6·N·T rule, the CLI writes its reports."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stages.bench import markdown, step_flops
+from stages.bench_align import align_throughput, bench_rows
+from stages.cli import app
+
+WORDS = "the film was good bad great awful plot acting boring fun dull story".split()
+
+
+def _scored(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        completions = [" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + "."
+                       for _ in range(4)]
+        rows.append({"prompt_id": f"train-{i}", "prompt": "the film was",
+                     "completions": completions, "rewards": [rng.random() for _ in range(4)]})
+    return rows
+
+
+@pytest.mark.parametrize("pairing, per_prompt", [("disjoint", 2), ("all", 6)])
+def test_ours_and_trl_take_the_same_steps(tiny_lm_dir, torch_one_thread, pairing, per_prompt):
+    r = align_throughput(tiny_lm_dir, _scored(12), pairing=pairing, prompts_per_step=2, steps=3,
+                         lr=1e-2, beta=0.5)
+    assert r["prompts"] == 6 and r["pairs"] == 6 * per_prompt
+    assert r["pairs_per_step"] == 2 * per_prompt
+    assert len(r["ours"]["losses"]) == len(r["trl"]["losses"]) == 3
+    assert r["ours"]["losses"][0] == pytest.approx(0.6931472, abs=1e-6)  # policy == reference
+    assert abs(r["ours"]["losses"][-1] - 0.6931472) > 1e-3               # lr 1e-2 moved it
+    assert r["max_abs_loss_diff"] < 1e-5
+    # ours scores each completion once; trl scores chosen + rejected of every pair
+    assert r["ours"]["reference_sequences"] == 4 * 6
+    assert r["trl"]["reference_sequences"] == 2 * 6 * per_prompt
+    assert r["sweep_ours_s"] == pytest.approx(r["ours"]["reference_s"] + 10 * r["ours"]["train_s"])
+
+
+def test_bench_rows_skip_ties_and_say_when_short():
+    rows = _scored(5)
+    rows[0]["rewards"] = [1.0, 1.0, 1.0, 1.0]  # every pair tied
+    picked = bench_rows(rows, "all", 4, seed=0)
+    assert [r["prompt_id"] for r in picked] == ["train-1", "train-2", "train-3", "train-4"]
+    assert all(len(r["pairs"]) == 6 for r in picked)
+    with pytest.raises(ValueError, match="only 4 of the scored rows"):
+        bench_rows(rows, "all", 5, seed=0)
+
+
+def test_step_flops_follows_the_6NT_rule():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=500, n_positions=32)
+    model = GPT2LMHeadModel(config)
+    # matmul weights: all parameters minus position embeddings, layer norms and biases
+    n = sum(p.numel() for name, p in model.named_parameters()
+            if p.dim() == 2 and "wpe" not in name)
+    tokens = 3 * 1  # seq_len 1: no attention cost beyond one score per head
+    assert step_flops(config, 3, 1) == pytest.approx(6 * n * tokens, rel=0.01)
+    # attention grows with the square of the sequence length
+    extra = step_flops(config, 1, 20) - 20 * step_flops(config, 1, 1)
+    assert extra == pytest.approx(6 * 2 * config.n_layer * 64 * (20 * 20 - 20), rel=1e-9)
+
+
+def test_bench_command_writes_json_and_markdown(tiny_lm_dir, tmp_path, monkeypatch,
+                                                torch_one_thread):
+    import shutil
+
+    shutil.copytree(tiny_lm_dir, tmp_path / "models/sft")
+    (tmp_path / "data/prompts").mkdir(parents=True)
+    (tmp_path / "data/prompts/train.jsonl").write_text("".join(
+        json.dumps({"prompt_id": f"train-{i}", "prompt": p}) + "\n"
+        for i, p in enumerate(["the film was", "the plot", "a story that was", "I"])))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sample": {
+        "n_per_prompt": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 4}}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "--only", "sample", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "reports/bench.json").read_text())
+    s = bench["sample"]
+    assert s["prompts"] == 4 and s["k"] == 2
+    for way in ("sample", "one_prompt", "unsorted"):
+        assert 0 < s[way]["tokens"] <= 4 * 2 * 6 and s[way]["tokens_per_s"] > 0
+    assert bench["machine"]["torch_threads"] == 1
+    md = (tmp_path / "reports/bench.md").read_text()
+    assert "one prompt at a time" in md and md.strip() == markdown(bench).strip()
+
+
+def test_bench_command_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    result = CliRunner().invoke(app, ["bench", "--only", "align,nope"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --only: unknown item 'nope' (items: align, sample, " \
+                                    "eval, flops, sweep)"
+    result = CliRunner().invoke(app, ["bench", "--only", "align"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: bench align: models/sft not found (run `dvc repro` first)"
+    assert not (tmp_path / "reports").exists()
