@@ -265,8 +265,8 @@ class _StepAlignedDVCLive(DVCLiveCallback):
             from dvclive.plots import Metric
             from dvclive.utils import standardize_metric_name
 
-            for key, value in logs.items():
-                if Metric.could_log(value):
+            for key, value in logs.items():  # timings stay in metrics/align: logs/ is deterministic
+                if Metric.could_log(value) and "runtime" not in key and "per_second" not in key:
                     self.live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value,
                                          plot=False)
             self.live.make_summary()

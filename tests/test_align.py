@@ -30,7 +30,7 @@ DEFAULT_ALIGN = {
         "optimizer": "adamw_torch", "learning_rate": 5.0e-4, "lr_scheduler": "cosine",
         "warmup_ratio": 0.1, "weight_decay": 0.0, "epochs": 2, "batch_prompts": 16,
         "eval_batch_prompts": 128, "grad_accum_steps": 1, "max_grad_norm": 1.0, "max_length": 64,
-        "logging_steps": 5, "eval_steps": 20, "seed": 0,
+        "logging_steps": 5, "eval_steps": 40, "seed": 0,
     },
     "variants": {
         "dpo": {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3},
