@@ -3,7 +3,8 @@
 Both train the same model (a fresh load of the SFT policy) on the same pairs, in the same order
 (sequential sampling on both sides, so step ``i`` of ours and of trl sees the same pairs), with
 the same optimizer, learning rate, β and number of pairs per step, for one epoch over the bench
-prompts; trl runs with ``precompute_ref_log_probs=True``. trl appends EOS to every completion,
+prompts; trl runs with ``precompute_ref_log_probs=True``. Prompts whose last token would merge
+with a completion's first are left out (:func:`clean_boundary`): trl moves the boundary there. trl appends EOS to every completion,
 so ours gets the EOS text appended too: both score exactly the same tokens, and their per-step
 losses agree to float tolerance::
 
@@ -31,20 +32,36 @@ from stages.pairs import all_pairs, first_round_pairs
 PAIRINGS = {"disjoint": (first_round_pairs, 2), "all": (all_pairs, 6)}
 
 
-def bench_rows(scored_rows: list[dict], pairing: str, n_prompts: int, seed: int) -> list[dict]:
+def clean_boundary(tokenizer, prompt: str, completions: list[str]) -> bool:
+    """True when tokenising prompt + completion gives the prompt's tokens then the completion's
+    for every completion: trl tokenises the joined text and moves the boundary where tokens
+    merge across it, ours tokenises the parts separately (:mod:`stages.sequences`)."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    cs = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    joined = tokenizer([prompt + c for c in completions], add_special_tokens=False)["input_ids"]
+    return all(j == p + c for j, c in zip(joined, cs))
+
+
+def bench_rows(scored_rows: list[dict], pairing: str, n_prompts: int, seed: int,
+               tokenizer=None) -> list[dict]:
     """The first ``n_prompts`` scored rows with 4 completions whose pairing gives its full pair
-    count (2 disjoint pairs or all 6; prompts with tied rewards are skipped), with ``pairs``."""
+    count (2 disjoint pairs or all 6; prompts with tied rewards are skipped) and, given a
+    tokenizer, a clean prompt/completion token boundary (:func:`clean_boundary`), with ``pairs``."""
     make, want = PAIRINGS[pairing]
     rng, out = random.Random(seed), []
     for row in scored_rows:
         if len(row["completions"]) != 4:
             continue
         pairs = make(row["rewards"], rng)
-        if len(pairs) == want:
-            out.append({**row, "pairs": [list(p) for p in pairs], "split": "train"})
+        if len(pairs) != want:
+            continue
+        if tokenizer is not None and not clean_boundary(tokenizer, row["prompt"], row["completions"]):
+            continue
+        out.append({**row, "pairs": [list(p) for p in pairs], "split": "train"})
         if len(out) == n_prompts:
             return out
-    raise ValueError(f"only {len(out)} of the scored rows have {want} untied {pairing} pairs; "
+    raise ValueError(f"only {len(out)} of the scored rows have {want} untied {pairing} pairs"
+                     f"{' and a clean token boundary' if tokenizer is not None else ''}; "
                      f"{n_prompts} needed")
 
 
@@ -163,8 +180,11 @@ def align_throughput(sft_dir: str | Path, scored_rows: list[dict], *, pairing: s
                      prompts_per_step: int, steps: int, lr: float = 5e-4, beta: float = 0.1,
                      max_length: int = 128, seed: int = 0, variants: int = 10) -> dict:
     """Ours vs trl for one epoch of ``steps`` steps over ``prompts_per_step * steps`` prompts."""
+    from transformers import AutoTokenizer
+
     _, per_prompt = PAIRINGS[pairing]
-    rows = bench_rows(scored_rows, pairing, prompts_per_step * steps, seed)
+    rows = bench_rows(scored_rows, pairing, prompts_per_step * steps, seed,
+                      tokenizer=AutoTokenizer.from_pretrained(str(sft_dir)))
     n_pairs = per_prompt * len(rows)
     ours = _ours(str(sft_dir), rows, prompts_per_step, steps, lr, beta, max_length, seed)
     theirs = _trl(str(sft_dir), rows, prompts_per_step * per_prompt, steps, lr, beta, max_length, seed)

@@ -53,6 +53,18 @@ def test_bench_rows_skip_ties_and_say_when_short():
         bench_rows(rows, "all", 5, seed=0)
 
 
+def test_clean_boundary_spots_tokens_merging_across_the_prompt(tiny_lm):
+    from stages.bench_align import clean_boundary
+
+    _, tokenizer = tiny_lm
+    assert clean_boundary(tokenizer, "the film was", [" good.", " not very good."])
+    assert not clean_boundary(tokenizer, "the film wa", [" good.", "s good."])  # "wa"+"s" merge
+    rows = _scored(6)
+    rows[0]["prompt"], rows[0]["completions"][2] = "the film wa", "s fun."
+    picked = bench_rows(rows, "disjoint", 5, seed=0, tokenizer=tokenizer)
+    assert "train-0" not in [r["prompt_id"] for r in picked]
+
+
 def test_step_flops_follows_the_6NT_rule():
     from transformers import GPT2Config, GPT2LMHeadModel
 
