@@ -12,8 +12,9 @@
    unsorted batches, generated tokens/s (:mod:`stages.bench_generate`).
 3. ``eval``: seconds per 1,000 generated tokens of the ``evaluate`` compute.
 4. ``sweep``: wall time of each stage of ``dvc repro`` in a fresh ``git clone`` of HEAD.
-5. ``flops``: achieved FLOP/s of our alignment step on GPT-2 124M (random weights) over the
-   FLOP/s of a large float32 matmul.
+5. ``flops``: achieved FLOP/s of our alignment step on GPT-2 124M (random weights, dropout off
+   as in ``align``) over the FLOP/s of a large float32 matmul, with ``align.common.optimizer``
+   and with fused AdamW.
 
 Benchmarks are not tests: nothing here asserts a time. Thread count, torch version and CPU are
 recorded with the figures.
@@ -62,19 +63,23 @@ def step_flops(config, batch_seqs: int, seq_len: int) -> float:
     return 3 * (2 * tokens * per_token + 2 * attention)
 
 
-def alignment_flops(items: list[dict], tokenizer, *, batch_prompts: int = 4, steps: int = 3,
-                    max_length: int = 64) -> dict:
+def alignment_flops(items: list[dict], tokenizer, *, optimizer: str = "adamw_torch",
+                    batch_prompts: int = 4, steps: int = 3, max_length: int = 64,
+                    config=None) -> dict:
     """Achieved FLOP/s of :class:`stages.trainer.PreferenceTrainer` steps on GPT-2 124M
-    (``GPT2Config()``, random weights); the first step is a warm-up and is not timed."""
+    (``GPT2Config()``, random weights, dropout off as in ``align``) with the transformers
+    ``optimizer``; the first step is a warm-up and is not timed. ``config``: another
+    ``GPT2Config`` (tests use a tiny one)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
     from stages.bench_align import quiet_trainer
-    from stages.trainer import LossConfig, PreferenceTrainer, PromptCollator
+    from stages.trainer import LossConfig, PreferenceTrainer, PromptCollator, disable_dropout
 
-    config = GPT2Config()
+    config = config or GPT2Config()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
+    disable_dropout(model)
     collator = PromptCollator(tokenizer, max_length)
     shapes = [tuple(collator(items[s: s + batch_prompts])["input_ids"].shape)
               for s in range(0, batch_prompts * (steps + 1), batch_prompts)]
@@ -91,7 +96,8 @@ def alignment_flops(items: list[dict], tokenizer, *, batch_prompts: int = 4, ste
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch_prompts,
-                                 max_steps=steps + 1, learning_rate=1e-5, report_to="none",
+                                 max_steps=steps + 1, learning_rate=1e-5, optim=optimizer,
+                                 max_grad_norm=1.0, report_to="none",
                                  save_strategy="no", logging_steps=steps + 1, disable_tqdm=True,
                                  remove_unused_columns=False, dataloader_num_workers=0)
         from torch.utils.data import SequentialSampler
@@ -108,8 +114,11 @@ def alignment_flops(items: list[dict], tokenizer, *, batch_prompts: int = 4, ste
     flops = sum(step_flops(config, b, t) for b, t in shapes[1:])
     seconds = sum(clock.times[1:])
     achieved, peak = flops / seconds, matmul_flops()
-    return {"model": "GPT-2 124M (GPT2Config(), random weights)",
-            "params": sum(p.numel() for p in model.parameters()),
+    size = sum(p.numel() for p in model.parameters())
+    name = "GPT-2 124M (GPT2Config(), random weights)" if config.to_dict() == GPT2Config().to_dict() \
+        else f"GPT-2 {size / 1e6:.1f}M (random weights)"
+    return {"model": name, "optimizer": optimizer,
+            "params": size,
             "batch_shapes": shapes[1:], "timed_steps": steps, "step_s": seconds / steps,
             "step_flops": flops / steps, "achieved_flops": achieved, "matmul_flops": peak,
             "ratio": achieved / peak}
@@ -210,10 +219,13 @@ def run(items: list[str], params: dict, *, threads: int, align_prompts_per_step:
 
         prefs = read_rows("data/preferences.jsonl", PREFERENCES)
         refs = [{"logps": [-100.0] * len(p["completions"])} for p in prefs]  # any fixed values
-        out["flops"] = alignment_flops(build_items(prefs, refs), AutoTokenizer.from_pretrained(SFT_DIR))
-        print(f"flops: {out['flops']['achieved_flops'] / 1e9:.1f} GFLOP/s vs matmul "
-              f"{out['flops']['matmul_flops'] / 1e9:.1f} GFLOP/s = {out['flops']['ratio']:.2f}",
-              file=sys.stderr)
+        configured = ((params.get("align") or {}).get("common") or {}).get("optimizer", "adamw_torch")
+        out["flops"] = [alignment_flops(build_items(prefs, refs), AutoTokenizer.from_pretrained(SFT_DIR),
+                                        optimizer=o)
+                        for o in dict.fromkeys([configured, "adamw_torch_fused"])]
+        for f in out["flops"]:
+            print(f"flops ({f['optimizer']}): {f['achieved_flops'] / 1e9:.1f} GFLOP/s vs matmul "
+                  f"{f['matmul_flops'] / 1e9:.1f} GFLOP/s = {f['ratio']:.2f}", file=sys.stderr)
     if "sweep" in items:
         out["sweep"] = repro_sweep(Path("."))
         print(f"sweep: dvc repro {out['sweep']['total_s']:.0f} s", file=sys.stderr)
@@ -258,12 +270,13 @@ def markdown(b: dict) -> str:
                          f"{e['logprob_entropy_s_per_1k_tokens']:.2f} | {e['reward_s_per_1k_tokens']:.2f} |")
         lines.append("")
     if "flops" in b:
-        f = b["flops"]
-        lines += ["| Training efficiency | step (s) | GFLOP/step | achieved GFLOP/s | fp32 matmul GFLOP/s | ratio |",
-                  "|---|---|---|---|---|---|",
-                  f"| {f['model']}, batch {f['batch_shapes'][0][0]} seqs | {f['step_s']:.2f} | "
-                  f"{f['step_flops'] / 1e9:.0f} | {f['achieved_flops'] / 1e9:.1f} | "
-                  f"{f['matmul_flops'] / 1e9:.1f} | {f['ratio']:.2f} |", ""]
+        lines += ["| Training efficiency | optimizer | step (s) | GFLOP/step | achieved GFLOP/s | "
+                  "fp32 matmul GFLOP/s | ratio |", "|---|---|---|---|---|---|---|"]
+        for f in b["flops"]:
+            lines.append(f"| {f['model']}, batch {f['batch_shapes'][0][0]} seqs | `{f['optimizer']}` | "
+                         f"{f['step_s']:.2f} | {f['step_flops'] / 1e9:.0f} | {f['achieved_flops'] / 1e9:.1f} "
+                         f"| {f['matmul_flops'] / 1e9:.1f} | {f['ratio']:.2f} |")
+        lines.append("")
     if "sweep" in b:
         w = b["sweep"]
         lines += [f"`dvc repro` of a fresh clone of {w['commit']}: {w['total_s']:.0f} s in total.", "",

@@ -80,6 +80,25 @@ def test_step_flops_follows_the_6NT_rule():
     assert extra == pytest.approx(6 * 2 * config.n_layer * 64 * (20 * 20 - 20), rel=1e-9)
 
 
+def test_alignment_flops_times_real_trainer_steps(tiny_lm, torch_one_thread):
+    from transformers import GPT2Config
+
+    from stages.bench import alignment_flops
+    from stages.trainer import build_items
+
+    _, tokenizer = tiny_lm
+    rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(8)]
+    items = build_items(rows, [{"logps": [-50.0] * 4} for _ in rows])
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    f = alignment_flops(items, tokenizer, batch_prompts=2, steps=2, config=config)
+    assert f["optimizer"] == "adamw_torch" and f["timed_steps"] == 2
+    assert [shape[0] for shape in f["batch_shapes"]] == [8, 8]  # 2 prompts x 4 completions
+    assert f["step_flops"] == pytest.approx(
+        sum(step_flops(config, b, t) for b, t in f["batch_shapes"]) / 2)
+    assert f["achieved_flops"] > 0 and f["matmul_flops"] > 0
+    assert f["ratio"] == pytest.approx(f["achieved_flops"] / f["matmul_flops"])
+
+
 def test_bench_command_writes_json_and_markdown(tiny_lm_dir, tmp_path, monkeypatch,
                                                 torch_one_thread):
     import shutil

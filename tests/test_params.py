@@ -42,6 +42,9 @@ def test_paper_profile(tmp_path):
     assert params["sft"]["tiny"] == demo["sft"]["tiny"]  # untouched keys come from the base
     for name, variant in params["align"]["variants"].items():  # no tiny-model learning rate left
         assert variant.get("learning_rate", params["align"]["common"]["learning_rate"]) <= 1e-5, name
+    from stages.align import variant_config
+
+    assert variant_config(params, "dpo")["optimizer"] == "adamw_torch_fused"  # a valid optim name
 
 
 def test_every_key_is_commented():
