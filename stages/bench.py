@@ -73,7 +73,7 @@ def alignment_flops(items: list[dict], tokenizer, *, optimizer: str = "adamw_tor
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback, TrainingArguments
 
-    from stages.bench_align import quiet_trainer
+    from stages.bench_align import SequentialOrder, quiet_trainer
     from stages.trainer import LossConfig, PreferenceTrainer, PromptCollator, disable_dropout
 
     config = config or GPT2Config()
@@ -85,7 +85,8 @@ def alignment_flops(items: list[dict], tokenizer, *, optimizer: str = "adamw_tor
               for s in range(0, batch_prompts * (steps + 1), batch_prompts)]
 
     class Clock(TrainerCallback):
-        times: list[float] = []
+        def __init__(self):
+            self.times: list[float] = []
 
         def on_step_begin(self, *a, **k):
             self.t = time.perf_counter()
@@ -100,11 +101,8 @@ def alignment_flops(items: list[dict], tokenizer, *, optimizer: str = "adamw_tor
                                  max_grad_norm=1.0, report_to="none",
                                  save_strategy="no", logging_steps=steps + 1, disable_tqdm=True,
                                  remove_unused_columns=False, dataloader_num_workers=0)
-        from torch.utils.data import SequentialSampler
-
-        class Sequential(PreferenceTrainer):
-            def _get_train_sampler(self, train_dataset=None):
-                return SequentialSampler(self.train_dataset)
+        class Sequential(SequentialOrder, PreferenceTrainer):
+            pass
 
         trainer = Sequential(model=model, args=args, train_dataset=items[: batch_prompts * (steps + 1)],
                              data_collator=collator, processing_class=tokenizer, callbacks=[clock],

@@ -12,7 +12,7 @@ losses agree to float tolerance::
     result = align_throughput("models/sft", scored_rows, pairing="all", prompts_per_step=8, steps=12)
     result["ours"]["pairs_per_s"] / result["trl"]["pairs_per_s"]
 
-Timed: trl's reference precompute (in its ``__init__``) and ours (``reference_logprobs``, the
+Timed: trl's reference precompute (in its ``__init__``) and ours (``reference_rows``, the
 ``reference`` stage's function, over the K completions of each prompt); ``trainer.train()``
 for both. The ten-variant sweep estimate is ``ref + 10 x train`` for ours (one shared
 reference pass) and ``10 x (precompute + train)`` for trl (one precompute per run).
@@ -78,6 +78,16 @@ class _StepLosses(TrainerCallback):
                 return
 
 
+class SequentialOrder:
+    """Trainer mixin: batches in dataset order (no shuffling), so two trainers given the same
+    rows in the same order see the same batches at every step."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        from torch.utils.data import SequentialSampler
+
+        return SequentialSampler(train_dataset or self.train_dataset)
+
+
 def quiet_trainer(trainer) -> None:
     """Drop the console printer and progress bar callbacks (the benchmark prints its own)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -97,15 +107,13 @@ def _common_args(out_dir: str, batch: int, steps: int, lr: float, seed: int) -> 
 def _ours(sft_dir: str, rows: list[dict], batch_prompts: int, steps: int, lr: float,
           beta: float, max_length: int, seed: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
-    from torch.utils.data import SequentialSampler
 
-    from stages.reference import reference_logprobs
+    from stages.reference import reference_rows
     from stages.trainer import (LossConfig, PreferenceTrainer, PromptCollator, build_items,
                                 disable_dropout)
 
-    class Sequential(PreferenceTrainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return SequentialSampler(train_dataset or self.train_dataset)
+    class Sequential(SequentialOrder, PreferenceTrainer):
+        pass
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
@@ -113,15 +121,9 @@ def _ours(sft_dir: str, rows: list[dict], batch_prompts: int, steps: int, lr: fl
     eos = tokenizer.eos_token
     rows = [{**r, "completions": [c + eos for c in r["completions"]]} for r in rows]
     start = time.perf_counter()
-    logps, counts = reference_logprobs(model, tokenizer, [r["prompt"] for r in rows for _ in r["completions"]],
-                                       [c for r in rows for c in r["completions"]],
-                                       batch_size=128, max_length=max_length, progress=False)
+    refs = reference_rows(model, tokenizer, rows, {"batch_size": 128, "max_length": max_length},
+                          progress=False)
     ref_s = time.perf_counter() - start
-    refs, k = [], 0
-    for r in rows:
-        n = len(r["completions"])
-        refs.append({"prompt_id": r["prompt_id"], "logps": logps[k:k + n], "n_tokens": counts[k:k + n]})
-        k += n
     losses = _StepLosses()
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(**_common_args(tmp, batch_prompts, steps, lr, seed))
@@ -133,23 +135,20 @@ def _ours(sft_dir: str, rows: list[dict], batch_prompts: int, steps: int, lr: fl
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start
-    return {"reference_s": ref_s, "reference_sequences": len(logps), "train_s": train_s,
+    return {"reference_s": ref_s, "reference_sequences": sum(len(r["logps"]) for r in refs),
+            "train_s": train_s,
             "losses": losses.losses}
 
 
 def _trl(sft_dir: str, rows: list[dict], batch_pairs: int, steps: int, lr: float, beta: float,
          max_length: int, seed: int) -> dict:
     from datasets import Dataset
-    from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     timing = {}
 
-    class Sequential(DPOTrainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return SequentialSampler(train_dataset or self.train_dataset)
-
+    class Sequential(SequentialOrder, DPOTrainer):
         def _precompute_ref_logps(self, dataset, name, batch_size):
             start = time.perf_counter()
             out = super()._precompute_ref_logps(dataset, name, batch_size)
