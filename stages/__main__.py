@@ -1,4 +1,5 @@
-"""Entry point: ``python -m stages <command> [--help]``."""
-from stages.cli import app
+"""Entry point: ``python -m stages <command> [--help]`` (see :mod:`stages.cli`)."""
 
-app(prog_name="python -m stages")
+from stages.cli import main
+
+main()

@@ -1,45 +1,97 @@
 """The Typer app behind ``python -m stages <command>``: one command per pipeline stage.
 
-Each stage lives in its own module with a ``main`` function; this file only registers them,
-so ``python -m stages --help`` lists every stage with its one-line help (plus ``bench``,
-the benchmarks, which is not a pipeline stage).
+Each stage lives in its own module (``stages/<name>.py``) with a ``main`` function; this file
+only registers them. ``python -m stages <name>`` imports that stage's module alone (so a stage
+runs exactly the code that ``dvc.yaml`` lists as its deps), ``python -m stages --help`` lists
+every stage with its one-line help, and ``bench`` runs the benchmarks (not a pipeline stage).
+
+User errors are ``ValueError``, ``FileNotFoundError`` or ``FloatingPointError`` (a non-finite
+training loss) raised anywhere below; this boundary prints them as one line, ``error: ...``, and
+exits 1. Set ``STAGES_TRACEBACK=1`` to see the traceback instead.
 """
+
 from __future__ import annotations
 
+import functools
 import importlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
-
-from stages.common import stage_command
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Offline preference alignment (DPO and f-DPO family) as DVC stages.")
-
-@app.callback()
-def _main() -> None:
-    """Offline preference alignment (DPO and f-DPO family) as DVC stages."""
-
 
 #: command name -> (module, one-line help), in pipeline order.
 COMMANDS = {
     "prepare": ("stages.prepare", "Load and clean reviews; draw train and eval prompts."),
     "sft": ("stages.sft", "Train (or copy) the SFT policy: a causal LM on the train reviews."),
-    "reward": ("stages.reward", "Train (or copy) the sentiment reward model; report test accuracy."),
+    "reward": (
+        "stages.reward",
+        "Train (or copy) the sentiment reward model; report test accuracy.",
+    ),
     "sample": ("stages.sample", "Sample K completions per train prompt from the SFT policy."),
     "score": ("stages.score", "Score every completion with the reward model (and gold scorer)."),
-    "pairs": ("stages.pairs", "Build preference pairs from scored completions (first_round, rso, ...)."),
+    "pairs": (
+        "stages.pairs",
+        "Build preference pairs from scored completions (first_round, rso, ...).",
+    ),
     "reference": ("stages.reference", "Log-probs of every completion under the SFT policy, once."),
     "align": ("stages.align", "Train one DPO-family variant on the preference pairs."),
-    "evaluate": ("stages.evaluate", "Sample a policy on held-out prompts; reward, entropy, nll, kl."),
+    "evaluate": (
+        "stages.evaluate",
+        "Sample a policy on held-out prompts; reward, entropy, nll, kl.",
+    ),
     "report": ("stages.report", "Summary table, reward-vs-entropy and reward-vs-KL plots."),
-    "bench": ("stages.bench", "Benchmarks (not a stage): trainer vs trl, sampling, eval, FLOP/s."),
+    "bench": (
+        "stages.bench.cli",
+        "Benchmarks (not a stage): trainer vs trl, sampling, eval, FLOP/s.",
+    ),
 }
 
-
-def _register(name: str, module: str, help_text: str) -> None:
-    fn = importlib.import_module(module).main
-    app.command(name=name, help=help_text, short_help=help_text)(stage_command(fn))
+#: Exceptions that mean bad input (params, files, rows) rather than a bug.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
-for _name, (_module, _help) in COMMANDS.items():
-    _register(_name, _module, _help)
+def stage_command(fn: Callable) -> Callable:
+    """Wrap a command so a user error prints ``error: <first line>`` and exits 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            if os.environ.get("STAGES_TRACEBACK"):
+                raise
+            text = str(err).strip() or type(err).__name__
+            typer.echo(f"error: {text.splitlines()[0]}", err=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The app with every command registered, or only ``only`` (its module alone imported)."""
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        help="Offline preference alignment (DPO and f-DPO family) as DVC stages.",
+    )
+
+    @app.callback()
+    def _main() -> None:
+        """Offline preference alignment (DPO and f-DPO family) as DVC stages."""
+
+    for name, (module, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        fn = importlib.import_module(module).main
+        app.command(name=name, help=help_text, short_help=help_text)(stage_command(fn))
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``python -m stages`` with ``argv`` (default: the process arguments)."""
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    build_app(only)(args=argv, prog_name="python -m stages")

@@ -6,26 +6,37 @@ Reads ``data.*`` and ``seed`` from params.yaml; writes ``data/prepared/{train,te
 
     python -m stages prepare            # or: dvc repro prepare
 
-``data.source`` is ``synthetic`` (the built-in corpus, :mod:`stages.synthetic`), a local folder
+``data.source`` is ``synthetic`` (the built-in corpus, :mod:`stages.lib.synthetic`), a local folder
 with ``train`` and ``test`` files (jsonl, csv or parquet; columns ``text`` and ``label``), or a
 Hugging Face dataset id such as ``stanfordnlp/imdb``. Folders and hub ids go through the same
 ``datasets.load_dataset`` call.
 """
+
 from __future__ import annotations
 
 import random
 import re
 from pathlib import Path
 
+import datasets
 import typer
 
-from stages.common import StageError, load_params, param, resolve_path, write_json, write_jsonl
-from stages.contracts import PREPARED, check_row
+from stages.lib import paths
+from stages.lib.common import (
+    first_line,
+    is_hub_id,
+    resolve_path,
+    seeded_subset,
+    write_json,
+    write_jsonl,
+)
+from stages.lib.config import DataConfig, load_params, read_section, read_seed
+from stages.lib.contracts import PREPARED, check_row
+from stages.lib.synthetic import generate_splits
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SPLITS = ("train", "test")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def clean_text(text: str) -> str:
@@ -36,32 +47,37 @@ def clean_text(text: str) -> str:
 def _local_files(folder: Path) -> dict[str, str]:
     files = {}
     for split in SPLITS:
-        found = [folder / f"{split}{ext}" for ext in FORMATS if (folder / f"{split}{ext}").is_file()]
+        found = [
+            folder / f"{split}{ext}" for ext in FORMATS if (folder / f"{split}{ext}").is_file()
+        ]
         if not found:
-            raise StageError(f"data.source: {folder} has no {split}.jsonl, {split}.csv "
-                             f"or {split}.parquet")
+            raise ValueError(
+                f"data.source: {folder} has no {split}.jsonl, {split}.csv or {split}.parquet"
+            )
         if len(found) > 1:
-            raise StageError(f"data.source: {folder} has several {split} files "
-                             f"({', '.join(p.name for p in found)}); keep one")
+            raise ValueError(
+                f"data.source: {folder} has several {split} files "
+                f"({', '.join(p.name for p in found)}); keep one"
+            )
         files[split] = str(found[0])
     kinds = {FORMATS[Path(f).suffix] for f in files.values()}
     if len(kinds) > 1:
-        raise StageError(f"data.source: train and test in {folder} must share one format")
+        raise ValueError(f"data.source: train and test in {folder} must share one format")
     return files
 
 
 def load_split_rows(source: str) -> dict[str, list[dict]]:
     """Load the raw ``train``/``test`` rows of a local folder or hub dataset with ``datasets``."""
-    import datasets
-
     path = resolve_path(source)
     if path.is_dir():
         files = _local_files(path)
         builder, name = FORMATS[Path(files["train"]).suffix], str(path)
         loads = {s: (builder, {"data_files": {s: f}}) for s, f in files.items()}
-    elif source.startswith((".", "/", "~", "$")) or not _HUB_ID.match(source):
-        raise StageError(f"data.source: {source!r} is not 'synthetic', an existing folder "
-                         f"or a Hugging Face dataset id")
+    elif not is_hub_id(source):
+        raise ValueError(
+            f"data.source: {source!r} is not 'synthetic', an existing folder "
+            f"or a Hugging Face dataset id"
+        )
     else:
         name, loads = source, {None: (source, {})}
     datasets.disable_progress_bars()
@@ -70,37 +86,34 @@ def load_split_rows(source: str) -> dict[str, list[dict]]:
         try:
             loaded.update(datasets.load_dataset(builder, **kwargs))
         except Exception as err:  # noqa: BLE001 - any loader failure is a bad data.source
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             where = f"{name!r}" if split is None else f"{files[split]!r}"
-            raise StageError(f"data.source: cannot load {where} ({msg})") from None
+            raise ValueError(f"data.source: cannot load {where} ({first_line(err)})") from None
     out = {}
     for split in SPLITS:
         if split not in loaded:
-            raise StageError(f"data.source: {name} has no '{split}' split")
+            raise ValueError(f"data.source: {name} has no '{split}' split")
         ds = loaded[split]
         for column in ("text", "label"):
             if column not in ds.column_names:
-                raise StageError(f"data.source: {name} split '{split}' has no '{column}' column "
-                                 f"(columns: {', '.join(ds.column_names)})")
+                raise ValueError(
+                    f"data.source: {name} split '{split}' has no '{column}' column "
+                    f"(columns: {', '.join(ds.column_names)})"
+                )
         out[split] = [{"text": t, "label": lab} for t, lab in zip(ds["text"], ds["label"])]
     return out
 
 
-def load_source(data: dict, seed: int) -> dict[str, list[dict]]:
+def load_source(data: DataConfig, seed: int) -> dict[str, list[dict]]:
     """Raw rows per split for ``data.source``."""
-    source = param(data, "data.source", str)
-    if source == "synthetic":
-        from stages.synthetic import generate_splits
-
-        n_train = param(data, "data.synthetic.n_train", int, lambda v: v >= 1, "must be >= 1")
-        n_test = param(data, "data.synthetic.n_test", int, lambda v: v >= 1, "must be >= 1")
-        train, test = generate_splits(n_train, n_test, seed)
+    if data.source == "synthetic":
+        train, test = generate_splits(data.synthetic.n_train, data.synthetic.n_test, seed)
         return {"train": train, "test": test}
-    return load_split_rows(source)
+    return load_split_rows(data.source)
 
 
-def clean_rows(rows: list[dict], split: str, limit: int | None,
-               seed: int) -> tuple[list[dict], int]:
+def clean_rows(
+    rows: list[dict], split: str, limit: int | None, seed: int
+) -> tuple[list[dict], int]:
     """Assert the ``text``/``label`` contract, clean texts, drop empty ones, and optionally keep
     a seeded random subset of ``limit`` rows (in their original order).
 
@@ -114,15 +127,13 @@ def clean_rows(rows: list[dict], split: str, limit: int | None,
         else:
             empty += 1
     if not out:
-        raise StageError(f"data.source: split '{split}' is empty")
-    if limit is not None and limit < len(out):
-        keep = sorted(random.Random(f"{seed}-{split}-rows").sample(range(len(out)), limit))
-        out = [out[i] for i in keep]
-    return out, empty
+        raise ValueError(f"data.source: split '{split}' is empty")
+    return seeded_subset(out, limit, f"{seed}-{split}-rows"), empty
 
 
-def make_prompts(rows: list[dict], n: int, words: int, seed: int, prefix: str,
-                 parameter: str) -> tuple[list[dict], int]:
+def make_prompts(
+    rows: list[dict], n: int, words: int, seed: int, prefix: str, parameter: str
+) -> tuple[list[dict], int]:
     """Draw ``n`` prompts (first ``words`` words) from reviews long enough to leave a completion.
 
     Returns the prompts and the number of reviews too short to qualify. Prompt ids are
@@ -130,55 +141,69 @@ def make_prompts(rows: list[dict], n: int, words: int, seed: int, prefix: str,
     eligible = [i for i, row in enumerate(rows) if len(row["text"].split()) > words]
     dropped = len(rows) - len(eligible)
     if n > len(eligible):
-        raise StageError(f"params: {parameter}={n} but only {len(eligible)} {prefix} reviews "
-                         f"have more than {words} words")
+        raise ValueError(
+            f"params: {parameter}: must be <= {len(eligible)} (the {prefix} "
+            f"reviews with more than {words} words), got {n}"
+        )
     picked = random.Random(f"{seed}-{prefix}-prompts").sample(eligible, n)
-    prompts = [{"prompt_id": f"{prefix}-{i}", "prompt": " ".join(rows[i]["text"].split()[:words])}
-               for i in picked]
+    prompts = [
+        {"prompt_id": f"{prefix}-{i}", "prompt": " ".join(rows[i]["text"].split()[:words])}
+        for i in picked
+    ]
     return prompts, dropped
 
 
 def _split_stats(rows: list[dict], raw: int, empty: int, short: int) -> dict:
-    return {"rows": len(rows), "source_rows": raw, "dropped_empty": empty,
-            "too_short_for_prompt": short,
-            "positive_share": round(sum(r["label"] for r in rows) / len(rows), 4)}
+    return {
+        "rows": len(rows),
+        "source_rows": raw,
+        "dropped_empty": empty,
+        "too_short_for_prompt": short,
+        "positive_share": round(sum(r["label"] for r in rows) / len(rows), 4),
+    }
 
 
 def prepare(params: dict) -> dict:
     """Run the stage on a params mapping; returns the metrics it wrote."""
-    data = params.get("data")
-    if not isinstance(data, dict):
-        raise StageError("params: section 'data' is missing")
-    seed = param(params, "params.seed", int)
-    words = param(data, "data.prompt_words", int, lambda v: v >= 1, "must be >= 1")
-    n_train = param(data, "data.n_train_prompts", int, lambda v: v >= 1, "must be >= 1")
-    n_eval = param(data, "data.n_eval_prompts", int, lambda v: v >= 1, "must be >= 1")
-    limits = {s: param(data, f"data.max_{s}_rows", (int, type(None)),
-                       lambda v: v is None or v >= 1, "must be null or >= 1", default=None)
-              for s in SPLITS}
+    data, seed = read_section(params, "data", DataConfig), read_seed(params)
+    limits = {"train": data.max_train_rows, "test": data.max_test_rows}
     raw = load_source(data, seed)
     cleaned = {s: clean_rows(raw[s], s, limits[s], seed) for s in SPLITS}
     split_rows = {s: rows for s, (rows, _) in cleaned.items()}
-    train_prompts, short_train = make_prompts(split_rows["train"], n_train, words, seed, "train",
-                                              "data.n_train_prompts")
-    eval_prompts, short_test = make_prompts(split_rows["test"], n_eval, words, seed, "test",
-                                            "data.n_eval_prompts")
-    for split in SPLITS:
-        write_jsonl(Path("data/prepared") / f"{split}.jsonl", split_rows[split])
-    write_jsonl("data/prompts/train.jsonl", train_prompts)
-    write_jsonl("data/prompts/eval.jsonl", eval_prompts)
+    train_prompts, short_train = make_prompts(
+        split_rows["train"],
+        data.n_train_prompts,
+        data.prompt_words,
+        seed,
+        "train",
+        "data.n_train_prompts",
+    )
+    eval_prompts, short_test = make_prompts(
+        split_rows["test"],
+        data.n_eval_prompts,
+        data.prompt_words,
+        seed,
+        "test",
+        "data.n_eval_prompts",
+    )
+    write_jsonl(paths.PREPARED_TRAIN, split_rows["train"])
+    write_jsonl(paths.PREPARED_TEST, split_rows["test"])
+    write_jsonl(paths.TRAIN_PROMPTS, train_prompts)
+    write_jsonl(paths.EVAL_PROMPTS, eval_prompts)
     short = {"train": short_train, "test": short_test}
     metrics = {
         **{s: _split_stats(split_rows[s], len(raw[s]), cleaned[s][1], short[s]) for s in SPLITS},
         "prompts": {"train": len(train_prompts), "eval": len(eval_prompts)},
     }
-    write_json("metrics/prepare.json", metrics)
+    write_json(paths.metrics_file("prepare"), metrics)
     return metrics
 
 
 def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:
     """Load and clean the reviews, draw train and eval prompts."""
     metrics = prepare(load_params(params))
-    typer.echo(f"prepared {metrics['train']['rows']} train / {metrics['test']['rows']} test "
-               f"reviews, {metrics['prompts']['train']} train / {metrics['prompts']['eval']} "
-               f"eval prompts")
+    typer.echo(
+        f"prepared {metrics['train']['rows']} train / {metrics['test']['rows']} test "
+        f"reviews, {metrics['prompts']['train']} train / {metrics['prompts']['eval']} "
+        f"eval prompts"
+    )

@@ -1,11 +1,14 @@
-"""Tests of the align stage and its trainer on a micro preference set built in tmp.
+"""Tests of the align stage on a micro preference project built in tmp (the trainer itself is
+tested in tests/test_trainer.py).
 
     .venv/bin/python -m pytest tests/test_align.py -q
 
 The micro project is a 1-layer, 32-wide GPT-2 with a byte-level BPE tokenizer trained on a few
 sentences, 16 prompts × 4 completions scored by counting sentiment words, first-round pairs, and
-reference log-probs computed with ``stages.sequences`` (what the reference stage writes).
+reference log-probs computed with ``stages.lib.sequences`` (what the reference stage writes). The
+variants are those of the repository's params.yaml, with test-sized ``align.common`` settings.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,36 +21,14 @@ import pytest
 import torch
 
 from stages.align import align, variant_config
-from stages.common import StageError
-from stages.losses import preference_loss
-from stages.sequences import completion_logprobs, encode_batch
-from stages.trainer import (LossConfig, PreferenceTrainer, PromptCollator, build_items,
-                            disable_dropout, grouped_preference_loss)
+from stages.lib.config import load_params
+from stages.lib.losses import LossConfig
+from stages.lib.sequences import completion_logprobs, encode_batch
+from stages.lib.trainer import PromptCollator, TrainConfig, build_items, grouped_preference_loss
 
-#: Mirror of params.yaml's ``align`` section (the default variants with their real settings).
-DEFAULT_ALIGN = {
-    "common": {
-        "optimizer": "adamw_torch", "learning_rate": 5.0e-4, "lr_scheduler": "cosine",
-        "warmup_ratio": 0.1, "weight_decay": 0.0, "epochs": 2, "batch_prompts": 16,
-        "eval_batch_prompts": 128, "grad_accum_steps": 1, "max_grad_norm": 1.0, "max_length": 64,
-        "logging_steps": 5, "eval_steps": 40, "seed": 0,
-    },
-    "variants": {
-        "dpo": {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3},
-        "hinge": {"loss": "hinge", "divergence": "reverse_kl", "beta": 0.3},
-        "ipo": {"loss": "ipo", "divergence": "reverse_kl", "beta": 5.0, "learning_rate": 2.0e-4},
-        "fkl": {"loss": "sigmoid", "divergence": "forward_kl", "beta": 0.01, "learning_rate": 3.0e-4},
-        "jsd": {"loss": "sigmoid", "divergence": "jsd", "beta": 0.3},
-        "alpha-0_1": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.1, "beta": 0.3},
-        "alpha-0_3": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.3, "beta": 0.3},
-        "alpha-0_5": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.5, "beta": 0.1,
-                      "learning_rate": 3.0e-4},
-        "alpha-0_7": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.7, "beta": 0.03,
-                      "learning_rate": 3.0e-4},
-        "alpha-0_9": {"loss": "sigmoid", "divergence": "alpha", "alpha": 0.9, "beta": 0.01,
-                      "learning_rate": 3.0e-4},
-    },
-}
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = load_params(ROOT / "params.yaml")
+VARIANTS = list(PARAMS["align"]["variants"])
 
 POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant"]
 NEGATIVE = ["awful", "boring", "dull", "terrible", "clumsy"]
@@ -65,11 +46,17 @@ def _tokenizer(texts: list[str]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=320,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 def _rows(n_prompts: int, k: int, seed: int) -> list[dict]:
@@ -78,19 +65,30 @@ def _rows(n_prompts: int, k: int, seed: int) -> list[dict]:
     for i in range(n_prompts):
         completions, rewards = [], []
         for _ in range(k):
-            words = [rng.choice(rng.choice([POSITIVE, NEGATIVE, NEUTRAL, NEUTRAL]))
-                     for _ in range(rng.randint(3, 7))]
+            words = [
+                rng.choice(rng.choice([POSITIVE, NEGATIVE, NEUTRAL, NEUTRAL]))
+                for _ in range(rng.randint(3, 7))
+            ]
             completions.append(" " + " ".join(words) + ".")
-            rewards.append(float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)))
+            rewards.append(
+                float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))
+            )
         order = list(range(k))
         rng.shuffle(order)
         pairs = []
         for a, b in zip(order[0::2], order[1::2]):  # first-round pairs, ties dropped
             if rewards[a] != rewards[b]:
                 pairs.append([a, b] if rewards[a] > rewards[b] else [b, a])
-        rows.append({"prompt_id": f"p{i}", "prompt": PROMPTS[i % len(PROMPTS)],
-                     "completions": completions, "rewards": rewards, "pairs": pairs,
-                     "split": "val" if i % 4 == 3 else "train"})
+        rows.append(
+            {
+                "prompt_id": f"p{i}",
+                "prompt": PROMPTS[i % len(PROMPTS)],
+                "completions": completions,
+                "rewards": rewards,
+                "pairs": pairs,
+                "split": "val" if i % 4 == 3 else "train",
+            }
+        )
     return rows
 
 
@@ -101,9 +99,18 @@ def make_micro_project(root: Path, n_prompts: int = 16, k: int = 4, seed: int = 
     rows = _rows(n_prompts, k, seed)
     tokenizer = _tokenizer([r["prompt"] + c for r in rows for c in r["completions"]] * 3)
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64,
-                                       vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0,
-                                       pad_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            n_positions=64,
+            vocab_size=len(tokenizer),
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
     model.eval()
     (root / "models").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(root / "models/sft")
@@ -113,7 +120,9 @@ def make_micro_project(root: Path, n_prompts: int = 16, k: int = 4, seed: int = 
         for r in rows:
             batch = encode_batch(tokenizer, [r["prompt"]] * k, r["completions"], 64)
             logps, n = completion_logprobs(model, batch)
-            refs.append({"prompt_id": r["prompt_id"], "logps": logps.tolist(), "n_tokens": n.tolist()})
+            refs.append(
+                {"prompt_id": r["prompt_id"], "logps": logps.tolist(), "n_tokens": n.tolist()}
+            )
     (root / "data").mkdir(parents=True, exist_ok=True)
     _write_jsonl(root / "data/preferences.jsonl", rows)
     _write_jsonl(root / "data/reference.jsonl", refs)
@@ -129,12 +138,21 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _params(**common) -> dict:
-    """The mirrored params with test-sized common settings (variant settings untouched)."""
-    align_section = copy.deepcopy(DEFAULT_ALIGN)
-    align_section["common"].update({"epochs": 4, "batch_prompts": 4, "eval_batch_prompts": 8,
-                                    "logging_steps": 2, "eval_steps": 6, "warmup_ratio": 0.0,
-                                    "learning_rate": 3e-3, **common})
-    return {"seed": 0, "align": align_section}
+    """params.yaml with test-sized ``align.common`` settings (variant settings untouched)."""
+    params = copy.deepcopy(PARAMS)
+    params["align"]["common"].update(
+        {
+            "epochs": 4,
+            "batch_prompts": 4,
+            "eval_batch_prompts": 8,
+            "logging_steps": 2,
+            "eval_steps": 6,
+            "warmup_ratio": 0.0,
+            "learning_rate": 3e-3,
+            **common,
+        }
+    )
+    return params
 
 
 @pytest.fixture(autouse=True)
@@ -177,14 +195,14 @@ def _dataset_loss(model_dir: Path, items: list[dict], cfg: LossConfig) -> float:
 # ------------------------------------------------------------------------------ training
 
 
-@pytest.mark.parametrize("variant", list(DEFAULT_ALIGN["variants"]))
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_training_lowers_loss_for_every_default_variant(project, variant):
     params = _params()
     metrics = align(variant, params)
-    cfg = variant_config(params, variant)
-    loss_cfg = LossConfig(cfg["loss"], cfg["divergence"], cfg["beta"], cfg["alpha"])
-    items = build_items(_read_jsonl(Path("data/preferences.jsonl")),
-                        _read_jsonl(Path("data/reference.jsonl")))
+    _, loss_cfg = variant_config(params, variant)
+    items = build_items(
+        _read_jsonl(Path("data/preferences.jsonl")), _read_jsonl(Path("data/reference.jsonl"))
+    )
     train = [i for i in items if i["split"] == "train"]
     before = _dataset_loss(Path("models/sft"), train, loss_cfg)
     after = _dataset_loss(Path("models/aligned") / variant, train, loss_cfg)
@@ -192,106 +210,30 @@ def test_training_lowers_loss_for_every_default_variant(project, variant):
     assert metrics["steps"] == 4 * math.ceil(len(train) / 4)
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
     saved = json.loads(Path(f"metrics/align/{variant}.json").read_text())
-    assert saved["variant"] == variant and saved["steps"] == metrics["steps"]
+    assert saved == metrics and saved["variant"] == variant
+    assert (saved["loss"], saved["divergence"], saved["beta"], saved["alpha"]) == (
+        loss_cfg.loss,
+        loss_cfg.divergence,
+        loss_cfg.beta,
+        loss_cfg.alpha,
+    )
+    assert not {"train_runtime_s", "wall_time_s"} & set(saved)  # timings stay out of git
+    timings = json.loads(Path(f"logs/timings/align-{variant}.json").read_text())
+    assert set(timings) == {"train_runtime_s", "wall_time_s"}
+    assert 0 < timings["train_runtime_s"] <= timings["wall_time_s"]
     curves = Path(f"logs/align/{variant}/plots/metrics")
     assert (curves / "train/loss.tsv").is_file() and (curves / "eval/accuracy.tsv").is_file()
     assert (Path("models/aligned") / variant / "tokenizer.json").is_file()
     assert not list(Path("models/aligned").glob(".*"))  # no staging folder left
 
 
-def test_grouped_forward_matches_pairwise_forward(micro):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(micro / "models/sft", dtype=torch.float32)
-    disable_dropout(model)
-    with torch.no_grad():  # move away from the reference so log-ratios are not all zero
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    tokenizer = AutoTokenizer.from_pretrained(micro / "models/sft")
-    items = build_items(_read_jsonl(micro / "data/preferences.jsonl"),
-                        _read_jsonl(micro / "data/reference.jsonl"))[:6]
-    for cfg in (LossConfig("sigmoid", "alpha", 0.3, 0.5), LossConfig("ipo", "reverse_kl", 0.5)):
-        model.zero_grad()
-        grouped = grouped_preference_loss(model, PromptCollator(tokenizer, 64)(items), cfg).loss
-        grouped.backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-
-        model.zero_grad()
-        losses = []
-        for item in items:  # each pair forwarded on its own: 2 sequences per pair
-            for w, l in item["pairs"]:
-                batch = encode_batch(tokenizer, [item["prompt"]] * 2,
-                                     [item["completions"][w], item["completions"][l]], 64)
-                logps, n = completion_logprobs(model, batch)
-                ref = torch.tensor([item["ref_logps"][w], item["ref_logps"][l]])
-                losses.append(preference_loss(logps[:1], logps[1:], ref[:1], ref[1:], n[:1], n[1:],
-                                              loss=cfg.loss, divergence=cfg.divergence,
-                                              beta=cfg.beta, alpha=cfg.alpha).losses)
-        pairwise = torch.cat(losses).mean()
-        pairwise.backward()
-        assert torch.allclose(grouped, pairwise, atol=1e-5, rtol=1e-5)
-        for g, p in zip(grads, model.parameters()):
-            assert torch.allclose(g, p.grad, atol=1e-5, rtol=1e-4)
-
-
-def test_ipo_with_an_empty_completion_stays_finite(micro):
-    """Sampling can return an empty completion (0 tokens, r = 0): IPO's per-token mean is 0."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(micro / "models/sft", dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(micro / "models/sft")
-    item = {"prompt": "The film was", "completions": [" great fun.", ""], "pairs": [[0, 1]],
-            "ref_logps": [-9.0, 0.0]}
-    out = grouped_preference_loss(model, PromptCollator(tokenizer, 64)([item]),
-                                  LossConfig("ipo", "reverse_kl", 0.5))
-    out.loss.backward()
-    assert torch.isfinite(out.loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-def test_collator_encodes_each_completion_once(micro):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(micro / "models/sft")
-    items = build_items(_read_jsonl(micro / "data/preferences.jsonl"),
-                        _read_jsonl(micro / "data/reference.jsonl"))[:3]
-    items[0]["pairs"] = [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]  # all 6 pairs of 4
-    batch = PromptCollator(tokenizer, 64)(items)
-    assert batch["input_ids"].shape[0] == sum(len(i["completions"]) for i in items)
-    assert batch["chosen"].tolist()[:6] == [0, 0, 0, 1, 1, 2]
-    assert batch["rejected"].tolist()[:6] == [1, 2, 3, 2, 3, 3]
-    assert len(batch["chosen"]) == sum(len(i["pairs"]) for i in items)
-
-
 # ------------------------------------------------------------------------------ non-finite values
 
 
-def test_nan_reference_logp_stops_with_variant_and_step(micro, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from stages.align import training_arguments, variant_config
-
-    tokenizer = AutoTokenizer.from_pretrained(micro / "models/sft")
-    items = build_items(_read_jsonl(micro / "data/preferences.jsonl"),
-                        _read_jsonl(micro / "data/reference.jsonl"))
-    train = [i for i in items if i["split"] == "train"]
-    train[5]["ref_logps"][train[5]["pairs"][0][0]] = float("nan")  # seen in the 2nd batch of 4
-    cfg = variant_config(_params(), "dpo")
-    trainer = PreferenceTrainer(
-        model=AutoModelForCausalLM.from_pretrained(micro / "models/sft"),
-        args=training_arguments({**cfg, "epochs": 1, "batch_prompts": 4}, tmp_path / "out", "dpo", False),
-        train_dataset=train, data_collator=PromptCollator(tokenizer, 64), processing_class=tokenizer,
-        loss_config=LossConfig("sigmoid", "reverse_kl", 0.1), variant="dpo")
-    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(train)
-    with pytest.raises(StageError, match=r"align@dpo: non-finite loss at step 2 "):
-        trainer.train()
-
-
 def test_nonfinite_loss_leaves_no_model(project, monkeypatch):
-    import stages.trainer
+    import stages.lib.trainer
 
-    real = stages.trainer.preference_loss
+    real = stages.lib.trainer.preference_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -301,8 +243,8 @@ def test_nonfinite_loss_leaves_no_model(project, monkeypatch):
             return type(out)(out.losses * float("inf"), out.chosen_rewards, out.rejected_rewards)
         return out
 
-    monkeypatch.setattr(stages.trainer, "preference_loss", poisoned)
-    with pytest.raises(StageError) as err:
+    monkeypatch.setattr(stages.lib.trainer, "preference_loss", poisoned)
+    with pytest.raises(FloatingPointError) as err:
         align("alpha-0_5", _params(eval_steps=100))
     msg = str(err.value)
     assert msg.startswith("align@alpha-0_5: non-finite loss at step 3 ") and "\n" not in msg
@@ -323,45 +265,176 @@ def _set(params: dict, dotted: str, value) -> dict:
     return params
 
 
-@pytest.mark.parametrize("variant, dotted, value, expected", [
-    ("dpo", "align.variants.dpo.loss", "logistic", r"align@dpo: .*align\.variants\.dpo\.loss"),
-    ("jsd", "align.variants.jsd.divergence", "tv", r"align@jsd: .*align\.variants\.jsd\.divergence"),
-    ("alpha-0_5", "align.variants.alpha-0_5.alpha", 1.0,
-     r"align@alpha-0_5: .*align\.variants\.alpha-0_5\.alpha"),
-    ("alpha-0_1", "align.variants.alpha-0_1.alpha", 0.0, r"align@alpha-0_1: .*alpha-0_1\.alpha"),
-    ("dpo", "align.variants.dpo.beta", 0.0, r"align@dpo: .*align\.variants\.dpo\.beta"),
-    ("hinge", "align.variants.hinge.beta", -1.0, r"align@hinge: .*align\.variants\.hinge\.beta"),
-    ("dpo", "align.common.learning_rate", -1e-3, r"align@dpo: .*align\.common\.learning_rate"),
-    ("dpo", "align.common.batch_prompts", 0, r"align@dpo: .*align\.common\.batch_prompts"),
-    ("dpo", "align.variants.dpo.learning_rate", "fast", r"align@dpo: .*align\.variants\.dpo\.learning_rate"),
-    ("dpo", "align.variants.dpo.lr", 1e-3, r"align@dpo: .*align\.variants\.dpo\.lr .*not a known key"),
-    ("fkl", "align.variants.fkl.alpha", 0.5, r"align@fkl: .*align\.variants\.fkl\.alpha"),
-    ("dpo", "align.common.lr_scheduler", "zigzag", r"align@dpo: .*align\.common\.lr_scheduler"),
-    ("ipo", "align.variants.ipo.divergence", "jsd", r"align@ipo: .*align\.variants\.ipo\.divergence"),
-    ("dpo", "align.variants.dpo", None, r"align@dpo: .*align\.variants\.dpo\.loss is missing"),
-    ("alpha-0_3", "align.variants.alpha-0_3.alpha", None,
-     r"align@alpha-0_3: .*align\.variants\.alpha-0_3\.alpha: required"),
-    ("dpo", "align.common.seed", "zero", r"align@dpo: .*align\.common\.seed must be int"),
-])
+@pytest.mark.parametrize(
+    "variant, dotted, value, expected",
+    [
+        (
+            "hinge",
+            "align.variants.hinge.beta",
+            -1.0,  # the exact message
+            "params: align.variants.hinge.beta: must be a finite number > 0, got -1.0",
+        ),
+        ("dpo", "align.variants.dpo.beta", 0, "params: align.variants.dpo.beta: must be a finite"),
+        (
+            "dpo",
+            "align.variants.dpo.loss",
+            "logistic",
+            "params: align.variants.dpo.loss: must be one of sigmoid, hinge, ipo, got 'logistic'",
+        ),
+        ("jsd", "align.variants.jsd.divergence", "tv", "params: align.variants.jsd.divergence: "),
+        (
+            "alpha-0_5",
+            "align.variants.alpha-0_5.alpha",
+            1.0,
+            "params: align.variants.alpha-0_5.alpha: must be in the open interval (0, 1)",
+        ),
+        (
+            "alpha-0_1",
+            "align.variants.alpha-0_1.alpha",
+            0.0,
+            "params: align.variants.alpha-0_1.alpha: ",
+        ),
+        (
+            "alpha-0_3",
+            "align.variants.alpha-0_3.alpha",
+            None,
+            "params: align.variants.alpha-0_3.alpha: required for divergence 'alpha'",
+        ),
+        (
+            "fkl",
+            "align.variants.fkl.alpha",
+            0.5,
+            "params: align.variants.fkl.alpha: only used by divergence 'alpha', not 'forward_kl'",
+        ),
+        (
+            "ipo",
+            "align.variants.ipo.divergence",
+            "jsd",
+            "params: align.variants.ipo.divergence: loss 'ipo' requires divergence 'reverse_kl'",
+        ),
+        ("dpo", "align.variants.dpo", None, "params: align.variants.dpo.loss: is missing ("),
+        (
+            "dpo",
+            "align.common.learning_rate",
+            -1e-3,
+            "params: align.common.learning_rate: must be > 0, got -0.001",
+        ),
+        (
+            "ipo",
+            "align.variants.ipo.learning_rate",
+            0.0,  # ipo overrides the common rate
+            "params: align.variants.ipo.learning_rate: must be > 0, got 0.0",
+        ),
+        (
+            "dpo",
+            "align.variants.dpo.learning_rate",
+            "fast",
+            "params: align.variants.dpo.learning_rate: must be float, got 'fast'",
+        ),
+        (
+            "dpo",
+            "align.common.batch_prompts",
+            0,
+            "params: align.common.batch_prompts: must be >= 1",
+        ),
+        (
+            "dpo",
+            "align.variants.dpo.batch_prompts",
+            0,
+            "params: align.variants.dpo.batch_prompts: must be >= 1, got 0",
+        ),
+        (
+            "dpo",
+            "align.common.lr_scheduler",
+            "zigzag",
+            "params: align.common.lr_scheduler: must be one of ",
+        ),
+        (
+            "dpo",
+            "align.common.optimizer",
+            "adam",
+            "params: align.common.optimizer: must be one of ",
+        ),
+        ("dpo", "align.common.seed", "zero", "params: align.common.seed: must be int, got 'zero'"),
+        (
+            "dpo",
+            "align.variants.dpo.lr",
+            1e-3,
+            "params: align.variants.dpo.lr: not a known key (known: optimizer, learning_rate, ",
+        ),
+        ("dpo", "align.common.lr", 1e-3, "params: align.common.lr: not a known key (known: "),
+        (
+            "dpo",
+            "align.common",
+            {"optimizer": "adamw_torch"},
+            "params: align.common.learning_rate: is missing (",
+        ),
+        ("dpo", "align.common", [], "params: align.common: must be a mapping, got []"),
+        (
+            "dpo",
+            "align.variants.dpo",
+            "sigmoid",
+            "params: align.variants.dpo: must be a mapping, got 'sigmoid'",
+        ),
+    ],
+)
 def test_bad_params_fail_before_training(project, variant, dotted, value, expected):
-    with pytest.raises(StageError, match=expected) as err:
+    with pytest.raises(ValueError) as err:
         align(variant, _set(_params(), dotted, value))
+    assert str(err.value).startswith(f"align@{variant}: {expected}"), str(err.value)
+    if variant == "hinge":
+        assert str(err.value) == f"align@hinge: {expected}"
     assert "\n" not in str(err.value)
     assert not Path("logs").exists() and not Path("models/aligned").exists()
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("alpha-0.1", r"align@alpha-0\.1: variant name 'alpha-0\.1' must match .*'alpha-0_1'"),
-    ("-dpo", r"align@-dpo: variant name"),
-    ("dpo@2", r"align@dpo@2: variant name"),
-    ("sft", r"align@sft: params: align\.variants\.sft is missing"),
-])
+def test_the_error_names_the_key_where_it_was_set():
+    """A key set in both sections is the variant's; one set nowhere belongs to its section."""
+    params = _params(beta=0.5, loss="hinge")
+    train, loss = variant_config(params, "dpo")  # the variant's own loss and beta win
+    assert (loss.loss, loss.beta) == ("sigmoid", 0.3)
+    del params["align"]["variants"]["dpo"]["loss"]
+    assert variant_config(params, "dpo")[1].loss == "hinge"  # taken from align.common
+    params["align"]["common"]["loss"] = "nope"
+    with pytest.raises(ValueError, match=r"^params: align\.common\.loss: must be one of "):
+        variant_config(params, "dpo")
+    del params["align"]["common"]["loss"]
+    with pytest.raises(ValueError, match=r"^params: align\.variants\.dpo\.loss: is missing"):
+        variant_config(params, "dpo")
+    del params["align"]["common"]["eval_steps"]
+    with pytest.raises(ValueError, match=r"^params: align\.common\.eval_steps: is missing"):
+        variant_config(params, "ipo")
+
+
+def test_variant_config_builds_the_typed_settings():
+    train, loss = variant_config(PARAMS, "ipo")
+    assert isinstance(train, TrainConfig) and isinstance(loss, LossConfig)
+    common = PARAMS["align"]["common"]
+    assert train.learning_rate == PARAMS["align"]["variants"]["ipo"]["learning_rate"]  # override
+    assert train.learning_rate != common["learning_rate"]
+    assert (train.epochs, train.seed, train.max_length) == (
+        float(common["epochs"]),
+        common["seed"],
+        common["max_length"],
+    )
+    assert loss == LossConfig("ipo", "reverse_kl", 5.0)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("alpha-0.1", r"align@alpha-0\.1: variant name 'alpha-0\.1' must match .*'alpha-0_1'"),
+        ("-dpo", r"align@-dpo: variant name"),
+        ("dpo@2", r"align@dpo@2: variant name"),
+        ("sft", r"align@sft: params: align\.variants\.sft: is missing \(variants: dpo, "),
+    ],
+)
 def test_bad_variant_names(project, name, expected):
     params = _params()
     params["align"]["variants"][name] = {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.1}
     if name == "sft":
         del params["align"]["variants"][name]
-    with pytest.raises(StageError, match=expected):
+    with pytest.raises(ValueError, match=expected):
         align(name, params)
 
 
@@ -371,35 +444,74 @@ def _edit_jsonl(path: str, edit) -> None:
     _write_jsonl(Path(path), rows)
 
 
-@pytest.mark.parametrize("path, edit, expected", [
-    ("data/preferences.jsonl", lambda rows: [{**r, "pairs": []} for r in rows],
-     r"align@dpo: data/preferences\.jsonl: no preference pairs in split 'train'"),
-    ("data/preferences.jsonl", lambda rows: [{**r, "split": "test"} for r in rows],
-     r"align@dpo: data/preferences\.jsonl: row 1: split must be"),
-    ("data/reference.jsonl", lambda rows: rows[:-1],
-     r"align@dpo: data/reference\.jsonl: 15 rows for 16 preferences rows"),
-    ("data/reference.jsonl", lambda rows: [rows[1], rows[0], *rows[2:]],
-     r"align@dpo: data/reference\.jsonl:1: row 'p1' .* does not match preferences row 'p0'"),
-    ("data/reference.jsonl", lambda rows: [{**rows[0], "logps": rows[0]["logps"][:3],
-                                            "n_tokens": rows[0]["n_tokens"][:3]}, *rows[1:]],
-     r"align@dpo: data/reference\.jsonl:1: row 'p0' with 3 log-probs does not match .* 4 completions"),
-    ("data/reference.jsonl", lambda rows: [{**rows[0], "logps": [float("nan")] * 4}, *rows[1:]],
-     r"align@dpo: data/reference\.jsonl:1: logps must hold finite numbers"),
-    ("data/reference.jsonl", lambda rows: [{**rows[0], "n_tokens": [n + 1 for n in rows[0]["n_tokens"]]},
-                                           *rows[1:]],
-     r"align@dpo: params: align\.common\.max_length=64 gives token counts"),
-])
+@pytest.mark.parametrize(
+    "path, edit, expected",
+    [
+        (
+            "data/preferences.jsonl",
+            lambda rows: [{**r, "pairs": []} for r in rows],
+            r"align@dpo: data/preferences\.jsonl: no preference pairs in split 'train'",
+        ),
+        (
+            "data/preferences.jsonl",
+            lambda rows: [{**r, "split": "test"} for r in rows],
+            r"align@dpo: data/preferences\.jsonl: row 1: split must be",
+        ),
+        (
+            "data/reference.jsonl",
+            lambda rows: rows[:-1],
+            r"align@dpo: data/reference\.jsonl: 15 rows for 16 preferences rows",
+        ),
+        (
+            "data/reference.jsonl",
+            lambda rows: [rows[1], rows[0], *rows[2:]],
+            r"align@dpo: data/reference\.jsonl:1: row 'p1' .* does not match preferences row 'p0'",
+        ),
+        (
+            "data/reference.jsonl",
+            lambda rows: [
+                {**rows[0], "logps": rows[0]["logps"][:3], "n_tokens": rows[0]["n_tokens"][:3]},
+                *rows[1:],
+            ],
+            r"align@dpo: data/reference\.jsonl:1: row 'p0' with 3 log-probs does not match .* 4 completions",
+        ),
+        (
+            "data/reference.jsonl",
+            lambda rows: [{**rows[0], "logps": [float("nan")] * 4}, *rows[1:]],
+            r"align@dpo: data/reference\.jsonl:1: logps must hold finite numbers",
+        ),
+        (
+            "data/reference.jsonl",
+            lambda rows: [{**rows[0], "n_tokens": [n + 1 for n in rows[0]["n_tokens"]]}, *rows[1:]],
+            r"align@dpo: params: align\.common\.max_length=64 gives token counts",
+        ),
+    ],
+)
 def test_bad_data_fails_before_training(project, path, edit, expected):
     _edit_jsonl(path, edit)
-    with pytest.raises(StageError, match=expected) as err:
+    with pytest.raises(ValueError, match=expected) as err:
         align("dpo", _params())
     assert "\n" not in str(err.value)
     assert not Path("logs").exists() and not Path("models/aligned").exists()
 
 
 def test_reference_truncated_by_max_length_is_detected(project):
-    with pytest.raises(StageError, match=r"align@dpo: params: align\.common\.max_length=10 "):
+    with pytest.raises(ValueError, match=r"align@dpo: params: align\.common\.max_length=10 "):
         align("dpo", _params(max_length=10))
+    params = _params()
+    params["align"]["variants"]["dpo"]["max_length"] = 12
+    with pytest.raises(
+        ValueError, match=r"align@dpo: params: align\.variants\.dpo\.max_length=12 "
+    ):
+        align("dpo", params)
+
+
+def test_missing_sft_model_is_named(project):
+    import shutil
+
+    shutil.rmtree("models/sft")
+    with pytest.raises(FileNotFoundError, match=r"^align@dpo: models/sft: no model found"):
+        align("dpo", _params())
 
 
 def test_cpu_training_is_deterministic(project):

@@ -1,17 +1,25 @@
 """The benchmark's correctness, not its speed: our trainer and trl's DPOTrainer take the same
 steps on the same pairs, the FLOP count follows the 6·N·T rule, the CLI writes its reports."""
+
 from __future__ import annotations
 
+import copy
 import json
 import random
+from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stages.bench import markdown, step_flops
-from stages.bench_align import align_throughput, bench_rows
-from stages.cli import app
+from stages.bench.align import align_throughput, bench_rows, clean_boundary
+from stages.bench.cli import align_optimizer, alignment_flops, markdown, step_flops
+from stages.cli import build_app
+from stages.lib.config import load_params
+
+app = build_app()
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = load_params(ROOT / "params.yaml")
 
 WORDS = "the film was good bad great awful plot acting boring fun dull story".split()
 
@@ -20,22 +28,32 @@ def _scored(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        completions = [" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + "."
-                       for _ in range(4)]
-        rows.append({"prompt_id": f"train-{i}", "prompt": "the film was",
-                     "completions": completions, "rewards": [rng.random() for _ in range(4)]})
+        completions = [
+            " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + "."
+            for _ in range(4)
+        ]
+        rows.append(
+            {
+                "prompt_id": f"train-{i}",
+                "prompt": "the film was",
+                "completions": completions,
+                "rewards": [rng.random() for _ in range(4)],
+            }
+        )
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing, per_prompt", [("disjoint", 2), ("all", 6)])
 def test_ours_and_trl_take_the_same_steps(tiny_lm_dir, torch_one_thread, pairing, per_prompt):
-    r = align_throughput(tiny_lm_dir, _scored(12), pairing=pairing, prompts_per_step=2, steps=3,
-                         lr=1e-2, beta=0.5)
+    r = align_throughput(
+        tiny_lm_dir, _scored(12), pairing=pairing, prompts_per_step=2, steps=3, lr=1e-2, beta=0.5
+    )
     assert r["prompts"] == 6 and r["pairs"] == 6 * per_prompt
     assert r["pairs_per_step"] == 2 * per_prompt
     assert len(r["ours"]["losses"]) == len(r["trl"]["losses"]) == 3
     assert r["ours"]["losses"][0] == pytest.approx(0.6931472, abs=1e-6)  # policy == reference
-    assert abs(r["ours"]["losses"][-1] - 0.6931472) > 1e-3               # lr 1e-2 moved it
+    assert abs(r["ours"]["losses"][-1] - 0.6931472) > 1e-3  # lr 1e-2 moved it
     assert r["max_abs_loss_diff"] < 1e-5
     # ours scores each completion once; trl scores chosen + rejected of every pair
     assert r["ours"]["reference_sequences"] == 4 * 6
@@ -54,8 +72,6 @@ def test_bench_rows_skip_ties_and_say_when_short():
 
 
 def test_clean_boundary_spots_tokens_merging_across_the_prompt(tiny_lm):
-    from stages.bench_align import clean_boundary
-
     _, tokenizer = tiny_lm
     assert clean_boundary(tokenizer, "the film was", [" good.", " not very good."])
     assert not clean_boundary(tokenizer, "the film wa", [" good.", "s good."])  # "wa"+"s" merge
@@ -71,8 +87,7 @@ def test_step_flops_follows_the_6NT_rule():
     config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=500, n_positions=32)
     model = GPT2LMHeadModel(config)
     # matmul weights: all parameters minus position embeddings, layer norms and biases
-    n = sum(p.numel() for name, p in model.named_parameters()
-            if p.dim() == 2 and "wpe" not in name)
+    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "wpe" not in name)
     tokens = 3 * 1  # seq_len 1: no attention cost beyond one score per head
     assert step_flops(config, 3, 1) == pytest.approx(6 * n * tokens, rel=0.01)
     # attention grows with the square of the sequence length
@@ -83,8 +98,7 @@ def test_step_flops_follows_the_6NT_rule():
 def test_alignment_flops_times_real_trainer_steps(tiny_lm, torch_one_thread):
     from transformers import GPT2Config
 
-    from stages.bench import alignment_flops
-    from stages.trainer import build_items
+    from stages.lib.trainer import build_items
 
     _, tokenizer = tiny_lm
     rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(8)]
@@ -94,28 +108,35 @@ def test_alignment_flops_times_real_trainer_steps(tiny_lm, torch_one_thread):
     assert f["optimizer"] == "adamw_torch" and f["timed_steps"] == 2
     assert [shape[0] for shape in f["batch_shapes"]] == [8, 8]  # 2 prompts x 4 completions
     assert f["step_flops"] == pytest.approx(
-        sum(step_flops(config, b, t) for b, t in f["batch_shapes"]) / 2)
+        sum(step_flops(config, b, t) for b, t in f["batch_shapes"]) / 2
+    )
     assert f["achieved_flops"] > 0 and f["matmul_flops"] > 0
     assert f["ratio"] == pytest.approx(f["achieved_flops"] / f["matmul_flops"])
 
 
-def test_bench_command_writes_json_and_markdown(tiny_lm_dir, tmp_path, monkeypatch,
-                                                torch_one_thread):
+def test_bench_command_writes_json_and_markdown(
+    tiny_lm_dir, tmp_path, monkeypatch, torch_one_thread
+):
     import shutil
 
     shutil.copytree(tiny_lm_dir, tmp_path / "models/sft")
     (tmp_path / "data/prompts").mkdir(parents=True)
-    (tmp_path / "data/prompts/train.jsonl").write_text("".join(
-        json.dumps({"prompt_id": f"train-{i}", "prompt": p}) + "\n"
-        for i, p in enumerate(["the film was", "the plot", "a story that was", "I"])))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sample": {
-        "n_per_prompt": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 4}}))
+    (tmp_path / "data/prompts/train.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt_id": f"train-{i}", "prompt": p}) + "\n"
+            for i, p in enumerate(["the film was", "the plot", "a story that was", "I"])
+        )
+    )
+    params = copy.deepcopy(PARAMS)  # the repository's sample settings, benchmark-sized
+    params["sample"].update(n_per_prompt=2, max_new_tokens=6, batch_size=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["bench", "--only", "sample", "--threads", "1"])
     assert result.exit_code == 0, result.output
     bench = json.loads((tmp_path / "reports/bench.json").read_text())
     s = bench["sample"]
-    assert s["prompts"] == 4 and s["k"] == 2
+    assert s["prompts"] == 4 and s["k"] == 2 and s["batch_size"] == 4
+    assert s["temperature"] == PARAMS["sample"]["temperature"]
     for way in ("sample", "one_prompt", "unsorted"):
         assert 0 < s[way]["tokens"] <= 4 * 2 * 6 and s[way]["tokens_per_s"] > 0
     assert bench["machine"]["torch_threads"] == 1
@@ -128,9 +149,48 @@ def test_bench_command_errors_are_one_line(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     result = CliRunner().invoke(app, ["bench", "--only", "align,nope"])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: --only: unknown item 'nope' (items: align, sample, " \
-                                    "eval, flops, sweep)"
+    assert (
+        result.output.strip() == "error: --only: unknown item 'nope' (items: align, sample, "
+        "eval, flops, sweep)"
+    )
     result = CliRunner().invoke(app, ["bench", "--only", "align"])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: bench align: models/sft not found (run `dvc repro` first)"
+    assert (
+        result.output.strip() == "error: bench align: models/sft not found (run `dvc repro` first)"
+    )
     assert not (tmp_path / "reports").exists()
+
+
+def test_bench_help_lists_its_options():
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--only" in result.output and "--sweep" in result.output
+
+
+def test_flops_reads_the_configured_optimizer_typed():
+    assert align_optimizer(PARAMS) == PARAMS["align"]["common"]["optimizer"]
+    params = copy.deepcopy(PARAMS)
+    params["align"]["common"]["loss"] = "sigmoid"  # loss keys may sit in align.common
+    assert align_optimizer(params) == PARAMS["align"]["common"]["optimizer"]
+    params["align"]["common"]["optimizer"] = "adam"
+    with pytest.raises(ValueError, match=r"^params: align\.common\.optimizer: must be one of "):
+        align_optimizer(params)
+    with pytest.raises(ValueError, match=r"^params: section 'align' is missing"):
+        align_optimizer({"seed": 0})
+
+
+def test_bench_sample_settings_are_checked(tiny_lm_dir, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_lm_dir, tmp_path / "models/sft")
+    (tmp_path / "data/prompts").mkdir(parents=True)
+    (tmp_path / "data/prompts/train.jsonl").write_text(
+        json.dumps({"prompt_id": "train-0", "prompt": "the film was"}) + "\n"
+    )
+    params = copy.deepcopy(PARAMS)
+    params["sample"]["temperature"] = -1.0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "--only", "sample", "--threads", "1"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: params: sample.temperature: must be > 0, got -1.0"

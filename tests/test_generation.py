@@ -1,18 +1,22 @@
-"""Batched sampling (:mod:`stages.generation`) and the ``sample`` stage."""
+"""Batched sampling (:mod:`stages.lib.generation`): seeding, batching, EOS handling, padding."""
+
 from __future__ import annotations
 
 import copy
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
-import typer
-from typer.testing import CliRunner
+from conftest import build_tiny_lm
 
-from stages.common import StageError, stage_command, write_jsonl
-from stages.contracts import SAMPLES, read_rows
-from stages.generation import batch_seed, generate_completions, plan_batches
+from stages.lib.generation import (
+    batch_seed,
+    cut_at_eos,
+    generate_completions,
+    generation_config,
+    left_pad,
+    plan_batches,
+)
+from stages.lib.modeling import load_causal_lm
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -20,8 +24,15 @@ PROMPTS = ["the film was", "I loved this movie and the acting was", "bad", "the 
 
 
 def _gen(model, tokenizer, prompts=PROMPTS, **kw):
-    args = {"n_per_prompt": 3, "temperature": 0.7, "max_new_tokens": 12, "batch_size": 5,
-            "seed": 0, "progress": False, **kw}
+    args = {
+        "n_per_prompt": 3,
+        "temperature": 0.7,
+        "max_new_tokens": 12,
+        "batch_size": 5,
+        "seed": 0,
+        "progress": False,
+        **kw,
+    }
     return generate_completions(model, tokenizer, prompts, **args)
 
 
@@ -31,6 +42,28 @@ def test_plan_batches_sorted_and_complete():
     assert sorted(flat) == [(i, k) for i in range(4) for k in range(3)]
     assert all(len(b) <= 4 for b in batches)
     assert [i for i, _ in flat] == [1, 1, 1, 3, 3, 3, 0, 0, 0, 2, 2, 2]  # longest first, stable
+
+
+def test_left_pad_and_cut_at_eos():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert cut_at_eos([4, 2, 9, 2], 2) == ([4, 2], True)
+    assert cut_at_eos([4, 9], 2) == ([4, 9], False)
+    assert cut_at_eos([4, 9], None) == ([4, 9], False)
+
+
+def test_generation_config_is_clean(tiny_lm):
+    _, tokenizer = tiny_lm
+    config = generation_config(tokenizer, do_sample=True, temperature=0.7, max_new_tokens=9)
+    assert (config.do_sample, config.temperature, config.top_k, config.top_p) == (True, 0.7, 0, 1.0)
+    assert config.max_new_tokens == 9 and config.num_beams == 1
+    assert config.eos_token_id == tokenizer.eos_token_id
+    assert config.pad_token_id == tokenizer.pad_token_id
+    assert (
+        generation_config(tokenizer, do_sample=False, temperature=1.0, max_new_tokens=9).do_sample
+        is False
+    )
 
 
 def test_deterministic_for_a_seed_and_independent_of_global_rng(tiny_lm):
@@ -59,10 +92,12 @@ def test_completions_exclude_prompt_and_respect_max_new_tokens(tiny_lm):
             assert 1 <= len(gen) <= 7
             assert fin == (gen[-1] == eos) and eos not in gen[:-1]
             assert not fin or len(gen) <= 7
-            assert text == tokenizer.decode(gen, skip_special_tokens=True,
-                                            clean_up_tokenization_spaces=False)
-            full = tokenizer.decode(prompt_ids + gen, skip_special_tokens=True,
-                                    clean_up_tokenization_spaces=False)
+            assert text == tokenizer.decode(
+                gen, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+            full = tokenizer.decode(
+                prompt_ids + gen, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
             assert full.startswith(prompt)  # the prompt precedes, and is not in, the completion
             if "\ufffd" not in full:  # random byte tokens can split a UTF-8 character
                 assert full == prompt + text
@@ -89,12 +124,9 @@ def _boost(output, token):
 
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 def test_greedy_batched_equals_one_at_a_time(tmp_path, pad_is_eos):
-    from conftest import build_tiny_lm
-
-    from stages.generation import load_causal_lm
-
-    model, tokenizer = load_causal_lm(build_tiny_lm(tmp_path / "lm", pad_is_eos=pad_is_eos,
-                                                    seed=1), torch.device("cpu"))
+    model, tokenizer = load_causal_lm(
+        build_tiny_lm(tmp_path / "lm", pad_is_eos=pad_is_eos, seed=1), torch.device("cpu")
+    )
     prompts = PROMPTS + ["a", "the acting and the score and the ending were never really fun"]
     kw = {"n_per_prompt": 1, "do_sample": False, "max_new_tokens": 15}
     batched = _gen(model, tokenizer, prompts, batch_size=len(prompts), **kw)
@@ -111,8 +143,15 @@ def test_padded_batch_samples_the_model_distribution(tiny_lm):
         model.transformer.ln_f.weight.mul_(15.0)  # perplexity ~3 and ~12 instead of ~200
     temperature, n = 0.7, 1000
     prompts = ["bad", "the plot is not very good but the acting"]
-    out = _gen(model, tokenizer, prompts, n_per_prompt=n, batch_size=2 * n, max_new_tokens=1,
-               temperature=temperature)
+    out = _gen(
+        model,
+        tokenizer,
+        prompts,
+        n_per_prompt=n,
+        batch_size=2 * n,
+        max_new_tokens=1,
+        temperature=temperature,
+    )
     for prompt, ids in zip(prompts, out.token_ids):
         enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
@@ -124,57 +163,5 @@ def test_padded_batch_samples_the_model_distribution(tiny_lm):
 
 def test_prompt_too_long_for_model(tiny_lm):
     model, tokenizer = tiny_lm
-    with pytest.raises(StageError, match="exceeds the model's 128 positions"):
+    with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
         _gen(model, tokenizer, ["the film was"], max_new_tokens=127)
-
-
-# --- the sample stage -------------------------------------------------------------------
-
-def _sample_params(**sample) -> dict:
-    return {"seed": 0, "sample": {"n_per_prompt": 3, "temperature": 0.7, "max_new_tokens": 10,
-                                  "batch_size": 4, **sample}}
-
-
-def _stage_dir(tmp_path: Path, tiny_lm_dir: Path) -> None:
-    shutil.copytree(tiny_lm_dir, tmp_path / "models" / "sft")
-    write_jsonl(tmp_path / "data/prompts/train.jsonl",
-                [{"prompt_id": f"train-{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
-
-
-def test_sample_stage_writes_samples(tmp_path, monkeypatch, tiny_lm_dir):
-    from stages.sample import sample
-
-    _stage_dir(tmp_path, tiny_lm_dir)
-    monkeypatch.chdir(tmp_path)
-    summary = sample(_sample_params(), progress=False)
-    rows = read_rows("data/samples.jsonl", SAMPLES)
-    assert [r["prompt_id"] for r in rows] == [f"train-{i}" for i in range(4)]
-    assert [r["prompt"] for r in rows] == PROMPTS
-    assert all(len(r["completions"]) == 3 for r in rows)
-    assert summary["completions"] == 12 and summary["tokens_per_second"] > 0
-    first = Path("data/samples.jsonl").read_text()
-    sample(_sample_params(), progress=False)
-    assert Path("data/samples.jsonl").read_text() == first  # reproducible
-
-
-@pytest.mark.parametrize("key, value, needle", [
-    ("n_per_prompt", 1, "sample.n_per_prompt must be >= 2"),
-    ("temperature", 0, "sample.temperature must be > 0"),
-    ("max_new_tokens", 0, "sample.max_new_tokens"),
-    ("batch_size", "8", "sample.batch_size must be int"),
-])
-def test_sample_bad_params_one_line(tmp_path, monkeypatch, tiny_lm_dir, key, value, needle):
-    import yaml
-
-    from stages.sample import main
-
-    _stage_dir(tmp_path, tiny_lm_dir)
-    monkeypatch.chdir(tmp_path)
-    Path("params.yaml").write_text(yaml.safe_dump(_sample_params(**{key: value})))
-    app = typer.Typer()
-    app.command()(stage_command(main))
-    result = CliRunner().invoke(app, ["--params", "params.yaml"])
-    assert result.exit_code == 1
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: params: ") and needle in lines[0]
-    assert not Path("data/samples.jsonl").exists()

@@ -1,4 +1,4 @@
-"""Tests for stages.losses: closed forms, float32 stability, limits, and a cross-check against trl.
+"""Tests for stages.lib.losses: closed forms, float32 stability, limits, and a cross-check against trl.
 
 The trl cross-check builds a real ``trl.DPOTrainer`` (tiny GPT-2 from a config, word-level tokenizer
 built offline, two-row in-memory dataset, ``precompute_ref_log_probs=True``) and calls its public
@@ -7,6 +7,7 @@ log-probs (one non-zero position per row) and with ``ref_chosen_logps``/``ref_re
 ``inputs``. So trl's own f-divergence and loss code runs on exactly our batch, and autograd gives
 its gradient with respect to the same policy log-prob leaves.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages import losses as L
+from stages.lib import losses as L
 
 BETAS = (1e-5, 0.01, 0.1, 1.0)
 FINITE_ALPHAS = (1e-6, 1e-3, 0.3, 0.5, 0.999)
@@ -41,7 +42,7 @@ def t64(*xs):
 def run_ours(pw, pl, rw, rl, lw, ll, **cfg):
     """Our loss (mean over pairs) and its gradients w.r.t. the policy log-probs."""
     pw, pl = pw.detach().clone().requires_grad_(), pl.detach().clone().requires_grad_()
-    out = L.preference_loss(pw, pl, rw, rl, lw, ll, **cfg)
+    out = L.preference_loss(pw, pl, rw, rl, lw, ll, L.LossConfig(**cfg))
     out.loss.backward()
     return out, pw.grad, pl.grad
 
@@ -65,7 +66,9 @@ R_VALUES = (-3.0, -0.5, 0.0, 0.25, 2.0, 7.0)
 def test_scores_match_f_prime_table(divergence, alpha, f_prime_minus_const):
     r = t64(*R_VALUES)
     expected = t64(*(f_prime_minus_const(math.exp(x)) for x in R_VALUES))
-    torch.testing.assert_close(L.divergence_score(r, divergence, alpha), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        L.divergence_score(r, divergence, alpha), expected, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_named_scores_closed_forms():
@@ -75,7 +78,9 @@ def test_named_scores_closed_forms():
     torch.testing.assert_close(L.jsd_score(r), t64(*(-math.log1p(math.exp(-x)) for x in R_VALUES)))
     # The brief's -exp(-αr)/α, shifted by the dropped constant 1/α.
     a = 0.3
-    torch.testing.assert_close(L.alpha_score(r, a), t64(*(-math.exp(-a * x) / a + 1 / a for x in R_VALUES)))
+    torch.testing.assert_close(
+        L.alpha_score(r, a), t64(*(-math.exp(-a * x) / a + 1 / a for x in R_VALUES))
+    )
 
 
 DELTAS = (-4.0, -0.3, 0.0, 0.7, 5.0, 30.0)
@@ -108,7 +113,9 @@ def test_preference_loss_by_hand(loss, divergence, alpha):
     rw, rl = t64(-11.0, -19.0, -5.5), t64(-11.0, -18.5, -6.0)
     lw, ll = t64(4, 10, 2), t64(5, 8, 3)
     beta = 0.5
-    out, gw, gl = run_ours(pw, pl, rw, rl, lw, ll, loss=loss, divergence=divergence, beta=beta, alpha=alpha)
+    out, gw, gl = run_ours(
+        pw, pl, rw, rl, lw, ll, loss=loss, divergence=divergence, beta=beta, alpha=alpha
+    )
     expected = []
     for i in range(3):
         r_w, r_l = float(pw[i] - rw[i]), float(pl[i] - rl[i])
@@ -117,7 +124,9 @@ def test_preference_loss_by_hand(loss, divergence, alpha):
             expected.append((d - 1 / (2 * beta)) ** 2)
             continue
         d = _paper_score(r_w, divergence, alpha) - _paper_score(r_l, divergence, alpha)
-        expected.append(math.log1p(math.exp(-beta * d)) if loss == "sigmoid" else max(0.0, 1 - beta * d))
+        expected.append(
+            math.log1p(math.exp(-beta * d)) if loss == "sigmoid" else max(0.0, 1 - beta * d)
+        )
     torch.testing.assert_close(out.losses, t64(*expected))
     torch.testing.assert_close(out.chosen_rewards, beta * (pw - rw))
     torch.testing.assert_close(out.rejected_rewards, beta * (pl - rl))
@@ -133,23 +142,32 @@ def test_gradient_matches_finite_differences(loss, divergence, alpha):
     lw, ll = t64(1, 3, 5, 7, 9), t64(2, 4, 6, 8, 10)
 
     def f(pw, pl):
-        return L.preference_loss(pw, pl, rw, rl, lw, ll, loss=loss, divergence=divergence,
-                                 beta=0.7, alpha=alpha).losses
+        return L.preference_loss(
+            pw, pl, rw, rl, lw, ll, L.LossConfig(loss, divergence, 0.7, alpha)
+        ).losses
 
     assert torch.autograd.gradcheck(f, (pw.requires_grad_(), pl.requires_grad_()))
 
 
 def test_ipo_clamps_zero_lengths_to_one():
     pw, pl, ref = t64(-1.0), t64(-3.0), t64(-2.0)
-    zero = L.preference_loss(pw, pl, ref, ref, t64(0), t64(0), loss="ipo", beta=0.1).losses
-    one = L.preference_loss(pw, pl, ref, ref, t64(1), t64(1), loss="ipo", beta=0.1).losses
+    ipo = L.LossConfig("ipo", "reverse_kl", 0.1)
+    zero = L.preference_loss(pw, pl, ref, ref, t64(0), t64(0), ipo).losses
+    one = L.preference_loss(pw, pl, ref, ref, t64(1), t64(1), ipo).losses
     torch.testing.assert_close(zero, one)
 
 
 def test_half_precision_inputs_are_computed_in_float32():
     x = torch.tensor([-1.0, 2.0], dtype=torch.bfloat16, requires_grad=True)
-    out = L.preference_loss(x, x.detach() - 1, x.detach(), x.detach(), torch.ones(2), torch.ones(2),
-                            loss="sigmoid", beta=0.1)
+    out = L.preference_loss(
+        x,
+        x.detach() - 1,
+        x.detach(),
+        x.detach(),
+        torch.ones(2),
+        torch.ones(2),
+        L.LossConfig("sigmoid", "reverse_kl", 0.1),
+    )
     assert out.losses.dtype == torch.float32
     out.loss.backward()
     assert x.grad.dtype == torch.bfloat16
@@ -193,8 +211,9 @@ def _assert_finite_everywhere(r_w, r_l, len_w, len_l, ref_w, ref_l):
     for loss, divergence, alpha in all_combos():
         for beta in BETAS:
             pw, pl = (ref_w + r_w).requires_grad_(), (ref_l + r_l).requires_grad_()
-            out = L.preference_loss(pw, pl, ref_w, ref_l, len_w, len_l,
-                                    loss=loss, divergence=divergence, beta=beta, alpha=alpha)
+            out = L.preference_loss(
+                pw, pl, ref_w, ref_l, len_w, len_l, L.LossConfig(loss, divergence, beta, alpha)
+            )
             gw, gl = torch.autograd.grad(out.losses.sum(), (pw, pl))
             cfg = f"{loss}/{divergence}/alpha={alpha}/beta={beta}"
             assert torch.isfinite(out.losses).all(), cfg
@@ -220,9 +239,18 @@ _f32 = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 
 @settings(max_examples=15, deadline=None, derandomize=True)
 @given(
-    data=st.lists(st.tuples(_f32, _f32, st.integers(1, 2048), st.integers(1, 2048),
-                            st.floats(-1e3, 0, width=32), st.floats(-1e3, 0, width=32)),
-                  min_size=1, max_size=64)
+    data=st.lists(
+        st.tuples(
+            _f32,
+            _f32,
+            st.integers(1, 2048),
+            st.integers(1, 2048),
+            st.floats(-1e3, 0, width=32),
+            st.floats(-1e3, 0, width=32),
+        ),
+        min_size=1,
+        max_size=64,
+    )
 )
 def test_finite_float32_random(data):
     cols = list(zip(*data))
@@ -242,8 +270,10 @@ def _margin_and_grad(divergence, alpha, r_w, r_l, beta=0.1):
 
 def _random_ratios(n=64, scale=5.0):
     gen = torch.Generator().manual_seed(1)
-    return ((torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * scale,
-            (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * scale)
+    return (
+        (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * scale,
+        (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * scale,
+    )
 
 
 def test_alpha_to_zero_approaches_reverse_kl():
@@ -268,8 +298,12 @@ def test_alpha_to_one_approaches_forward_kl():
         torch.testing.assert_close(gw, gw_fwd, rtol=20 * eps, atol=20 * eps)
         torch.testing.assert_close(gl, gl_fwd, rtol=20 * eps, atol=20 * eps)
     # the scores differ by the constant 1 = (1 - u^-1) - (-1/u)
-    torch.testing.assert_close(L.alpha_score(r_w, 1 - 1e-12) - L.forward_kl_score(r_w),
-                               torch.ones_like(r_w), rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        L.alpha_score(r_w, 1 - 1e-12) - L.forward_kl_score(r_w),
+        torch.ones_like(r_w),
+        rtol=0,
+        atol=1e-9,
+    )
 
 
 def test_small_alpha_float32_has_no_cancellation():
@@ -283,12 +317,18 @@ def test_small_alpha_float32_has_no_cancellation():
     assert (ours.double() - exact).abs().max() < 1e-5
 
 
-# --------------------------------------------------------------------------- validate_config
+# --------------------------------------------------------------------------- LossConfig
 
 
 @pytest.mark.parametrize("loss, divergence, alpha", all_combos())
-def test_validate_config_accepts_valid(loss, divergence, alpha):
-    L.validate_config(loss, divergence, 0.1, alpha)
+def test_loss_config_accepts_valid(loss, divergence, alpha):
+    config = L.LossConfig(loss, divergence, 0.1, alpha)
+    assert (config.loss, config.divergence, config.beta, config.alpha) == (
+        loss,
+        divergence,
+        0.1,
+        alpha,
+    )
 
 
 @pytest.mark.parametrize(
@@ -309,30 +349,116 @@ def test_validate_config_accepts_valid(loss, divergence, alpha):
         ("hinge", "alpha", 0.1, 1.5, "alpha"),
         ("hinge", "alpha", 0.1, -0.2, "alpha"),
         ("hinge", "alpha", 0.1, float("nan"), "alpha"),
+        ("sigmoid", "reverse_kl", 0.1, 0.5, "alpha"),  # alpha belongs to divergence alpha only
         ("ipo", "jsd", 0.1, None, "divergence"),
         ("ipo", "alpha", 0.1, 0.5, "divergence"),
         ("ipo", "forward_kl", 0.1, None, "divergence"),
     ],
 )
-def test_validate_config_rejects_with_one_line_naming_the_parameter(loss, divergence, beta, alpha, param):
+def test_bad_loss_config_is_one_line_naming_the_field(loss, divergence, beta, alpha, param):
     with pytest.raises(ValueError, match=rf"^{param}: ") as err:
-        L.validate_config(loss, divergence, beta, alpha)
+        L.LossConfig(loss, divergence, beta, alpha)
     assert "\n" not in str(err.value)
+
+
+def test_loss_config_is_frozen_and_checked_again_on_replace():
+    import dataclasses
+
+    config = L.LossConfig("sigmoid", "alpha", 0.1, 0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.beta = 1.0
+    with pytest.raises(ValueError, match="^beta: must be a finite number > 0, got -1.0$"):
+        dataclasses.replace(config, beta=-1.0)
+
+
+def test_preference_loss_does_not_validate_again(monkeypatch):
+    """The config is checked once, when built; the per-step loss only reads it."""
+    calls = []
+    check = L.LossConfig.__post_init__
+    monkeypatch.setattr(
+        L.LossConfig, "__post_init__", lambda self: calls.append(self) or check(self)
+    )
+    config = L.LossConfig("sigmoid", "alpha", 0.3, 0.5)
     x = torch.zeros(2)
-    with pytest.raises(ValueError, match=rf"^{param}: "):
-        L.preference_loss(x, x, x, x, x + 1, x + 1, loss=loss, divergence=divergence, beta=beta, alpha=alpha)
+    for _ in range(3):
+        L.preference_loss(x, x, x, x, x + 1, x + 1, config)
+    assert calls == [config]
 
 
-def test_alpha_is_ignored_for_other_divergences():
-    L.validate_config("sigmoid", "reverse_kl", 0.1, 5.0)  # documented: only checked for 'alpha'
-    with pytest.raises(ValueError, match="^divergence: "):
+def test_divergence_score_names_a_bad_divergence():
+    with pytest.raises(ValueError, match="^divergence: must be one of "):
         L.divergence_score(torch.zeros(1), "chi2")
+
+
+WHERE = {"loss": "align.common.loss"}
+
+
+def _where(key: str) -> str:
+    return WHERE.get(key, f"align.variants.dpo.{key}")
+
+
+@pytest.mark.parametrize(
+    "mapping, message",
+    [
+        (
+            {"loss": "sigmoid", "divergence": "reverse_kl", "beta": -1.0},
+            "params: align.variants.dpo.beta: must be a finite number > 0, got -1.0",
+        ),
+        (
+            {"loss": "dpo", "divergence": "reverse_kl", "beta": 0.1},
+            "params: align.common.loss: must be one of sigmoid, hinge, ipo, got 'dpo'",
+        ),
+        (
+            {"loss": "sigmoid", "beta": 0.1},
+            "params: align.variants.dpo.divergence: is missing (score s(r): ",
+        ),
+        (
+            {"loss": "sigmoid", "divergence": "reverse_kl", "beta": "big"},
+            "params: align.variants.dpo.beta: must be float, got 'big'",
+        ),
+        (
+            {"loss": "sigmoid", "divergence": "alpha", "beta": 0.1},
+            "params: align.variants.dpo.alpha: required for divergence 'alpha'",
+        ),
+        (
+            {"loss": "sigmoid", "divergence": "forward_kl", "beta": 0.1, "alpha": 0.5},
+            "params: align.variants.dpo.alpha: only used by divergence 'alpha', not 'forward_kl'",
+        ),
+        (
+            {"loss": "sigmoid", "divergence": "alpha", "beta": 0.1, "alpha": 1.0},
+            "params: align.variants.dpo.alpha: must be in the open interval (0, 1)",
+        ),
+        (
+            {"loss": "ipo", "divergence": "jsd", "beta": 0.1},
+            "params: align.variants.dpo.divergence: loss 'ipo' requires divergence 'reverse_kl'",
+        ),
+        (
+            {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.1, "tau": 1},
+            "params: align.variants.dpo.tau: not a known key (known: loss, divergence, beta, alpha)",
+        ),
+    ],
+)
+def test_read_loss_config_names_the_key(mapping, message):
+    with pytest.raises(ValueError) as err:
+        L.read_loss_config(mapping, _where)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_read_loss_config_coerces_like_params():
+    config = L.read_loss_config(
+        {"loss": "sigmoid", "divergence": "alpha", "beta": 1, "alpha": 0.5}, _where
+    )
+    assert config == L.LossConfig("sigmoid", "alpha", 1.0, 0.5) and isinstance(config.beta, float)
 
 
 # --------------------------------------------------------------------------- cross-check with trl
 
-TRL_DIVERGENCE = {"reverse_kl": "reverse_kl", "forward_kl": "forward_kl", "jsd": "js_divergence",
-                  "alpha": "alpha_divergence"}
+TRL_DIVERGENCE = {
+    "reverse_kl": "reverse_kl",
+    "forward_kl": "forward_kl",
+    "jsd": "js_divergence",
+    "alpha": "alpha_divergence",
+}
 
 
 class _StubPolicy:
@@ -345,8 +471,9 @@ class _StubPolicy:
         n, seq = kwargs["input_ids"].shape
         log_probs = torch.cat([self.logps.unsqueeze(1), self.logps.new_zeros(n, seq - 2)], dim=1)
         zeros = torch.zeros(n, seq - 1)
-        return SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros,
-                               is_top1=zeros.bool())
+        return SimpleNamespace(
+            log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -361,26 +488,48 @@ def trl_trainer(tmp_path_factory):
     vocab = {f"w{i}": i for i in range(96)} | {"<pad>": 96, "<eos>": 97}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                        unk_token="w0")
-    dataset = Dataset.from_dict({"prompt": ["w1 w2", "w3"], "chosen": [" w4 w5", " w6"],
-                                 "rejected": [" w7", " w8 w9"]})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="w0"
+    )
+    dataset = Dataset.from_dict(
+        {"prompt": ["w1 w2", "w3"], "chosen": [" w4 w5", " w6"], "rejected": [" w7", " w8 w9"]}
+    )
     cache = {}
 
     def make(loss_type, f_divergence_type, coef=0.5, beta=0.1):
         key = (loss_type, f_divergence_type, coef, beta)
         if key not in cache:
             torch.manual_seed(0)
-            model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=32,
-                                               bos_token_id=97, eos_token_id=97, pad_token_id=96))
+            model = GPT2LMHeadModel(
+                GPT2Config(
+                    n_layer=1,
+                    n_embd=32,
+                    n_head=2,
+                    vocab_size=100,
+                    n_positions=32,
+                    bos_token_id=97,
+                    eos_token_id=97,
+                    pad_token_id=96,
+                )
+            )
             with warnings.catch_warnings():  # transformers 5 deprecation notices raised inside trl
                 warnings.simplefilter("ignore", FutureWarning)
-                args = DPOConfig(output_dir=str(tmp_path_factory.mktemp("dpo")), report_to="none",
-                                 use_cpu=True, loss_type=[loss_type], f_divergence_type=f_divergence_type,
-                                 f_alpha_divergence_coef=coef, beta=beta, precompute_ref_log_probs=True,
-                                 per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True)
-                cache[key] = DPOTrainer(model=model, args=args, train_dataset=dataset,
-                                        processing_class=tokenizer)
+                args = DPOConfig(
+                    output_dir=str(tmp_path_factory.mktemp("dpo")),
+                    report_to="none",
+                    use_cpu=True,
+                    loss_type=[loss_type],
+                    f_divergence_type=f_divergence_type,
+                    f_alpha_divergence_coef=coef,
+                    beta=beta,
+                    precompute_ref_log_probs=True,
+                    per_device_train_batch_size=2,
+                    save_strategy="no",
+                    disable_tqdm=True,
+                )
+                cache[key] = DPOTrainer(
+                    model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+                )
         return cache[key]
 
     return make
@@ -392,9 +541,13 @@ def run_trl(trainer, pw, pl, rw, rl, lw, ll):
     lengths = torch.cat([lw, ll]).long()
     seq = 2 + int(lengths.max())
     completion_mask = (torch.arange(seq) >= 1) & (torch.arange(seq) <= lengths.unsqueeze(1))
-    inputs = {"input_ids": torch.ones(2 * len(pw), seq, dtype=torch.long),
-              "attention_mask": torch.ones(2 * len(pw), seq, dtype=torch.long),
-              "completion_mask": completion_mask.long(), "ref_chosen_logps": rw, "ref_rejected_logps": rl}
+    inputs = {
+        "input_ids": torch.ones(2 * len(pw), seq, dtype=torch.long),
+        "attention_mask": torch.ones(2 * len(pw), seq, dtype=torch.long),
+        "completion_mask": completion_mask.long(),
+        "ref_chosen_logps": rw,
+        "ref_rejected_logps": rl,
+    }
     loss = trainer.compute_loss(_StubPolicy(torch.cat([pw, pl])), inputs)
     gw, gl = torch.autograd.grad(loss, (pw, pl), allow_unused=False)
     return loss.detach(), gw, gl
@@ -432,19 +585,23 @@ def test_matches_trl(trl_trainer, loss, divergence, alpha, beta):
     torch.testing.assert_close(gl, trl_gl, rtol=1e-5, atol=1e-7)
     metrics = trainer._metrics["train" if trainer.model.training else "eval"]
     assert metrics["rewards/chosen"][-1] == pytest.approx(
-        out.chosen_rewards.mean().item(), rel=1e-5, abs=1e-6)
+        out.chosen_rewards.mean().item(), rel=1e-5, abs=1e-6
+    )
     assert metrics["rewards/margins"][-1] == pytest.approx(
-        (out.chosen_rewards - out.rejected_rewards).mean().item(), rel=1e-5, abs=1e-6)
+        (out.chosen_rewards - out.rejected_rewards).mean().item(), rel=1e-5, abs=1e-6
+    )
 
 
 def test_trl_alpha_coefficient_is_one_minus_alpha(trl_trainer):
     """trl's docstring says 'u^-α', but its code uses u^(coef-1): coef = 1 - α (f-DPO convention)."""
     batch = _batch(seed=3)
     trl_loss = run_trl(trl_trainer("sigmoid", "alpha_divergence", 0.2, 0.1), *batch)[0]
-    assert run_ours(*batch, loss="sigmoid", divergence="alpha", beta=0.1, alpha=0.8)[0].loss.item() == \
-        pytest.approx(trl_loss.item(), rel=1e-5)
-    assert run_ours(*batch, loss="sigmoid", divergence="alpha", beta=0.1, alpha=0.2)[0].loss.item() != \
-        pytest.approx(trl_loss.item(), rel=1e-3)
+    assert run_ours(*batch, loss="sigmoid", divergence="alpha", beta=0.1, alpha=0.8)[
+        0
+    ].loss.item() == pytest.approx(trl_loss.item(), rel=1e-5)
+    assert run_ours(*batch, loss="sigmoid", divergence="alpha", beta=0.1, alpha=0.2)[
+        0
+    ].loss.item() != pytest.approx(trl_loss.item(), rel=1e-3)
     # endpoints: coef 0 is forward KL, coef 1 falls back to reverse KL
     for coef, divergence in ((0.0, "forward_kl"), (1.0, "reverse_kl")):
         trl_loss = run_trl(trl_trainer("hinge", "alpha_divergence", coef, 1.0), *batch)[0]
@@ -463,7 +620,9 @@ def _pairs(r_w, r_l):
 @pytest.mark.parametrize("loss", ("sigmoid", "hinge"))
 def test_trl_agrees_at_extreme_ratios_for_log_space_scores(trl_trainer, loss, divergence):
     batch = _pairs([1e4, -1e4, 500.0, -500.0, 0.0], [-1e4, 1e4, -500.0, 500.0, 1e4])
-    trl_loss, trl_gw, trl_gl = run_trl(trl_trainer(loss, TRL_DIVERGENCE[divergence], 0.5, 0.1), *batch)
+    trl_loss, trl_gw, trl_gl = run_trl(
+        trl_trainer(loss, TRL_DIVERGENCE[divergence], 0.5, 0.1), *batch
+    )
     out, gw, gl = run_ours(*batch, loss=loss, divergence=divergence, beta=0.1)
     for ours, theirs in ((out.loss.detach(), trl_loss), (gw, trl_gw), (gl, trl_gl)):
         assert torch.isfinite(theirs).all()
@@ -491,7 +650,9 @@ def test_trl_alpha_clamp_loses_the_gradient_where_ours_keeps_it(trl_trainer):
     than the rejected one. Ours keeps a finite, correctly signed margin and gradient."""
     batch = _pairs([-300.0], [-200.0])  # α r ≤ -100 for both: exponent 150 and 100 > 80
     trl_loss, trl_gw, trl_gl = run_trl(trl_trainer("sigmoid", "alpha_divergence", 0.5, 0.1), *batch)
-    assert trl_loss.item() == pytest.approx(math.log(2)) and trl_gw.item() == 0 and trl_gl.item() == 0
+    assert (
+        trl_loss.item() == pytest.approx(math.log(2)) and trl_gw.item() == 0 and trl_gl.item() == 0
+    )
     out, gw, gl = run_ours(*batch, loss="sigmoid", divergence="alpha", beta=0.1, alpha=0.5)
     assert torch.isfinite(out.loss) and out.loss > 1e10 and gw < 0 and gl > 0
 
@@ -520,4 +681,4 @@ def test_trl_accepts_ipo_with_f_divergences_we_reject(trl_trainer):
     length-normalized f′ scores, a combination neither paper derives. We raise instead."""
     trl_trainer("ipo", "js_divergence", 0.5, 0.1)  # trl constructs it without complaint
     with pytest.raises(ValueError, match="^divergence: "):
-        L.validate_config("ipo", "jsd", 0.1, None)
+        L.LossConfig("ipo", "jsd", 0.1, None)

@@ -1,4 +1,5 @@
 """params.yaml, the Hydra profiles in conf/, and dvc.yaml agree with each other and the code."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,14 @@ def compose(tmp_path: Path, profile: str) -> dict:
     from dvc.utils.hydra import compose_and_dump
 
     out = tmp_path / f"{profile}.yaml"
-    compose_and_dump(out, str(ROOT / "conf"), None, "config", str(ROOT / ".dvc" / "hydra"),
-                     [f"profile={profile}"])
+    compose_and_dump(
+        out,
+        str(ROOT / "conf"),
+        None,
+        "config",
+        str(ROOT / ".dvc" / "hydra"),
+        [f"profile={profile}"],
+    )
     return yaml.safe_load(out.read_text())
 
 
@@ -41,10 +48,32 @@ def test_paper_profile(tmp_path):
     assert set(params["align"]["variants"]) == set(demo["align"]["variants"])
     assert params["sft"]["tiny"] == demo["sft"]["tiny"]  # untouched keys come from the base
     for name, variant in params["align"]["variants"].items():  # no tiny-model learning rate left
-        assert variant.get("learning_rate", params["align"]["common"]["learning_rate"]) <= 1e-5, name
+        assert variant.get("learning_rate", params["align"]["common"]["learning_rate"]) <= 1e-5, (
+            name
+        )
     from stages.align import variant_config
 
-    assert variant_config(params, "dpo")["optimizer"] == "adamw_torch_fused"  # a valid optim name
+    assert variant_config(params, "dpo")[0].optimizer == "adamw_torch_fused"  # a valid optim name
+
+
+@pytest.mark.parametrize("profile", ["demo", "imdb", "paper"])
+def test_every_variant_of_every_profile_reads_as_typed_settings(tmp_path, monkeypatch, profile):
+    """What the align and report stages read: TrainConfig + LossConfig per variant, the same
+    labels in both."""
+    from stages.align import variant_config
+    from stages.report import variant_info
+
+    monkeypatch.setenv("IMDB_DIR", "/data/imdb")
+    params = compose(tmp_path, profile)
+    labels = variant_info(params)
+    for name in params["align"]["variants"]:
+        train, loss = variant_config(params, name)
+        assert labels[name] == {
+            "loss": loss.loss,
+            "divergence": loss.divergence,
+            "alpha": loss.alpha,
+        }
+        assert train.max_length == params["reference"]["max_length"], name
 
 
 def test_every_key_is_commented():
@@ -57,8 +86,9 @@ def test_every_key_is_commented():
         assert "#" in line or lines[i - 1].strip().startswith("#"), f"params.yaml:{i + 1} {line}"
 
 
-@pytest.mark.parametrize("name", list(yaml.safe_load((ROOT / "params.yaml").read_text())
-                                      ["align"]["variants"]))
+@pytest.mark.parametrize(
+    "name", list(yaml.safe_load((ROOT / "params.yaml").read_text())["align"]["variants"])
+)
 def test_variant_names_are_dvc_and_hydra_keys(name):
     """A dot in a variant name would break `align.variants.<name>` in dvc.yaml params and -S."""
     from stages.align import VARIANT_NAME

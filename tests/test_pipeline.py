@@ -1,5 +1,6 @@
 """End to end: `dvc repro` of a micro configuration in a fresh git repository, then
 `dvc exp run -S` on one variant re-runs only that variant's stages (and the report)."""
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,28 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("dpo", "alpha-0_5")
 
 MICRO = {
-    "data": {"synthetic": {"n_train": 400, "n_test": 100}, "n_train_prompts": 48,
-             "n_eval_prompts": 12},
-    "sft": {"max_length": 96, "batch_size": 16,
-            "tiny": {"vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2,
-                     "n_positions": 128}},
-    "reward": {"epochs": 1, "max_length": 96, "eval_texts": 100,
-               "tiny": {"vocab_size": 400, "n_layers": 1, "dim": 32, "n_heads": 2,
-                        "max_position_embeddings": 128}},
+    "data": {
+        "synthetic": {"n_train": 400, "n_test": 100},
+        "n_train_prompts": 48,
+        "n_eval_prompts": 12,
+    },
+    "sft": {
+        "max_length": 96,
+        "batch_size": 16,
+        "tiny": {"vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 128},
+    },
+    "reward": {
+        "epochs": 1,
+        "max_length": 96,
+        "eval_texts": 100,
+        "tiny": {
+            "vocab_size": 400,
+            "n_layers": 1,
+            "dim": 32,
+            "n_heads": 2,
+            "max_position_embeddings": 128,
+        },
+    },
     "sample": {"max_new_tokens": 16},
     "align": {"common": {"epochs": 1, "batch_prompts": 8, "eval_steps": 4, "logging_steps": 2}},
     "evaluate": {"n_prompts": 12, "n_samples": 2, "max_new_tokens": 16, "bootstrap": 100},
@@ -56,16 +71,26 @@ def repo(tmp_path_factory):
     path = tmp_path_factory.mktemp("pipeline")
     for item in ("stages", "conf", "dvc.yaml"):
         src = ROOT / item
-        (shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
-         if src.is_dir() else shutil.copy(src, path / item))
+        (
+            shutil.copytree(src, path / item, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, path / item)
+        )
     params = micro_params()
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (path / "conf" / "config.yaml").write_text(
-        yaml.safe_dump({"defaults": ["_self_", {"profile": "demo"}], **params}, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+        yaml.safe_dump({"defaults": ["_self_", {"profile": "demo"}], **params}, sort_keys=False)
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": "",
+    }
     dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], path, env)
     _run(dvc + ["init", "-q"], path, env)
@@ -86,17 +111,37 @@ def _ran(output: str) -> set[str]:
 def test_repro_writes_every_output(repo):
     path, _, _, out = repo
     policies = ("sft", *VARIANTS)
-    assert _ran(out) == {"prepare", "sft", "reward", "sample", "score", "pairs", "reference",
-                         "evaluate-sft", "report", *(f"align@{v}" for v in VARIANTS),
-                         *(f"evaluate@{v}" for v in VARIANTS)}
-    for name in ("prepared/train.jsonl", "prepared/test.jsonl", "prompts/train.jsonl",
-                 "prompts/eval.jsonl", "samples.jsonl", "scored.jsonl", "preferences.jsonl",
-                 "reference.jsonl", *(f"eval/{p}.jsonl" for p in policies)):
+    assert _ran(out) == {
+        "prepare",
+        "sft",
+        "reward",
+        "sample",
+        "score",
+        "pairs",
+        "reference",
+        "evaluate-sft",
+        "report",
+        *(f"align@{v}" for v in VARIANTS),
+        *(f"evaluate@{v}" for v in VARIANTS),
+    }
+    for name in (
+        "prepared/train.jsonl",
+        "prepared/test.jsonl",
+        "prompts/train.jsonl",
+        "prompts/eval.jsonl",
+        "samples.jsonl",
+        "scored.jsonl",
+        "preferences.jsonl",
+        "reference.jsonl",
+        *(f"eval/{p}.jsonl" for p in policies),
+    ):
         assert (path / "data" / name).stat().st_size > 0, name
     for model in ("sft", "reward", *(f"aligned/{v}" for v in VARIANTS)):
         assert (path / "models" / model / "config.json").is_file(), model
-    metrics = {p.relative_to(path / "metrics").as_posix(): json.loads(p.read_text())
-               for p in (path / "metrics").rglob("*.json")}
+    metrics = {
+        p.relative_to(path / "metrics").as_posix(): json.loads(p.read_text())
+        for p in (path / "metrics").rglob("*.json")
+    }
     assert {"prepare.json", "sft.json", "reward.json", "pairs.json"} <= set(metrics)
     assert metrics["prepare.json"]["prompts"] == {"train": 48, "eval": 12}
     assert 0.0 <= metrics["reward.json"]["accuracy"] <= 1.0
@@ -107,7 +152,13 @@ def test_repro_writes_every_output(repo):
         assert ev["n_prompts"] == 12 and ev["n_samples"] == 2
     for variant in VARIANTS:
         assert "val_accuracy" in json.dumps(metrics[f"align/{variant}.json"])
-    for report in ("summary.md", "summary.csv", "frontier.json", "frontier.png", "reward_vs_kl.png"):
+    for report in (
+        "summary.md",
+        "summary.csv",
+        "frontier.json",
+        "frontier.png",
+        "reward_vs_kl.png",
+    ):
         assert (path / "reports" / report).stat().st_size > 0, report
     table = (path / "reports" / "summary.md").read_text()
     assert all(p in table for p in policies)

@@ -1,7 +1,9 @@
 """The ``prepare`` stage: sources, cleaning, prompts, metrics and bad input."""
+
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -9,25 +11,46 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stages.cli import app
-from stages.common import StageError
-from stages.contracts import PREPARED, PROMPTS, read_rows
-from stages.prepare import clean_text, make_prompts, prepare
+from stages.cli import build_app
+from stages.lib.config import load_params
+from stages.lib.contracts import PREPARED, PROMPTS, read_rows
+from stages.prepare import clean_rows, clean_text, make_prompts, prepare
 
-OUTPUTS = ["data/prepared/train.jsonl", "data/prepared/test.jsonl", "data/prompts/train.jsonl",
-           "data/prompts/eval.jsonl", "metrics/prepare.json"]
+ROOT = Path(__file__).resolve().parents[1]
+
+OUTPUTS = [
+    "data/prepared/train.jsonl",
+    "data/prepared/test.jsonl",
+    "data/prompts/train.jsonl",
+    "data/prompts/eval.jsonl",
+    "metrics/prepare.json",
+]
 
 
 def _params(source: str = "synthetic", **data) -> dict:
-    base = {"source": source, "synthetic": {"n_train": 300, "n_test": 100}, "prompt_words": 4,
-            "n_train_prompts": 50, "n_eval_prompts": 20}
-    base.update(data)
-    return {"seed": 0, "data": base}
+    """The repository's params with a small ``data`` section (``source`` and ``data``
+    overrides on top)."""
+    params = load_params(ROOT / "params.yaml")
+    params["data"].update(
+        {
+            "source": source,
+            "synthetic": {"n_train": 300, "n_test": 100},
+            "n_train_prompts": 50,
+            "n_eval_prompts": 20,
+        },
+        **data,
+    )
+    return params
 
 
 def _rows(n: int, offset: int = 0) -> list[dict]:
-    return [{"text": f"Review {i + offset} is <br /><br />quite   long and {'good' if i % 2 else 'bad'}.",
-             "label": i % 2} for i in range(n)]
+    return [
+        {
+            "text": f"Review {i + offset} is <br /><br />quite   long and {'good' if i % 2 else 'bad'}.",
+            "label": i % 2,
+        }
+        for i in range(n)
+    ]
 
 
 def _write(folder: Path, fmt: str, train: list[dict], test: list[dict]) -> Path:
@@ -71,8 +94,9 @@ def test_clean_text():
 
 
 def test_make_prompts_drops_short_reviews_and_is_seeded():
-    rows = [{"text": "one two three", "label": 1}] + [{"text": f"a b c d e{i}", "label": 0}
-                                                      for i in range(5)]
+    rows = [{"text": "one two three", "label": 1}] + [
+        {"text": f"a b c d e{i}", "label": 0} for i in range(5)
+    ]
     prompts, dropped = make_prompts(rows, 3, 4, 0, "train", "data.n_train_prompts")
     assert dropped == 1 and len(prompts) == 3
     assert all(p["prompt"] == "a b c d" and p["prompt_id"] != "train-0" for p in prompts)
@@ -101,8 +125,11 @@ def test_prepare_local_folder(tmp_path, monkeypatch, fmt):
 def test_prepare_max_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     source = _write(tmp_path / "src", "jsonl", _rows(40), _rows(30, offset=100))
-    metrics = prepare(_params(str(source), n_train_prompts=10, n_eval_prompts=5,
-                              max_train_rows=20, max_test_rows=12))
+    metrics = prepare(
+        _params(
+            str(source), n_train_prompts=10, n_eval_prompts=5, max_train_rows=20, max_test_rows=12
+        )
+    )
     assert metrics["train"]["rows"] == 20 and metrics["test"]["rows"] == 12
 
 
@@ -113,33 +140,54 @@ def test_prepare_real_imdb(tmp_path, monkeypatch, imdb_dir):
     assert metrics["train"]["rows"] == 24904 and metrics["test"]["rows"] == 24678
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"source": "synthetc"}, "data.source: cannot load 'synthetc'"),
-    ({"source": "./no/such/folder"}, "data.source: './no/such/folder' is not"),
-    ({"prompt_words": 0}, "data.prompt_words must be >= 1"),
-    ({"n_train_prompts": 10**6}, "data.n_train_prompts=1000000 but only"),
-    ({"n_eval_prompts": "ten"}, "data.n_eval_prompts must be int"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"source": "synthetc"}, "data.source: cannot load 'synthetc'"),
+        ({"source": "./no/such/folder"}, "data.source: './no/such/folder' is not"),
+        ({"source": ""}, "params: data.source: must be a non-empty string, got ''"),
+        ({"prompt_words": 0}, "params: data.prompt_words: must be >= 1, got 0"),
+        (
+            {"n_train_prompts": 10**6},
+            "params: data.n_train_prompts: must be <= 300 (the train "
+            "reviews with more than 4 words), got 1000000",
+        ),
+        ({"n_eval_prompts": "ten"}, "params: data.n_eval_prompts: must be int, got 'ten'"),
+        ({"max_test_rows": 0}, "params: data.max_test_rows: must be null or >= 1, got 0"),
+        (
+            {"synthetic": {"n_train": 0, "n_test": 5}},
+            "params: data.synthetic.n_train: must be >= 1, got 0",
+        ),
+        ({"prompt_word": 4}, "params: data.prompt_word: not a known key (known: source, "),
+    ],
+)
 def test_bad_params(tmp_path, monkeypatch, change, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(StageError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        prepare(_params(**{k: v for k, v in change.items() if k != "source"},
-                        **({"source": change["source"]} if "source" in change else {})))
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        prepare(
+            _params(
+                **{k: v for k, v in change.items() if k != "source"},
+                **({"source": change["source"]} if "source" in change else {}),
+            )
+        )
     assert not any(Path(p).exists() for p in OUTPUTS)
 
 
-@pytest.mark.parametrize("train, test, message", [
-    ([{"txt": "a b c d e", "label": 1}], _rows(3), "has no 'text' column"),
-    ([{"text": "a b c d e", "y": 1}], _rows(3), "has no 'label' column"),
-    ([{"text": "a b c d e", "label": 2}], _rows(3), "row 1: label must be 0 or 1"),
-    ([{"text": "<br />", "label": 1}], _rows(3), "split 'train' is empty"),
-])
+@pytest.mark.parametrize(
+    "train, test, message",
+    [
+        ([{"txt": "a b c d e", "label": 1}], _rows(3), "has no 'text' column"),
+        ([{"text": "a b c d e", "y": 1}], _rows(3), "has no 'label' column"),
+        ([{"text": "a b c d e", "label": 2}], _rows(3), "row 1: label must be 0 or 1"),
+        ([{"text": "<br />", "label": 1}], _rows(3), "split 'train' is empty"),
+    ],
+)
 def test_bad_files(tmp_path, monkeypatch, train, test, message):
     monkeypatch.chdir(tmp_path)
     source = _write(tmp_path / "src", "jsonl", train, test)
-    with pytest.raises(StageError, match=message):
+    with pytest.raises(ValueError, match=message):
         prepare(_params(str(source), n_train_prompts=1, n_eval_prompts=1))
     assert not any(Path(p).exists() for p in OUTPUTS)
 
@@ -148,21 +196,38 @@ def test_missing_split_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     source = _write(tmp_path / "src", "jsonl", _rows(5), _rows(5))
     (source / "test.jsonl").unlink()
-    with pytest.raises(StageError, match="has no test.jsonl"):
+    with pytest.raises(ValueError, match="has no test.jsonl"):
         prepare(_params(str(source)))
 
 
-def test_cli_help_lists_commands():
-    result = CliRunner().invoke(app, ["--help"])
-    assert result.exit_code == 0 and "prepare" in result.output
-    result = CliRunner().invoke(app, ["prepare", "--help"])
+def test_missing_section_or_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^params: section 'data' is missing$"):
+        prepare({"seed": 0})
+    with pytest.raises(ValueError, match=r"^params: seed: is missing"):
+        prepare({"data": _params()["data"]})
+    assert not any(Path(p).exists() for p in OUTPUTS)
+
+
+def test_clean_rows_keeps_a_seeded_subset_in_order():
+    rows = [{"text": f"review {i} <br />", "label": i % 2} for i in range(30)]
+    kept, empty = clean_rows(rows, "train", 10, 0)
+    assert empty == 0 and len(kept) == 10
+    ids = [int(r["text"].split()[1]) for r in kept]
+    assert ids == sorted(ids) and kept == clean_rows(rows, "train", 10, 0)[0]
+    assert kept != clean_rows(rows, "train", 10, 1)[0]  # the seed picks the subset
+    assert clean_rows(rows, "train", 30, 0)[0] == clean_rows(rows, "train", None, 0)[0]
+
+
+def test_cli_help():
+    result = CliRunner().invoke(build_app("prepare"), ["prepare", "--help"])
     assert result.exit_code == 0 and "--params" in result.output
 
 
 def test_cli_error_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(yaml.safe_dump(_params(prompt_words=0)))
-    result = CliRunner().invoke(app, ["prepare"])
+    result = CliRunner().invoke(build_app("prepare"), ["prepare"])
     assert result.exit_code == 1
-    assert result.output.strip() == "error: params: data.prompt_words must be >= 1, got 0"
+    assert result.output.strip() == "error: params: data.prompt_words: must be >= 1, got 0"
     assert not Path("data").exists()

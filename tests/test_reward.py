@@ -1,43 +1,50 @@
-"""The ``reward`` stage and :func:`stages.reward.score_texts`, on micro corpora, 1-layer models.
+"""The ``reward`` stage (stages/reward.py) on a micro corpus of polar reviews, 1-layer models.
 
-Every test runs the stage in ``tmp_path`` (never touching the repository's data) and loads
-models from folders through the same ``from_pretrained`` code path a hub id uses.
+Every test runs the stage in ``tmp_path`` (never touching the repository's data), starting from
+the repository's params.yaml with the ``reward`` section shrunk to seconds, and loads models
+from folders through the same ``from_pretrained`` code path a hub id uses. Scoring itself is
+tested in tests/test_scoring.py.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-import random
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import NEGATIVE, POSITIVE, polar_rows, save_classifier, tiny_classifier_config
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    ModernBertModel,
+)
+from typer.testing import CliRunner
 
-from stages.common import StageError
-from stages.modeling import load_pretrained, save_pretrained, tiny_classifier, train_bpe_tokenizer
-from stages.reward import load_reward_model, run_reward, score_texts
+from stages.cli import build_app
+from stages.lib.config import load_params
+from stages.lib.modeling import (
+    load_pretrained,
+)
+from stages.lib.scoring import load_reward_model, score_texts
+from stages.reward import accuracy, run_reward
 
-TINY = {"vocab_size": 300, "n_layers": 1, "dim": 32, "n_heads": 2,
-        "max_position_embeddings": 128, "dropout": 0.0}
-GOOD = "great wonderful brilliant superb moving delightful charming".split()
-BAD = "awful boring terrible dull clumsy dreadful tedious".split()
-ASPECTS = ["The acting", "The plot", "The score", "The ending", "The dialogue", "The pacing"]
-FILLER = ["It runs two hours.", "It was shot in Rome.", "The cast is large.", "I saw it twice."]
-POSITIVE = "The plot was wonderful and the acting was superb. I loved it."
-NEGATIVE = "The plot was dreadful and the acting was boring. I hated it."
-
-
-def polar_rows(n: int, seed: int) -> list[dict]:
-    """Short reviews whose sentiment words all share the label's polarity."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = GOOD if label else BAD
-        aspects = rng.sample(ASPECTS, rng.randint(1, 3))
-        sentences = [f"{a} was {rng.choice(words)}." for a in aspects]
-        sentences.insert(rng.randint(0, len(sentences)), rng.choice(FILLER))
-        rows.append({"text": " ".join(sentences), "label": label})
-    return rows
+ROOT = Path(__file__).resolve().parents[1]
+TINY = tiny_classifier_config()
+#: The micro run: what the tests change in the repository's ``reward`` section.
+MICRO = {
+    "epochs": 4,
+    "max_length": 64,
+    "max_train_texts": None,
+    "batch_size": 8,
+    "learning_rate": 3.0e-3,
+    "warmup": 0.0,
+    "weight_decay": 0.0,
+    "logging_steps": 1,
+    "eval_texts": 40,
+}
 
 
 def write_corpus(root, n_train: int = 120, n_test: int = 40, seed: int = 0) -> list[str]:
@@ -50,13 +57,14 @@ def write_corpus(root, n_train: int = 120, n_test: int = 40, seed: int = 0) -> l
 
 
 def reward_params(**overrides) -> dict:
-    reward = {"model": "tiny", "score": "logit", "epochs": 4, "max_length": 64,
-              "max_train_texts": None, "batch_size": 8, "learning_rate": 3.0e-3, "warmup": 0.0,
-              "weight_decay": 0.0, "logging_steps": 1, "eval_texts": 40, "tiny": dict(TINY)}
-    tiny = overrides.pop("tiny", {})
+    """The repository's params with the ``reward`` section shrunk to :data:`MICRO` and
+    ``overrides`` (``tiny`` merges into ``reward.tiny``)."""
+    params = load_params(ROOT / "params.yaml")
+    reward = params["reward"]
+    reward.update(MICRO)
+    reward["tiny"].update(dataclasses.asdict(TINY), **overrides.pop("tiny", {}))
     reward.update(overrides)
-    reward["tiny"].update(tiny)
-    return {"seed": 0, "reward": reward}
+    return params
 
 
 @pytest.fixture
@@ -66,98 +74,62 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def save_classifier(folder, arch: str = "tiny", num_labels: int = 2, seed: int = 1, **config):
-    """A randomly initialised classifier + BPE tokenizer saved like a hub checkpoint."""
-    from transformers import (DistilBertConfig, DistilBertForSequenceClassification, GPT2Config,
-                              GPT2ForSequenceClassification)
-
-    tokenizer = train_bpe_tokenizer([r["text"] for r in polar_rows(80, 5)], 300,
-                                    model_max_length=128)
-    torch.manual_seed(seed)
-    common = {"vocab_size": len(tokenizer), "num_labels": num_labels,
-              "pad_token_id": tokenizer.pad_token_id, **config}
-    if arch == "tiny":
-        model = tiny_classifier(tokenizer, TINY)
-        if num_labels != 2 or config:
-            model.config.update(config)
-            model.config.num_labels = num_labels
-            model = type(model)(model.config)
-    elif arch == "distilbert":
-        model = DistilBertForSequenceClassification(DistilBertConfig(
-            n_layers=1, dim=32, n_heads=2, hidden_dim=64, max_position_embeddings=128, **common))
-    else:  # gpt2 with pad = eos, as for hub GPT-2 reward models
-        tokenizer.pad_token = tokenizer.eos_token
-        common["pad_token_id"] = tokenizer.eos_token_id
-        model = GPT2ForSequenceClassification(GPT2Config(
-            n_layer=1, n_embd=32, n_head=2, n_positions=128, **common))
-    save_pretrained(model, tokenizer, folder)
-    return folder
-
-
 def weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_tiny_reward_trains_ranks_and_saves(workdir):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
-    metrics = run_reward(reward_params())
+
+def test_tiny_reward_trains_ranks_and_saves(workdir, torch_one_thread):
+    metrics, timings = run_reward(reward_params())
     assert metrics["final_train_loss"] < metrics["first_train_loss"] - 0.3
     assert metrics["train_texts"] == 120 and metrics["eval_texts"] == 40
-    assert metrics["accuracy"] >= 0.9
+    assert metrics["steps"] == 60 and metrics["accuracy"] >= 0.9
     assert json.loads((workdir / "metrics/reward.json").read_text()) == pytest.approx(metrics)
+    assert "wall_seconds" not in metrics and "train_seconds" not in metrics
+    assert json.loads((workdir / "logs/timings/reward.json").read_text()) == timings
     assert (workdir / "logs/reward/metrics.json").is_file()  # DVCLive training curves
     saved = AutoModelForSequenceClassification.from_pretrained("models/reward")
     assert saved.config.num_labels == 2
     assert AutoTokenizer.from_pretrained("models/reward").pad_token == "<|pad|>"
     model, tokenizer = load_reward_model("models/reward")
-    assert not model.training
+    assert accuracy(model, tokenizer, polar_rows(40, 1), 64) == metrics["accuracy"]
     for kind in ("logit", "margin", "prob"):
         pos, neg = score_texts(model, tokenizer, [POSITIVE, NEGATIVE], score=kind)
         assert pos > neg, kind
 
 
-def test_reward_same_seed_gives_identical_weights(tmp_path, monkeypatch):
-    runs = []
+def test_reward_same_seed_gives_identical_weights_and_logs(tmp_path, monkeypatch, torch_one_thread):
+    runs, logs = [], []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
         write_corpus(tmp_path / name, n_train=40, n_test=10)
         run_reward(reward_params(epochs=1))
         runs.append(weights(load_pretrained("models/reward", "classifier", "reward.model")[0]))
+        logs.append(tree(tmp_path / name / "logs/reward"))
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert "plots/metrics/loss.tsv" in logs[0] and logs[0] == logs[1]  # byte-identical curves
+    assert not [name for name in logs[0] if "runtime" in name or "per_second" in name]
 
 
-@pytest.mark.parametrize("arch", ["tiny", "distilbert", "gpt2"])
-def test_scores_do_not_depend_on_batch_composition(tmp_path, arch):
-    model, tokenizer = load_reward_model(str(save_classifier(tmp_path / arch, arch)))
-    texts = [r["text"] for r in polar_rows(11, 3)] + ["Great.", POSITIVE + " " + NEGATIVE * 3]
-    batched = score_texts(model, tokenizer, texts, score="logit", batch_size=4)
-    alone = [score_texts(model, tokenizer, [t], score="logit")[0] for t in texts]
-    shuffled = list(reversed(score_texts(model, tokenizer, texts[::-1], batch_size=5)))
-    assert batched == pytest.approx(alone, abs=1e-5)
-    assert batched == pytest.approx(shuffled, abs=1e-5)
-    margin = torch.tensor(score_texts(model, tokenizer, texts, score="margin", batch_size=3))
-    prob = torch.tensor(score_texts(model, tokenizer, texts, score="prob", batch_size=3))
-    assert torch.allclose(prob, torch.sigmoid(margin), atol=1e-6)
-    assert score_texts(model, tokenizer, []) == []
-    assert all(map(math.isfinite, score_texts(model, tokenizer, ["", "Great."], batch_size=2)))
-
-
-def test_scores_cut_texts_at_max_length(tmp_path):
-    model, tokenizer = load_reward_model(str(save_classifier(tmp_path / "m")))
-    head = " ".join(["The acting was great."] * 3)
-    ids = tokenizer(head)["input_ids"]
-    long = head + " The plot was awful." * 50
-    cut = score_texts(model, tokenizer, [long, head], max_length=len(ids))
-    assert cut[0] == pytest.approx(cut[1], abs=1e-5)
+def test_max_train_texts_is_a_seeded_subset(workdir, torch_one_thread):
+    metrics, _ = run_reward(reward_params(epochs=1, max_train_texts=16, batch_size=16))
+    assert metrics["train_texts"] == 16 and metrics["steps"] == 1
 
 
 def test_trained_folder_is_copied_with_epochs_0(workdir):
     source = save_classifier(workdir / "pretrained")
-    metrics = run_reward(reward_params(model="./pretrained", epochs=0))
+    metrics, _ = run_reward(reward_params(model="./pretrained", epochs=0))
     assert metrics["train_texts"] == 0 and 0 <= metrics["accuracy"] <= 1
+    assert (workdir / "logs/reward").is_dir()  # an empty but current log
     a, tok_a = load_reward_model(str(source))
     b, tok_b = load_reward_model("models/reward")
     pair = [POSITIVE, NEGATIVE]
@@ -165,52 +137,102 @@ def test_trained_folder_is_copied_with_epochs_0(workdir):
     assert all(torch.equal(v, weights(b)[k]) for k, v in weights(a).items())
 
 
-def test_pretrained_folder_is_fine_tuned(workdir):
+def test_pretrained_folder_is_fine_tuned(workdir, torch_one_thread):
     save_classifier(workdir / "pretrained", "distilbert")
-    metrics = run_reward(reward_params(model="pretrained", epochs=2))
+    metrics, _ = run_reward(reward_params(model="pretrained", epochs=2))
     assert metrics["final_train_loss"] < metrics["first_train_loss"]
     assert (workdir / "models/reward/config.json").is_file()
 
 
 def test_three_label_head_names_the_parameter(workdir):
     save_classifier(workdir / "three", num_labels=3)
-    with pytest.raises(StageError, match=r"^reward\.model: the classifier head has 3 labels"):
+    with pytest.raises(ValueError, match=r"^reward\.model: the classifier head has 3 labels"):
         run_reward(reward_params(model="three", epochs=0))
-    with pytest.raises(StageError, match=r"^reward\.model: the classifier head has 3 labels"):
-        load_reward_model("three")
     assert not (workdir / "models/reward").exists()
 
 
 def test_swapped_labels_are_rejected(workdir):
-    save_classifier(workdir / "swapped", id2label={0: "POSITIVE", 1: "NEGATIVE"},
-                    label2id={"POSITIVE": 0, "NEGATIVE": 1})
-    with pytest.raises(StageError, match=r"reward\.model: label 1 must be the positive class"):
+    save_classifier(
+        workdir / "swapped",
+        id2label={0: "POSITIVE", 1: "NEGATIVE"},
+        label2id={"POSITIVE": 0, "NEGATIVE": 1},
+    )
+    with pytest.raises(ValueError, match=r"^reward\.model: label 1 must be the positive class"):
         run_reward(reward_params(model="swapped", epochs=0))
 
 
 def test_base_model_without_a_trained_head_cannot_be_copied(workdir):
-    from transformers import ModernBertModel
-
     folder = save_classifier(workdir / "clf")
     base = ModernBertModel(load_pretrained(str(folder), "classifier", "reward.model")[0].config)
     base.save_pretrained(folder)  # overwrite with a headless checkpoint
-    with pytest.raises(StageError, match=r"^reward\.model: 'clf' has no trained weights"):
+    with pytest.raises(ValueError, match=r"^reward\.model: 'clf' has no trained weights"):
         run_reward(reward_params(model="clf", epochs=0))
 
 
-@pytest.mark.parametrize("name", ["./missing-model", "/nonexistent/folder", "not a hub id!"])
-def test_unloadable_model_names_the_parameter(workdir, name):
-    with pytest.raises(StageError, match=r"^reward\.model: .*(no such folder)"):
-        run_reward(reward_params(model=name, epochs=1))
+def test_unloadable_model_names_the_parameter(workdir):
+    with pytest.raises(ValueError, match=r"^reward\.model: .*\(no such folder\)"):
+        run_reward(reward_params(model="./missing-model", epochs=1))
 
 
-def test_bad_params_name_the_key(workdir, tmp_path):
-    with pytest.raises(StageError, match=r"reward\.max_length=200 exceeds the model's context"):
+def test_context_shorter_than_max_length_names_the_parameter(workdir):
+    with pytest.raises(
+        ValueError,
+        match=r"^params: reward\.max_length: must be <= the model's "
+        r"context of 128 positions \(reward\.tiny\."
+        r"max_position_embeddings for a tiny model\), got 200$",
+    ):
         run_reward(reward_params(max_length=200))
-    with pytest.raises(StageError, match=r"reward\.epochs is 0 but reward\.model is 'tiny'"):
-        run_reward(reward_params(epochs=0))
-    with pytest.raises(StageError, match=r"reward\.tiny\.dim=33 must be divisible"):
-        run_reward(reward_params(tiny={"dim": 33}))
-    model, tokenizer = load_reward_model(str(save_classifier(tmp_path / "m")))
-    with pytest.raises(StageError, match=r"reward\.score must be one of logit, margin, prob"):
-        score_texts(model, tokenizer, ["x"], score="softmax")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epochs": 0}, r"params: reward\.epochs is 0 but reward\.model is 'tiny'"),
+        ({"epochs": 1.5}, r"params: reward\.epochs: must be int, got 1\.5"),
+        (
+            {"tiny": {"dim": 33}},
+            r"params: reward\.tiny\.dim=33 must be divisible by "
+            r"reward\.tiny\.n_heads=2",
+        ),
+        (
+            {"tiny": {"dropout": 1.0}},
+            r"params: reward\.tiny\.dropout: must be in \[0, 1\), got 1\.0",
+        ),
+        ({"max_length": 1}, r"params: reward\.max_length: must be >= 2, got 1"),
+        ({"learning_rate": 0}, r"params: reward\.learning_rate: must be > 0, got 0\.0"),
+        (
+            {"score": "softmax"},
+            r"params: reward\.score: must be one of logit, margin, prob, "
+            r"got 'softmax'",
+        ),
+        ({"lr": 1e-3}, r"params: reward\.lr: not a known key \(known: model, score, "),
+        ({"tiny": None}, r"params: reward\.tiny: is missing"),
+    ],
+)
+def test_bad_params_name_the_key(workdir, change, message):
+    params = reward_params()
+    tiny = change.pop("tiny", {})
+    params["reward"]["tiny"] = None if tiny is None else {**params["reward"]["tiny"], **tiny}
+    params["reward"].update(change)
+    with pytest.raises(ValueError, match=f"^{message}"):
+        run_reward(params)
+    assert not (workdir / "models").exists() and not (workdir / "logs").exists()
+
+
+def test_missing_section(workdir):
+    with pytest.raises(ValueError, match=r"^params: section 'reward' is missing$"):
+        run_reward({"seed": 0})
+
+
+def test_cli_prints_wall_time_and_keeps_it_out_of_the_metrics(workdir):
+    save_classifier(workdir / "pretrained")
+    Path("params.yaml").write_text(yaml.safe_dump(reward_params(model="pretrained", epochs=0)))
+    result = CliRunner().invoke(build_app("reward"), ["reward"])
+    assert result.exit_code == 0, result.output
+    assert "reward: pretrained -> models/reward, test accuracy " in result.output
+    assert "on 40 reviews (" in result.output and result.output.rstrip().endswith("s)")
+    assert "wall_seconds" not in Path("metrics/reward.json").read_text()
+    assert set(json.loads(Path("logs/timings/reward.json").read_text())) == {
+        "train_seconds",
+        "wall_seconds",
+    }

@@ -1,29 +1,53 @@
-"""The ``sft`` stage and the shared model helpers, on a micro corpus with 1-layer models.
+"""The ``sft`` stage (stages/sft.py) on a micro corpus with 1-layer models.
 
-Every test runs the stage in ``tmp_path`` (never touching the repository's data) and loads
-models from folders through the same ``from_pretrained`` code path a hub id uses.
+Every test runs the stage in ``tmp_path`` (never touching the repository's data), starting from
+the repository's params.yaml with the ``sft`` section shrunk to seconds, and loads models from
+folders through the same ``from_pretrained`` code path a hub id uses.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
-from stages.common import StageError
-from stages.modeling import (EOS, PAD, load_pretrained, save_pretrained, tiny_gpt2,
-                             train_bpe_tokenizer)
+from stages.cli import build_app
+from stages.lib.config import TinyGPT2Config, load_params
+from stages.lib.modeling import (
+    EOS,
+    PAD,
+    load_pretrained,
+    save_pretrained,
+    tiny_gpt2,
+    train_bpe_tokenizer,
+)
+from stages.lib.synthetic import generate_splits
 from stages.sft import perplexity, run_sft
 
-TINY = {"vocab_size": 320, "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 128,
-        "dropout": 0.0}
+ROOT = Path(__file__).resolve().parents[1]
+TINY = TinyGPT2Config(vocab_size=320, n_layer=1, n_embd=32, n_head=2, n_positions=128)
+#: The micro run: what the tests change in the repository's ``sft`` section.
+MICRO = {
+    "epochs": 2,
+    "max_length": 128,
+    "max_train_texts": None,
+    "batch_size": 8,
+    "learning_rate": 3.0e-3,
+    "warmup": 0.0,
+    "weight_decay": 0.0,
+    "logging_steps": 1,
+    "eval_texts": 10,
+}
 
 
 def write_micro_corpus(root, n_train: int = 100, n_test: int = 20, seed: int = 0) -> list[str]:
     """``data/prepared/{train,test}.jsonl`` of synthetic reviews under ``root``."""
-    from stages.synthetic import generate_splits
-
     train, test = generate_splits(n_train, n_test, seed)
     folder = root / "data" / "prepared"
     folder.mkdir(parents=True, exist_ok=True)
@@ -33,13 +57,14 @@ def write_micro_corpus(root, n_train: int = 100, n_test: int = 20, seed: int = 0
 
 
 def sft_params(**overrides) -> dict:
-    sft = {"model": "tiny", "epochs": 2, "max_length": 128, "max_train_texts": None,
-           "batch_size": 8, "learning_rate": 3.0e-3, "warmup": 0.0, "weight_decay": 0.0,
-           "logging_steps": 1, "eval_texts": 10, "tiny": dict(TINY)}
-    tiny = overrides.pop("tiny", {})
+    """The repository's params with the ``sft`` section shrunk to :data:`MICRO` and
+    ``overrides`` (``tiny`` merges into ``sft.tiny``)."""
+    params = load_params(ROOT / "params.yaml")
+    sft = params["sft"]
+    sft.update(MICRO)
+    sft["tiny"].update(dataclasses.asdict(TINY), **overrides.pop("tiny", {}))
     sft.update(overrides)
-    sft["tiny"].update(tiny)
-    return {"seed": 0, "sft": sft}
+    return params
 
 
 @pytest.fixture
@@ -54,7 +79,7 @@ def save_tiny_lm(folder, texts, *, drop_pad: bool = False, n_positions: int = 12
     """A randomly initialised tiny GPT-2 + tokenizer saved like a hub checkpoint."""
     tokenizer = train_bpe_tokenizer(texts, 320, model_max_length=n_positions)
     torch.manual_seed(1)
-    model = tiny_gpt2(tokenizer, {**TINY, "n_positions": n_positions})
+    model = tiny_gpt2(tokenizer, dataclasses.replace(TINY, n_positions=n_positions))
     if drop_pad:  # like hub gpt2: no pad token at all
         tokenizer.pad_token = None
         model.config.pad_token_id = None
@@ -62,32 +87,44 @@ def save_tiny_lm(folder, texts, *, drop_pad: bool = False, n_positions: int = 12
     return folder
 
 
+def train_texts() -> list[str]:
+    return [json.loads(line)["text"] for line in open("data/prepared/train.jsonl")]
+
+
 def state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_bpe_tokenizer_has_distinct_pad_no_bos_and_round_trips(tmp_path):
-    from transformers import AutoTokenizer
-
-    texts = ["A great film, truly great.", "A dull film and a dull plot."] * 20
-    tok = train_bpe_tokenizer(texts, 280)
-    assert tok.eos_token == EOS and tok.pad_token == PAD and tok.pad_token_id != tok.eos_token_id
-    ids = tok("A great film")["input_ids"]
-    assert tok.eos_token_id not in ids and tok.decode(ids) == "A great film"  # nothing added
-    tok.save_pretrained(tmp_path)
-    loaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert loaded("A great film" + EOS)["input_ids"] == ids + [tok.eos_token_id]
-    assert loaded.pad_token == PAD and loaded.bos_token is None
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_tiny_sft_trains_loss_goes_down_and_saves_a_loadable_policy(workdir):
+def test_tiny_sft_trains_loss_goes_down_and_saves_a_loadable_policy(workdir, torch_one_thread):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    metrics = run_sft(sft_params())
+    metrics, timings = run_sft(sft_params())
     assert metrics["final_train_loss"] < metrics["first_train_loss"] - 1.0
     assert metrics["train_texts"] == 100 and metrics["steps"] == 26
     assert math.isfinite(metrics["perplexity"]) and 1 < metrics["perplexity"] < 320
     assert json.loads((workdir / "metrics/sft.json").read_text()) == pytest.approx(metrics)
+    assert set(metrics) == {
+        "model",
+        "epochs",
+        "train_texts",
+        "parameters",
+        "train_loss",
+        "first_train_loss",
+        "final_train_loss",
+        "steps",
+        "eval_texts",
+        "perplexity",
+    }  # no wall times in the tracked metrics
+    assert json.loads((workdir / "logs/timings/sft.json").read_text()) == timings
+    assert 0 < timings["train_seconds"] <= timings["wall_seconds"]
     assert (workdir / "logs/sft/metrics.json").is_file()  # DVCLive training curves
     model = AutoModelForCausalLM.from_pretrained(workdir / "models/sft")
     tokenizer = AutoTokenizer.from_pretrained(workdir / "models/sft")
@@ -96,8 +133,8 @@ def test_tiny_sft_trains_loss_goes_down_and_saves_a_loadable_policy(workdir):
     assert not list(workdir.glob("models/.sft.tmp-*"))  # written atomically
 
 
-def test_sft_same_seed_gives_identical_weights(tmp_path, monkeypatch):
-    weights = []
+def test_sft_same_seed_gives_identical_weights_and_logs(tmp_path, monkeypatch, torch_one_thread):
+    weights, logs, metrics = [], [], []
     for run in ("a", "b"):
         folder = tmp_path / run
         folder.mkdir()
@@ -106,33 +143,44 @@ def test_sft_same_seed_gives_identical_weights(tmp_path, monkeypatch):
         run_sft(sft_params(epochs=1))
         model, _ = load_pretrained("models/sft", "causal", "sft.model")
         weights.append(state(model))
+        logs.append(tree(folder / "logs/sft"))
+        metrics.append((folder / "metrics/sft.json").read_bytes())
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert metrics[0] == metrics[1]
+    assert "plots/metrics/loss.tsv" in logs[0] and logs[0] == logs[1]  # byte-identical curves
+    assert not [name for name in logs[0] if "runtime" in name or "per_second" in name]
+    assert b"runtime" not in logs[0]["metrics.json"] and b"output_dir" not in logs[0]["params.yaml"]
+
+
+def test_max_train_texts_is_a_seeded_subset(workdir, torch_one_thread):
+    metrics, _ = run_sft(sft_params(epochs=1, max_train_texts=16, batch_size=16))
+    assert metrics["train_texts"] == 16 and metrics["steps"] == 1
 
 
 def test_pretrained_folder_is_copied_with_epochs_0_and_gets_a_pad_token(workdir, capsys):
-    texts = [json.loads(line)["text"] for line in open("data/prepared/train.jsonl")]
-    source = save_tiny_lm(workdir / "pretrained", texts, drop_pad=True)
+    source = save_tiny_lm(workdir / "pretrained", train_texts(), drop_pad=True)
     original, _ = load_pretrained(str(source), "causal", "sft.model")
     capsys.readouterr()
-    metrics = run_sft(sft_params(model=str(source), epochs=0))
+    metrics, _ = run_sft(sft_params(model=str(source), epochs=0))
     assert "no pad token" in capsys.readouterr().out  # the documented pad = eos fix-up
     assert metrics["train_texts"] == 0 and math.isfinite(metrics["perplexity"])
+    assert (workdir / "logs/sft").is_dir()  # an empty but current log
     copied, tokenizer = load_pretrained("models/sft", "causal", "sft.model")
     assert tokenizer.pad_token == tokenizer.eos_token == EOS
     before, after = state(original), state(copied)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_pretrained_folder_is_fine_tuned(workdir):
-    texts = [json.loads(line)["text"] for line in open("data/prepared/train.jsonl")]
-    source = save_tiny_lm(workdir / "pretrained", texts)
-    metrics = run_sft(sft_params(model="./pretrained", epochs=1))
+def test_pretrained_folder_is_fine_tuned(workdir, torch_one_thread):
+    source = save_tiny_lm(workdir / "pretrained", train_texts())
+    metrics, _ = run_sft(sft_params(model="./pretrained", epochs=1))
     assert metrics["final_train_loss"] < metrics["first_train_loss"]
     original, _ = load_pretrained(str(source), "causal", "sft.model")
     tuned, _ = load_pretrained("models/sft", "causal", "sft.model")
-    assert not torch.equal(original.transformer.h[0].mlp.c_fc.weight,
-                           tuned.transformer.h[0].mlp.c_fc.weight)
+    assert not torch.equal(
+        original.transformer.h[0].mlp.c_fc.weight, tuned.transformer.h[0].mlp.c_fc.weight
+    )
 
 
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
@@ -145,57 +193,90 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     assert perplexity(model, tokenizer, texts[:3], 64, 2) == pytest.approx(len(tokenizer), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["./missing-model", "/nonexistent/folder", "not a hub id!"])
-def test_unloadable_model_names_the_parameter(workdir, name):
-    with pytest.raises(StageError, match=r"^sft\.model: .*(no such folder)"):
-        run_sft(sft_params(model=name, epochs=1))
+def test_perplexity_does_not_depend_on_the_batch(tiny_lm):
+    model, tokenizer = tiny_lm
+    texts = ["the film was good", "a plot", "I loved it and the cast was brilliant", "dull"]
+    one = perplexity(model, tokenizer, texts, 64, 1)
+    assert perplexity(model, tokenizer, texts, 64, 4) == pytest.approx(one, rel=1e-5)
 
 
-def test_folder_without_a_model_names_the_parameter(workdir):
-    (workdir / "empty").mkdir()
-    with pytest.raises(StageError, match=r"^sft\.model: folder 'empty' has no config.json"):
-        run_sft(sft_params(model="empty", epochs=1))
+def test_unloadable_model_names_the_parameter(workdir):
+    with pytest.raises(ValueError, match=r"^sft\.model: .*\(no such folder\)"):
+        run_sft(sft_params(model="./missing-model", epochs=1))
     (workdir / "broken").mkdir()
     (workdir / "broken" / "config.json").write_text("{}")
-    with pytest.raises(StageError, match=r"^sft\.model: cannot load 'broken' as a causal model"):
+    with pytest.raises(ValueError, match=r"^sft\.model: cannot load 'broken' as a causal model"):
         run_sft(sft_params(model="broken", epochs=1))
 
 
 def test_context_shorter_than_max_length_names_the_parameter(workdir):
-    with pytest.raises(StageError, match=r"sft\.max_length=128 exceeds the model's context of 64"):
+    with pytest.raises(
+        ValueError,
+        match=r"^params: sft\.max_length: must be <= the model's "
+        r"context of 64 positions .*, got 128$",
+    ):
         run_sft(sft_params(tiny={"n_positions": 64}))
-    texts = [json.loads(line)["text"] for line in open("data/prepared/train.jsonl")]
-    save_tiny_lm(workdir / "short", texts, n_positions=64)
-    with pytest.raises(StageError, match=r"sft\.max_length"):
+    save_tiny_lm(workdir / "short", train_texts(), n_positions=64)
+    with pytest.raises(ValueError, match=r"^params: sft\.max_length: "):
         run_sft(sft_params(model="short", epochs=0))
     assert not (workdir / "models/sft").exists()
 
 
-def test_bad_params_name_the_key(workdir):
-    with pytest.raises(StageError, match=r"sft\.epochs is 0 but sft\.model is 'tiny'"):
-        run_sft(sft_params(epochs=0))
-    with pytest.raises(StageError, match=r"sft\.tiny\.n_embd=33 must be divisible by"):
-        run_sft(sft_params(tiny={"n_embd": 33}))
-    with pytest.raises(StageError, match=r"sft\.learning_rate must be float"):
-        run_sft(sft_params(learning_rate="2e-3"))
-    with pytest.raises(StageError, match=r"section 'sft' is missing"):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epochs": 0}, r"params: sft\.epochs is 0 but sft\.model is 'tiny'"),
+        ({"epochs": -1}, r"params: sft\.epochs: must be >= 0, got -1"),
+        (
+            {"tiny": {"n_embd": 33}},
+            r"params: sft\.tiny\.n_embd=33 must be divisible by "
+            r"sft\.tiny\.n_head=2",
+        ),
+        ({"tiny": {"n_layer": 0}}, r"params: sft\.tiny\.n_layer: must be >= 1, got 0"),
+        ({"learning_rate": "2e-3"}, r"params: sft\.learning_rate: must be float, got '2e-3'"),
+        ({"warmup": 1.0}, r"params: sft\.warmup: must be in \[0, 1\), got 1\.0"),
+        ({"max_train_texts": 0}, r"params: sft\.max_train_texts: must be null or >= 1, got 0"),
+        ({"batch_sz": 8}, r"params: sft\.batch_sz: not a known key \(known: model, epochs, "),
+        ({"tiny": None}, r"params: sft\.tiny: is missing"),
+    ],
+)
+def test_bad_params_name_the_key(workdir, change, message):
+    params = sft_params()
+    tiny = change.pop("tiny", {})
+    params["sft"]["tiny"] = None if tiny is None else {**params["sft"]["tiny"], **tiny}
+    params["sft"].update(change)
+    with pytest.raises(ValueError, match=f"^{message}"):
+        run_sft(params)
+    assert not (workdir / "models").exists() and not (workdir / "logs").exists()
+
+
+def test_missing_section_or_seed(workdir):
+    with pytest.raises(ValueError, match=r"^params: section 'sft' is missing$"):
         run_sft({"seed": 0})
+    params = sft_params()
+    del params["seed"]
+    with pytest.raises(ValueError, match=r"^params: seed: is missing"):
+        run_sft(params)
+    with pytest.raises(ValueError, match=r"^params: sft\.model: is missing"):
+        run_sft({"seed": 0, "sft": {k: v for k, v in sft_params()["sft"].items() if k != "model"}})
 
 
-def test_training_curves_are_logged_in_a_git_repo_without_commits(tmp_path, monkeypatch):
-    """DVCLive raises in a Git repo without commits (treeverse/dvclive#522); a freshly
-    initialised project still gets its curves."""
-    import shutil
-    import subprocess
+def test_cli_prints_wall_time_and_keeps_it_out_of_the_metrics(workdir):
+    save_tiny_lm(workdir / "pretrained", train_texts())
+    Path("params.yaml").write_text(yaml.safe_dump(sft_params(model="pretrained", epochs=0)))
+    result = CliRunner().invoke(build_app("sft"), ["sft"])
+    assert result.exit_code == 0, result.output
+    assert "sft: pretrained -> models/sft, held-out perplexity " in result.output
+    assert result.output.rstrip().endswith("s)")
+    assert "wall_seconds" not in Path("metrics/sft.json").read_text()
+    assert set(json.loads(Path("logs/timings/sft.json").read_text())) == {
+        "train_seconds",
+        "wall_seconds",
+    }
 
-    from stages.modeling import open_live
 
-    if shutil.which("git") is None:
-        pytest.skip("git not installed")
-    monkeypatch.chdir(tmp_path)
-    subprocess.run(["git", "init", "-q"], check=True)
-    live = open_live("logs/sft")
-    live.log_metric("loss", 1.5)
-    live.next_step()
-    live.end()
-    assert (tmp_path / "logs/sft/plots/metrics/loss.tsv").is_file()
+def test_cli_error_is_one_line(workdir):
+    Path("params.yaml").write_text(yaml.safe_dump(sft_params(epochs=-1)))
+    result = CliRunner().invoke(build_app("sft"), ["sft"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: params: sft.epochs: must be >= 0, got -1"

@@ -1,4 +1,5 @@
-"""Tests of the synthetic corpus (stages/synthetic.py): determinism, shape, and gold-score rules."""
+"""Tests of the synthetic corpus (stages/lib/synthetic.py): determinism, shape, and gold-score rules."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages import synthetic
-from stages.synthetic import bag_of_words_score, generate_reviews, generate_splits, gold_score
+from stages.lib import synthetic
+from stages.lib.synthetic import bag_of_words_score, generate_reviews, generate_splits, gold_score
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])(?:\s+|(?:<br />)+)")
-_FLIPPERS = re.compile(r"\b(not|no|never|hardly|barely|nobody|cannot|\w+n't|but|yet|however|"
-                       r"although|though)\b", re.IGNORECASE)
+_FLIPPERS = re.compile(
+    r"\b(not|no|never|hardly|barely|nobody|cannot|\w+n't|but|yet|however|"
+    r"although|though)\b",
+    re.IGNORECASE,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +49,15 @@ def test_same_seed_same_output_different_seed_differs():
 
 
 def test_same_output_in_another_process_with_other_hash_seed():
-    code = ("import json; from stages.synthetic import generate_reviews; "
-            "print(json.dumps(generate_reviews(25, seed=3)))")
+    code = (
+        "import json; from stages.lib.synthetic import generate_reviews; "
+        "print(json.dumps(generate_reviews(25, seed=3)))"
+    )
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=root, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True
+    ).stdout
     assert json.loads(out) == generate_reviews(25, seed=3)
 
 
@@ -67,8 +74,10 @@ def test_does_not_touch_global_random_state():
 def test_rows_have_text_and_int_label(big):
     rows, _ = big
     assert len(rows) == 10_000
-    assert all(set(r) == {"text", "label"} and isinstance(r["text"], str) and r["label"] in (0, 1)
-               for r in rows)
+    assert all(
+        set(r) == {"text", "label"} and isinstance(r["text"], str) and r["label"] in (0, 1)
+        for r in rows
+    )
     assert all(type(r["label"]) is int for r in rows)
     assert len({r["text"] for r in rows}) == len(rows)
 
@@ -96,8 +105,11 @@ def test_splits_sizes_balance_and_disjoint():
 
 def test_vocabulary_size(big):
     rows, _ = big
-    vocab = {w for r in rows[:2000] for w in re.findall(r"[a-z]+(?:'[a-z]+)?",
-                                                       r["text"].replace("<br />", " ").lower())}
+    vocab = {
+        w
+        for r in rows[:2000]
+        for w in re.findall(r"[a-z]+(?:'[a-z]+)?", r["text"].replace("<br />", " ").lower())
+    }
     assert len(vocab) >= 800
 
 
@@ -118,31 +130,34 @@ def test_review_openings_vary(big):
 
 
 # --------------------------------------------------------------------------------- gold score rules
-@pytest.mark.parametrize("text, expected", [
-    ("The acting is great.", 2.0),
-    ("The acting is not great.", -1.0),
-    ("The acting isn't great.", -1.0),
-    ("The plot is not bad.", 1.0),
-    ("The acting is very great.", 3.0),
-    ("The acting is extremely great.", 4.0),
-    ("The acting is somewhat great.", 1.0),
-    ("The acting is not very great.", -1.5),
-    ("The acting is great but the plot is awful.", 0.25 * 2 - 3),
-    ("The plot is awful, but the acting is great.", 0.25 * -3 + 2),
-    ("Although the acting is great, the plot is awful.", 0.25 * 2 - 3),
-    ("The plot is awful, although the acting is great.", -3 + 0.25 * 2),
-    ("Though the plot is awful, the acting is great.", 0.25 * -3 + 2),
-    ("It is a must see.", 3.0),
-    ("A waste of time.", -3.0),
-    ("Not a waste of time.", 1.5),
-    ("The acting is not, great.", 2.0),              # a comma ends the negation's scope
-    ("The acting is not good and great.", -0.5 + 2),  # negation is used by the next phrase only
-    ("The acting is great. The plot is good.", 3.0),  # sum over sentences
-    ("The acting is GREAT!", 2.0),
-    ("", 0.0),
-    ("!!! ,,, <br /> 1234 asdf qwerty", 0.0),
-    ("The film follows a nurse in Paris.", 0.0),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The acting is great.", 2.0),
+        ("The acting is not great.", -1.0),
+        ("The acting isn't great.", -1.0),
+        ("The plot is not bad.", 1.0),
+        ("The acting is very great.", 3.0),
+        ("The acting is extremely great.", 4.0),
+        ("The acting is somewhat great.", 1.0),
+        ("The acting is not very great.", -1.5),
+        ("The acting is great but the plot is awful.", 0.25 * 2 - 3),
+        ("The plot is awful, but the acting is great.", 0.25 * -3 + 2),
+        ("Although the acting is great, the plot is awful.", 0.25 * 2 - 3),
+        ("The plot is awful, although the acting is great.", -3 + 0.25 * 2),
+        ("Though the plot is awful, the acting is great.", 0.25 * -3 + 2),
+        ("It is a must see.", 3.0),
+        ("A waste of time.", -3.0),
+        ("Not a waste of time.", 1.5),
+        ("The acting is not, great.", 2.0),  # a comma ends the negation's scope
+        ("The acting is not good and great.", -0.5 + 2),  # negation is used by the next phrase only
+        ("The acting is great. The plot is good.", 3.0),  # sum over sentences
+        ("The acting is GREAT!", 2.0),
+        ("", 0.0),
+        ("!!! ,,, <br /> 1234 asdf qwerty", 0.0),
+        ("The film follows a nurse in Paris.", 0.0),
+    ],
+)
 def test_gold_score_rules(text, expected):
     assert gold_score(text) == pytest.approx(expected)
 

@@ -5,7 +5,7 @@ whole method run anywhere with tiny models, and it adds a *gold reward*. A rewar
 from these reviews is only a proxy of :func:`gold_score`, so over-optimisation of the proxy can be
 measured (proxy reward up, gold score flat or down)::
 
-    from stages.synthetic import generate_splits, gold_score
+    from stages.lib.synthetic import generate_splits, gold_score
 
     train, test = generate_splits(n_train=5000, n_test=1000, seed=0)   # [{"text", "label"}, ...]
     gold_score("The acting is not great.")                             # -1.0
@@ -45,59 +45,77 @@ Everything is deterministic: the generators use only private ``random.Random`` i
 with strings derived from ``seed`` (``generate_splits`` uses one stream for train and another for
 test, and drops test texts that occur in train), never global state or ``hash()``.
 """
+
 from __future__ import annotations
 
 import random
 import re
 
-__all__ = ["LEXICON", "MODIFIERS", "bag_of_words_score", "gold_score", "generate_reviews",
-           "generate_splits"]
+__all__ = [
+    "LEXICON",
+    "MODIFIERS",
+    "bag_of_words_score",
+    "gold_score",
+    "generate_reviews",
+    "generate_splits",
+]
 
 # ---------------------------------------------------------------- lexicon and gold score rules
 _ADJ = {  # adjectives the generator uses; all are also in LEXICON
     3: "brilliant superb outstanding extraordinary magnificent breathtaking flawless masterful "
-       "unforgettable phenomenal stunning exceptional sublime fantastic terrific",
+    "unforgettable phenomenal stunning exceptional sublime fantastic terrific",
     2: "great excellent wonderful gripping moving compelling beautiful delightful impressive "
-       "engaging charming powerful memorable clever gorgeous thrilling witty heartfelt touching "
-       "inventive absorbing haunting elegant stylish lovely vivid convincing nuanced enjoyable "
-       "entertaining",
+    "engaging charming powerful memorable clever gorgeous thrilling witty heartfelt touching "
+    "inventive absorbing haunting elegant stylish lovely vivid convincing nuanced enjoyable "
+    "entertaining",
     1: "good solid decent nice pleasant competent watchable likable serviceable respectable "
-       "adequate passable",
+    "adequate passable",
     -1: "mediocre uneven forgettable bland predictable flat messy clumsy overlong shallow "
-        "derivative generic thin sloppy slow stiff underwhelming cheesy confusing muddled "
-        "awkward cliched silly bloated",
+    "derivative generic thin sloppy slow stiff underwhelming cheesy confusing muddled "
+    "awkward cliched silly bloated",
     -2: "bad poor dull boring weak lifeless wooden tiresome tedious disappointing annoying "
-        "pointless sluggish incoherent lazy contrived grating unconvincing dreary plodding lame "
-        "clunky",
+    "pointless sluggish incoherent lazy contrived grating unconvincing dreary plodding lame "
+    "clunky",
     -3: "awful terrible horrible dreadful unwatchable abysmal atrocious painful insufferable "
-        "appalling unbearable excruciating pathetic laughable embarrassing",
+    "appalling unbearable excruciating pathetic laughable embarrassing",
 }
 _OTHER = {  # nouns, verbs and multi-word phrases (underscores join the words of a phrase)
     3: "masterpiece triumph perfect hilarious adore adored best must_see top_notch one_of_the_best",
     2: "love loved enjoy enjoyed admire admired recommend recommended worth praise gem delight "
-       "treat fun funny well_acted well_written watch_it_again",
+    "treat fun funny well_acted well_written watch_it_again",
     1: "fine okay liked appreciate appreciated worth_a_look",
     -1: "too_long over_the_top by_the_numbers",
     -2: "hate hated dislike disliked bored mess chore bore letdown misfire dud skip avoid unfunny "
-        "fell_flat falls_flat paper_thin",
+    "fell_flat falls_flat paper_thin",
     -3: "worst disaster despise despised waste_of_time one_of_the_worst",
 }
 #: Sentiment phrases (tuples of lowercase words) and their scores in -3..+3.
 LEXICON: dict[tuple[str, ...], int] = {
-    tuple(w.split("_")): s for src in (_ADJ, _OTHER) for s, ws in src.items() for w in ws.split()}
+    tuple(w.split("_")): s for src in (_ADJ, _OTHER) for s, ws in src.items() for w in ws.split()
+}
 #: Intensifiers and downtoners: multipliers for the next sentiment phrase of the clause.
 MODIFIERS: dict[str, float] = {
     **dict.fromkeys("very really truly genuinely deeply remarkably".split(), 1.5),
     **dict.fromkeys("extremely incredibly absolutely utterly highly".split(), 2.0),
-    "quite": 1.25, "fairly": 0.75, "rather": 0.75, "mostly": 0.75,
-    **dict.fromkeys("somewhat slightly mildly".split(), 0.5)}
-_NEGATORS = ("not no never hardly barely nobody nothing neither nor cannot "
-             "dont didnt doesnt isnt wasnt cant wont arent werent").split()  # and any *n't
+    "quite": 1.25,
+    "fairly": 0.75,
+    "rather": 0.75,
+    "mostly": 0.75,
+    **dict.fromkeys("somewhat slightly mildly".split(), 0.5),
+}
+_NEGATORS = (
+    "not no never hardly barely nobody nothing neither nor cannot "
+    "dont didnt doesnt isnt wasnt cant wont arent werent"
+).split()  # and any *n't
 _NEGATION, _DOMINATED = -0.5, 0.25
-_ROLE: dict[str, float | str] = {**MODIFIERS, **dict.fromkeys(_NEGATORS, _NEGATION),
-                                 **dict.fromkeys(("but", "yet", "however"), "but"),
-                                 **dict.fromkeys(("although", "though"), "though"),
-                                 **dict.fromkeys((",", ";", ":"), "end"), "and": "and"}
+_ROLE: dict[str, float | str] = {
+    **MODIFIERS,
+    **dict.fromkeys(_NEGATORS, _NEGATION),
+    **dict.fromkeys(("but", "yet", "however"), "but"),
+    **dict.fromkeys(("although", "though"), "though"),
+    **dict.fromkeys((",", ";", ":"), "end"),
+    "and": "and",
+}
 _BY_FIRST: dict[str, list[tuple[tuple[str, ...], int]]] = {}
 for _p, _s in sorted(LEXICON.items(), key=lambda kv: -len(kv[0])):
     _BY_FIRST.setdefault(_p[0], []).append((_p, _s))
@@ -114,7 +132,7 @@ def _sentences(text: str) -> list[list[str]]:
 def _match(toks: list[str], i: int) -> tuple[int, int]:
     """(length, score) of the longest sentiment phrase starting at toks[i]; (0, 0) if none."""
     for phrase, score in _BY_FIRST.get(toks[i], ()):
-        if len(phrase) == 1 or tuple(toks[i:i + len(phrase)]) == phrase:
+        if len(phrase) == 1 or tuple(toks[i : i + len(phrase)]) == phrase:
             return len(phrase), score
     return 0, 0
 
@@ -171,40 +189,55 @@ def _words(s: str, sep: str | None = None) -> list[str]:
 
 
 _ADJS = {s: _words(ws) for s, ws in _ADJ.items()}
-_ASPECTS = [(a.lstrip("+"), a.startswith("+")) for a in _words(
-    "acting|+performances|cast|lead performance|central performance|plot|story|storyline|"
-    "narrative|premise|score|music|soundtrack|sound design|pacing|editing|dialogue|script|"
-    "screenplay|writing|ending|finale|final act|climax|third act|opening|cinematography|"
-    "camera work|photography|+visuals|lighting|+characters|supporting cast|villain|hero|"
-    "direction|+special effects|production design|+costumes|+sets|humor|+jokes|+action scenes|"
-    "chemistry between the leads|twist|tone|+themes|world building|romance|+fight scenes|"
-    "+songs|voice acting|+flashbacks|+set pieces|atmosphere|+characters' motivations", "|")]
-_FIRST = _words("Anna Ben Clara Daniel Elena Frank Grace Henry Iris Jack Kate Leo Maya Nathan "
-                "Olivia Paul Quinn Rosa Sam Tara Victor Wendy Adam Bella Carl Diana Ethan Fiona "
-                "George Hannah Isaac Julia Kevin Laura Martin Nora Oscar Petra Ray Sofia Tom Uma "
-                "Vera Walter Zoe Alice Bruno Chloe David Emma Felix Gina Hugo Ivy Jonas Lena "
-                "Marco Nina Omar Ruth Simon Tess Amir Yuki Lars Ingrid Mateo Priya Kofi Sasha")
-_LAST = _words("Abbott Baker Carver Dalton Ellis Fischer Garner Hale Ingram Jensen Keller Lang "
-               "Mercer Novak Osborne Porter Quill Reyes Sutton Turner Vance Walsh Young Zeller "
-               "Archer Bishop Crane Doyle Everett Flynn Graves Holt Irving Jordan Kane Lowe "
-               "Marsh Nolan Ortiz Pike Rowe Shaw Thorne Underwood Voss Wilder Yates Brandt Cole "
-               "Drake Fenn Grant Hayes Kerr Lister Moreau Price Rhodes Stone Webb Tanaka Okafor "
-               "Lindqvist Romero Kowalski Haddad Petrov Nakamura")
-_T_ADJ = _words("Silent Crimson Last Distant Hidden Burning Frozen Endless Quiet Lost Golden "
-                "Restless Shattered Northern Paper Iron Glass Velvet Midnight Wandering Fallen "
-                "Scarlet Empty Secret Pale Wild Sleeping Forgotten Long Final Copper Silver Bitter "
-                "Open Narrow Second Salt Blue Southern Hollow")
-_T_NOUN = _words("Harbor River Garden Winter Summer Road Mirror Letter Station Island Kingdom "
-                 "Signal Orchard Lighthouse Frontier Tide Engine Forest Echo Horizon Bridge Shadow "
-                 "Circle Crown Compass Lantern Storm Valley Tower Voyage Archive Mountain Desert "
-                 "Canyon Border Ocean Season Promise Silence Stranger Inheritance Machine Witness "
-                 "Descent Passage Reunion Covenant Empire Cellar Meadow Thread Daughter Hour")
-_ROLES = _words("detective nurse teacher widow farmer soldier journalist pilot chef thief lawyer "
-                "doctor painter musician mechanic sailor architect professor student librarian "
-                "boxer dancer priest gambler smuggler scientist photographer miner waitress "
-                "fisherman banker courier hacker astronaut diplomat novelist translator firefighter "
-                "surgeon shepherd carpenter spy heiress runaway veteran prosecutor ranger clerk "
-                "jockey magician")
+_ASPECTS = [
+    (a.lstrip("+"), a.startswith("+"))
+    for a in _words(
+        "acting|+performances|cast|lead performance|central performance|plot|story|storyline|"
+        "narrative|premise|score|music|soundtrack|sound design|pacing|editing|dialogue|script|"
+        "screenplay|writing|ending|finale|final act|climax|third act|opening|cinematography|"
+        "camera work|photography|+visuals|lighting|+characters|supporting cast|villain|hero|"
+        "direction|+special effects|production design|+costumes|+sets|humor|+jokes|+action scenes|"
+        "chemistry between the leads|twist|tone|+themes|world building|romance|+fight scenes|"
+        "+songs|voice acting|+flashbacks|+set pieces|atmosphere|+characters' motivations",
+        "|",
+    )
+]
+_FIRST = _words(
+    "Anna Ben Clara Daniel Elena Frank Grace Henry Iris Jack Kate Leo Maya Nathan "
+    "Olivia Paul Quinn Rosa Sam Tara Victor Wendy Adam Bella Carl Diana Ethan Fiona "
+    "George Hannah Isaac Julia Kevin Laura Martin Nora Oscar Petra Ray Sofia Tom Uma "
+    "Vera Walter Zoe Alice Bruno Chloe David Emma Felix Gina Hugo Ivy Jonas Lena "
+    "Marco Nina Omar Ruth Simon Tess Amir Yuki Lars Ingrid Mateo Priya Kofi Sasha"
+)
+_LAST = _words(
+    "Abbott Baker Carver Dalton Ellis Fischer Garner Hale Ingram Jensen Keller Lang "
+    "Mercer Novak Osborne Porter Quill Reyes Sutton Turner Vance Walsh Young Zeller "
+    "Archer Bishop Crane Doyle Everett Flynn Graves Holt Irving Jordan Kane Lowe "
+    "Marsh Nolan Ortiz Pike Rowe Shaw Thorne Underwood Voss Wilder Yates Brandt Cole "
+    "Drake Fenn Grant Hayes Kerr Lister Moreau Price Rhodes Stone Webb Tanaka Okafor "
+    "Lindqvist Romero Kowalski Haddad Petrov Nakamura"
+)
+_T_ADJ = _words(
+    "Silent Crimson Last Distant Hidden Burning Frozen Endless Quiet Lost Golden "
+    "Restless Shattered Northern Paper Iron Glass Velvet Midnight Wandering Fallen "
+    "Scarlet Empty Secret Pale Wild Sleeping Forgotten Long Final Copper Silver Bitter "
+    "Open Narrow Second Salt Blue Southern Hollow"
+)
+_T_NOUN = _words(
+    "Harbor River Garden Winter Summer Road Mirror Letter Station Island Kingdom "
+    "Signal Orchard Lighthouse Frontier Tide Engine Forest Echo Horizon Bridge Shadow "
+    "Circle Crown Compass Lantern Storm Valley Tower Voyage Archive Mountain Desert "
+    "Canyon Border Ocean Season Promise Silence Stranger Inheritance Machine Witness "
+    "Descent Passage Reunion Covenant Empire Cellar Meadow Thread Daughter Hour"
+)
+_ROLES = _words(
+    "detective nurse teacher widow farmer soldier journalist pilot chef thief lawyer "
+    "doctor painter musician mechanic sailor architect professor student librarian "
+    "boxer dancer priest gambler smuggler scientist photographer miner waitress "
+    "fisherman banker courier hacker astronaut diplomat novelist translator firefighter "
+    "surgeon shepherd carpenter spy heiress runaway veteran prosecutor ranger clerk "
+    "jockey magician"
+)
 _GOALS = _words(
     "searches for a missing sister|tries to keep the family farm|plans one last robbery|"
     "investigates a string of disappearances|returns home after twenty years|falls for a stranger|"
@@ -218,7 +251,9 @@ _GOALS = _words(
     "tracks down an old friend|guards a remote lighthouse|crosses the desert on foot|"
     "negotiates a fragile peace|defends a client accused of murder|infiltrates a criminal gang|"
     "teaches music to orphans|restores an abandoned theatre|fakes a death|"
-    "loses a fortune overnight|looks after a dying father|smuggles refugees across the border", "|")
+    "loses a fortune overnight|looks after a dying father|smuggles refugees across the border",
+    "|",
+)
 _PLACES = _words(
     "a small coastal town|Paris|Tokyo|a mining village|rural Ohio|Victorian London|"
     "a space station|a remote island|the Scottish Highlands|a crowded hospital|Berlin|"
@@ -226,18 +261,28 @@ _PLACES = _words(
     "a desert outpost|a crumbling mansion|Naples|a border town|Havana|a cruise ship|"
     "a research base in Antarctica|Lisbon|a snowed in hotel|Chicago|Mumbai|a Texas oil town|"
     "the Australian outback|Istanbul|Cairo|a fishing village in Norway|Seoul|Dublin|"
-    "a mountain resort|Rome|a submarine|Marseille|Buenos Aires", "|")
-_TIMES = _words("the twenties|the Second World War|the Cold War|a hot summer|a single night|"
-                "the near future|the last days of the war|one winter|the gold rush|"
-                "the early eighties|a heat wave|a citywide blackout|election week|the holidays|"
-                "the sixties|a long strike", "|")
-_GENRES = _words("thriller|drama|comedy|western|romance|mystery|horror film|war film|biopic|"
-                 "musical|heist film|science fiction film|crime drama|family drama|"
-                 "coming of age story|road movie|satire|period piece|fantasy adventure|"
-                 "courtroom drama|sports drama|animated film|spy thriller|ghost story", "|")
-_TOPICS = _words("grief ambition family memory loyalty class faith revenge friendship power guilt "
-                 "immigration fame addiction betrayal forgiveness loneliness justice greed "
-                 "identity home war obsession survival marriage childhood money")
+    "a mountain resort|Rome|a submarine|Marseille|Buenos Aires",
+    "|",
+)
+_TIMES = _words(
+    "the twenties|the Second World War|the Cold War|a hot summer|a single night|"
+    "the near future|the last days of the war|one winter|the gold rush|"
+    "the early eighties|a heat wave|a citywide blackout|election week|the holidays|"
+    "the sixties|a long strike",
+    "|",
+)
+_GENRES = _words(
+    "thriller|drama|comedy|western|romance|mystery|horror film|war film|biopic|"
+    "musical|heist film|science fiction film|crime drama|family drama|"
+    "coming of age story|road movie|satire|period piece|fantasy adventure|"
+    "courtroom drama|sports drama|animated film|spy thriller|ghost story",
+    "|",
+)
+_TOPICS = _words(
+    "grief ambition family memory loyalty class faith revenge friendship power guilt "
+    "immigration fame addiction betrayal forgiveness loneliness justice greed "
+    "identity home war obsession survival marriage childhood money"
+)
 _FILLER = _words(
     "I saw it {when} with {whom}.|I watched it {when} with {whom}.|"
     "It is based on a {source} by {name}.|The film runs {length}.|"
@@ -251,39 +296,73 @@ _FILLER = _words(
     "The screenplay was written by {name}.|The music was composed by {name}.|"
     "It is the kind of {genre} that studios used to make every year.|"
     "Some viewers will compare it to {title}.|The story is told in flashbacks by an old {role}.|"
-    "It has been compared to {title} and {title}.|{name} plays the {role}.", "|")
+    "It has been compared to {title} and {title}.|{name} plays the {role}.",
+    "|",
+)
 _FILL = {
-    "when": _words("last weekend|on a rainy Sunday|at a film festival|on a long flight|"
-                   "at the local cinema|on television|last night|at a midnight screening|"
-                   "at home|during the holidays|on opening night|twice", "|"),
-    "whom": _words("my sister|a friend|my parents|my partner|my kids|some coworkers|"
-                   "my roommate|my grandfather|my brother|my wife|my husband|a colleague", "|"),
-    "source": _words("novel|short story|stage play|comic book|memoir|newspaper article|"
-                     "radio drama|graphic novel|true story", "|"),
-    "length": _words("just under two hours|about ninety minutes|almost three hours|"
-                     "a little over two hours|barely eighty minutes", "|"),
+    "when": _words(
+        "last weekend|on a rainy Sunday|at a film festival|on a long flight|"
+        "at the local cinema|on television|last night|at a midnight screening|"
+        "at home|during the holidays|on opening night|twice",
+        "|",
+    ),
+    "whom": _words(
+        "my sister|a friend|my parents|my partner|my kids|some coworkers|"
+        "my roommate|my grandfather|my brother|my wife|my husband|a colleague",
+        "|",
+    ),
+    "source": _words(
+        "novel|short story|stage play|comic book|memoir|newspaper article|"
+        "radio drama|graphic novel|true story",
+        "|",
+    ),
+    "length": _words(
+        "just under two hours|about ninety minutes|almost three hours|"
+        "a little over two hours|barely eighty minutes",
+        "|",
+    ),
     "nth": _words("first second third fourth fifth latest"),
     "fest": _words("Cannes Sundance Venice Toronto Locarno Telluride"),
     "ago": _words("last spring|two years ago|in the autumn|last year|this summer", "|"),
-    "lang": _words("French Spanish Korean Italian German Japanese Danish Portuguese Polish "
-                   "Hindi Turkish Swedish"),
-    "span": _words("a single weekend|three days|one summer|a decade|a single night|several years",
-                   "|"),
+    "lang": _words(
+        "French Spanish Korean Italian German Japanese Danish Portuguese Polish "
+        "Hindi Turkish Swedish"
+    ),
+    "span": _words(
+        "a single weekend|three days|one summer|a decade|a single night|several years", "|"
+    ),
     "rel": _words("sister brother mother father cousin neighbor uncle aunt"),
 }
-_VERBS = {1: [("loved", "love"), ("enjoyed", "enjoy"), ("admired", "admire"), ("adored", "adore"),
-              ("appreciated", "appreciate")],
-          -1: [("hated", "hate"), ("disliked", "dislike"), ("despised", "despise")]}
-_NOUNS = {1: ["masterpiece", "triumph", "gem", "delight", "treat"],
-          -1: ["mess", "chore", "bore", "letdown", "misfire", "dud", "disaster", "waste of time"]}
-_VERDICTS = {1: _words("Highly recommended.|I recommend it.|I would recommend it to anyone.|"
-                       "Worth watching.|A must see.|I would watch it again.|Worth a look.|"
-                       "Definitely worth the ticket.|Top notch.|One of the best films this year.|"
-                       "Do not skip this one.|Not a waste of time.", "|"),
-             -1: _words("Skip it.|Avoid it.|Not recommended.|I cannot recommend it.|"
-                        "A waste of time.|Not worth the ticket.|I will never watch it again.|"
-                        "One of the worst films this year.|Avoid at all costs.|"
-                        "Do yourself a favor and skip it.|Not worth a look.", "|")}
+_VERBS = {
+    1: [
+        ("loved", "love"),
+        ("enjoyed", "enjoy"),
+        ("admired", "admire"),
+        ("adored", "adore"),
+        ("appreciated", "appreciate"),
+    ],
+    -1: [("hated", "hate"), ("disliked", "dislike"), ("despised", "despise")],
+}
+_NOUNS = {
+    1: ["masterpiece", "triumph", "gem", "delight", "treat"],
+    -1: ["mess", "chore", "bore", "letdown", "misfire", "dud", "disaster", "waste of time"],
+}
+_VERDICTS = {
+    1: _words(
+        "Highly recommended.|I recommend it.|I would recommend it to anyone.|"
+        "Worth watching.|A must see.|I would watch it again.|Worth a look.|"
+        "Definitely worth the ticket.|Top notch.|One of the best films this year.|"
+        "Do not skip this one.|Not a waste of time.",
+        "|",
+    ),
+    -1: _words(
+        "Skip it.|Avoid it.|Not recommended.|I cannot recommend it.|"
+        "A waste of time.|Not worth the ticket.|I will never watch it again.|"
+        "One of the worst films this year.|Avoid at all costs.|"
+        "Do yourself a favor and skip it.|Not worth a look.",
+        "|",
+    ),
+}
 _MOD_WORDS = list(MODIFIERS)
 _AMPS = [w for w, m in MODIFIERS.items() if m > 1]
 _DID_NOT = ("did not", "didn't")
@@ -350,8 +429,11 @@ def _plain(r: random.Random, s: int) -> str:
     if k == 6:
         return f"It is {_an(_adj(r, s))} {r.choice(_GENRES)}."
     if k == 7:
-        return f"What {_an(r.choice(_NOUNS[s]))}!" if s < 0 or r.random() < 0.5 else \
-            f"{_cap(_clause(r, s))} from start to finish."
+        return (
+            f"What {_an(r.choice(_NOUNS[s]))}!"
+            if s < 0 or r.random() < 0.5
+            else f"{_cap(_clause(r, s))} from start to finish."
+        )
     return f"{_cap(x)} {'are' if pl else 'is'} {_adj(r, s, 0.6)} at times."
 
 
@@ -411,18 +493,26 @@ def _verdict(r: random.Random, s: int, title: str) -> str:
 def _plot(r: random.Random, title: str) -> str:
     k = r.randrange(5)
     if k == 0:
-        return f"{title} follows {_name(r)}, {_an(r.choice(_ROLES))} who {r.choice(_GOALS)} in " \
-               f"{r.choice(_PLACES)}."
+        return (
+            f"{title} follows {_name(r)}, {_an(r.choice(_ROLES))} who {r.choice(_GOALS)} in "
+            f"{r.choice(_PLACES)}."
+        )
     if k == 1:
-        return f"Set in {r.choice(_PLACES)} during {r.choice(_TIMES)}, {title} tells the story of " \
-               f"{_an(r.choice(_ROLES))} who {r.choice(_GOALS)}."
+        return (
+            f"Set in {r.choice(_PLACES)} during {r.choice(_TIMES)}, {title} tells the story of "
+            f"{_an(r.choice(_ROLES))} who {r.choice(_GOALS)}."
+        )
     if k == 2:
-        return f"Directed by {_name(r)}, {title} is {_an(r.choice(_GENRES))} about " \
-               f"{r.choice(_TOPICS)} and {r.choice(_TOPICS)}."
+        return (
+            f"Directed by {_name(r)}, {title} is {_an(r.choice(_GENRES))} about "
+            f"{r.choice(_TOPICS)} and {r.choice(_TOPICS)}."
+        )
     if k == 3:
         return f"{_name(r)} stars as {_an(r.choice(_ROLES))} who {r.choice(_GOALS)}."
-    return f"In {title}, {r.choice(_FIRST)} is {_an(r.choice(_ROLES))} who {r.choice(_GOALS)} " \
-           f"during {r.choice(_TIMES)}."
+    return (
+        f"In {title}, {r.choice(_FIRST)} is {_an(r.choice(_ROLES))} who {r.choice(_GOALS)} "
+        f"during {r.choice(_TIMES)}."
+    )
 
 
 def _filler(r: random.Random) -> str:
@@ -430,8 +520,13 @@ def _filler(r: random.Random) -> str:
         key = m.group(1)
         if key in _FILL:
             return r.choice(_FILL[key])
-        return {"name": _name, "title": _title}.get(key, lambda r: r.choice(
-            {"genre": _GENRES, "role": _ROLES, "place": _PLACES, "topic": _TOPICS}[key]))(r)
+        return {"name": _name, "title": _title}.get(
+            key,
+            lambda r: r.choice(
+                {"genre": _GENRES, "role": _ROLES, "place": _PLACES, "topic": _TOPICS}[key]
+            ),
+        )(r)
+
     return re.sub(r"\{(\w+)\}", sub, r.choice(_FILLER))
 
 
@@ -459,8 +554,9 @@ def _review(r: random.Random, s: int) -> str:
     if verdict:
         body.append(_verdict(r, s if r.random() < _P_VERDICT_AGREE[mixed] else -s, title))
     if r.random() < 0.35:
-        return "".join(b + ("<br /><br />" if r.random() < 0.4 else " ") for b in body[:-1]) + \
-            body[-1]
+        return (
+            "".join(b + ("<br /><br />" if r.random() < 0.4 else " ") for b in body[:-1]) + body[-1]
+        )
     return " ".join(body)
 
 
@@ -491,6 +587,7 @@ def generate_reviews(n: int, seed: int) -> list[dict]:
 def generate_splits(n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Train and test reviews from two disjoint seeded streams; no text appears in both."""
     train = _generate(n_train, random.Random(f"synthetic-train:{seed}"), frozenset())
-    test = _generate(n_test, random.Random(f"synthetic-test:{seed}"),
-                     frozenset(row["text"] for row in train))
+    test = _generate(
+        n_test, random.Random(f"synthetic-test:{seed}"), frozenset(row["text"] for row in train)
+    )
     return train, test

@@ -6,7 +6,8 @@ decoded with ``model.generate`` (KV cache, ``do_sample=True``, ``top_k=0``, ``to
 given temperature, stop at EOS). Each batch is sampled under its own seed, derived from
 ``seed`` and the batch index, so a batch's output does not depend on the batches before it::
 
-    from stages.generation import generate_completions, load_causal_lm
+    from stages.lib.generation import generate_completions
+    from stages.lib.modeling import load_causal_lm
 
     model, tokenizer = load_causal_lm("models/sft")
     out = generate_completions(model, tokenizer, ["The film was"], n_per_prompt=4,
@@ -15,51 +16,39 @@ given temperature, stop at EOS). Each batch is sampled under its own seed, deriv
     out.token_ids[0][0]   # generated ids of its first completion (EOS kept if generated)
     out.tokens_per_second
 
-Prompts are tokenised without special tokens, like :mod:`stages.sequences`. Only the
+Prompts are tokenised without special tokens, like :mod:`stages.lib.sequences`. Only the
 generation settings above apply: the model's own ``generation_config`` (e.g. a ``top_k=50``
 default or a repetition penalty) is replaced by a clean one for the call, so the samples
 describe the policy itself.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
-from stages.common import StageError
+from stages.lib.modeling import context_length
 
 
 @dataclass
 class Generations:
     """K completions per prompt, in prompt order."""
 
-    texts: list[list[str]]             # [prompt][k] decoded completion, special tokens skipped
-    token_ids: list[list[list[int]]]   # [prompt][k] generated ids, up to and including EOS
-    finished: list[list[bool]]         # [prompt][k] True when the completion ended with EOS
-    n_tokens: int                      # generated tokens in total (EOS counted, padding not)
-    seconds: float                     # wall time spent in ``generate``
+    texts: list[list[str]]  # [prompt][k] decoded completion, special tokens skipped
+    token_ids: list[list[list[int]]]  # [prompt][k] generated ids, up to and including EOS
+    finished: list[list[bool]]  # [prompt][k] True when the completion ended with EOS
+    n_tokens: int  # generated tokens in total (EOS counted, padding not)
+    seconds: float  # wall time spent in ``generate``
 
     @property
     def tokens_per_second(self) -> float:
         return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def load_causal_lm(path: str | Path, device: torch.device | None = None):
-    """Load a ``save_pretrained`` causal LM folder and its tokenizer (pad token ensured, see
-    :func:`stages.modeling.load_pretrained`), in eval mode on ``device`` (default: CUDA if
-    available, else CPU)."""
-    from stages.modeling import load_pretrained, pick_device
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise StageError(f"{path}: no model found (expected a save_pretrained folder)")
-    model, tokenizer = load_pretrained(str(path), "causal", str(path))
-    model.to(device or pick_device()).eval()
-    return model, tokenizer
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -68,34 +57,46 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def plan_batches(prompt_lengths: list[int], n_per_prompt: int,
-                 batch_size: int) -> list[list[tuple[int, int]]]:
+def plan_batches(
+    prompt_lengths: list[int], n_per_prompt: int, batch_size: int
+) -> list[list[tuple[int, int]]]:
     """Split the (prompt index, k) sequences into batches of ``batch_size``, sorted by prompt
     length (longest first, ties in prompt order), so similar lengths share a batch."""
     order = sorted(range(len(prompt_lengths)), key=lambda i: (-prompt_lengths[i], i))
     flat = [(i, k) for i in order for k in range(n_per_prompt)]
-    return [flat[s: s + batch_size] for s in range(0, len(flat), batch_size)]
+    return [flat[s : s + batch_size] for s in range(0, len(flat), batch_size)]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` [B, T] left-padded with ``pad_id`` (the prompts end at the same column, as
+    ``generate`` wants) and its ``attention_mask``, T the longest row."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):
-        ids[j, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[j, width - len(r):] = 1
+        ids[j, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[j, width - len(r) :] = 1
     return ids, mask
 
 
-def _generation_config(tokenizer, *, do_sample: bool, temperature: float, max_new_tokens: int):
-    from transformers import GenerationConfig
+def generation_config(tokenizer, *, do_sample: bool, temperature: float, max_new_tokens: int):
+    """A clean ``GenerationConfig``: plain sampling at ``temperature`` (top-k 0, top-p 1) or
+    greedy decoding, stop at EOS, pad with the pad token (EOS when there is none)."""
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    settings = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
-        if do_sample else {"do_sample": False}
-    return GenerationConfig(max_new_tokens=max_new_tokens, num_beams=1, eos_token_id=eos,
-                            pad_token_id=pad if pad is not None else eos,
-                            bos_token_id=tokenizer.bos_token_id, **settings)
+    settings = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if do_sample
+        else {"do_sample": False}
+    )
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=pad if pad is not None else eos,
+        bos_token_id=tokenizer.bos_token_id,
+        **settings,
+    )
 
 
 class _DroppedMaskWarning(logging.Filter):
@@ -107,23 +108,30 @@ class _DroppedMaskWarning(logging.Filter):
         return "passing in an `attention_mask`" not in record.getMessage()
 
 
-def _cut_at_eos(ids: list[int], eos_id: int | None) -> tuple[list[int], bool]:
+def cut_at_eos(ids: list[int], eos_id: int | None) -> tuple[list[int], bool]:
+    """``ids`` up to and including the first EOS, and whether there was one."""
     if eos_id is not None and eos_id in ids:
         return ids[: ids.index(eos_id) + 1], True
     return ids, False
 
 
 @torch.inference_mode()
-def generate_completions(model, tokenizer, prompts: list[str], *, n_per_prompt: int,
-                         temperature: float, max_new_tokens: int, batch_size: int, seed: int,
-                         do_sample: bool = True, progress: bool = True,
-                         desc: str = "generate") -> Generations:
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    n_per_prompt: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    do_sample: bool = True,
+    progress: bool = True,
+    desc: str = "generate",
+) -> Generations:
     """``n_per_prompt`` completions of each prompt by ancestral sampling (or greedy decoding
     with ``do_sample=False``); see the module docstring."""
-    from tqdm.auto import tqdm
-
-    from stages.modeling import context_length
-
     if n_per_prompt < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("n_per_prompt, batch_size and max_new_tokens must be >= 1")
     if do_sample and not temperature > 0:
@@ -132,12 +140,15 @@ def generate_completions(model, tokenizer, prompts: list[str], *, n_per_prompt: 
     limit = context_length(model)
     for i, ids in enumerate(prompt_ids):
         if not ids:
-            raise StageError(f"prompt {i + 1} is empty after tokenisation")
+            raise ValueError(f"prompt {i + 1} is empty after tokenisation")
         if limit is not None and len(ids) + max_new_tokens > limit:
-            raise StageError(f"prompt {i + 1} ({len(ids)} tokens) + max_new_tokens="
-                             f"{max_new_tokens} exceeds the model's {limit} positions")
-    config = _generation_config(tokenizer, do_sample=do_sample, temperature=temperature,
-                                max_new_tokens=max_new_tokens)
+            raise ValueError(
+                f"prompt {i + 1} ({len(ids)} tokens) + max_new_tokens="
+                f"{max_new_tokens} exceeds the model's {limit} positions"
+            )
+    config = generation_config(
+        tokenizer, do_sample=do_sample, temperature=temperature, max_new_tokens=max_new_tokens
+    )
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     texts = [[""] * n_per_prompt for _ in prompt_ids]
@@ -152,21 +163,26 @@ def generate_completions(model, tokenizer, prompts: list[str], *, n_per_prompt: 
         model.generation_config = config
         hf_logger.addFilter(quiet)
         for b, batch in enumerate(batches):
-            ids, mask = _left_pad([prompt_ids[i] for i, _ in batch], config.pad_token_id)
+            ids, mask = left_pad([prompt_ids[i] for i, _ in batch], config.pad_token_id)
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(batch_seed(seed, b))
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=config)
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=config,
+                )
             seconds += time.perf_counter() - start
-            new = out[:, ids.shape[1]:].tolist()
+            new = out[:, ids.shape[1] :].tolist()
             for (i, k), row in zip(batch, new):
-                row, done = _cut_at_eos(row, eos)
+                row, done = cut_at_eos(row, eos)
                 tokens[i][k], finished[i][k] = row, done
                 n_tokens += len(row)
-            decoded = tokenizer.batch_decode([tokens[i][k] for i, k in batch],
-                                             skip_special_tokens=True,
-                                             clean_up_tokenization_spaces=False)
+            decoded = tokenizer.batch_decode(
+                [tokens[i][k] for i, k in batch],
+                skip_special_tokens=True,
+                clean_up_tokenization_spaces=False,
+            )
             for (i, k), text in zip(batch, decoded):
                 texts[i][k] = text
             bar.update(len(batch))

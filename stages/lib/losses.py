@@ -24,23 +24,30 @@ inf/nan (forward KL) or clamps the exponent and loses the gradient (α); see the
 
 Usage::
 
-    from stages.losses import preference_loss, validate_config
+    from stages.lib.losses import LossConfig, preference_loss
 
-    validate_config("sigmoid", "alpha", beta=0.1, alpha=0.5)
-    out = preference_loss(policy_w, policy_l, ref_w, ref_l, len_w, len_l,
-                          loss="sigmoid", divergence="alpha", beta=0.1, alpha=0.5)
+    config = LossConfig("sigmoid", "alpha", beta=0.1, alpha=0.5)    # validated once, here
+    out = preference_loss(policy_w, policy_l, ref_w, ref_l, len_w, len_l, config)
     out.loss.backward()            # mean over pairs; out.losses holds the [P] per-pair values
     margin = out.chosen_rewards - out.rejected_rewards
+
+In ``params.yaml`` the same four keys live in ``align.variants.<name>`` (or ``align.common``);
+:func:`read_loss_config` builds the config from such a mapping with errors naming the key.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from stages.lib.config import param, positive_finite, read_mapping
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "alpha")
 LOSSES = ("sigmoid", "hinge", "ipo")
@@ -52,6 +59,11 @@ LOSSES = ("sigmoid", "hinge", "ipo")
 #: in Δ (Δ ≪ 0), where each capped score contributes slope β·e^30 instead of the paper's β·e^(-r).
 #: The sign of every margin and gradient is kept.
 SAFE_EXP_CAP = 30.0
+
+ALPHA_RANGE = (
+    "in the open interval (0, 1) (use divergence 'reverse_kl' for alpha -> 0, "
+    "'forward_kl' for alpha -> 1)"
+)
 
 
 def safe_exp(x: Tensor) -> Tensor:
@@ -121,7 +133,7 @@ def divergence_score(r: Tensor, divergence: str, alpha: float | None = None) -> 
         if alpha is None:
             raise ValueError("alpha: required for divergence 'alpha'")
         return alpha_score(r, alpha)
-    raise ValueError(f"divergence: unknown {divergence!r}, expected one of {DIVERGENCES}")
+    raise ValueError(f"divergence: must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
 
 
 # --------------------------------------------------------------------------- pair losses
@@ -168,29 +180,84 @@ class PreferenceLossOutput:
         return self.losses.mean()
 
 
-def validate_config(loss: str, divergence: str, beta: float, alpha: float | None) -> None:
-    """Raise ValueError (one line naming the parameter) for an invalid loss configuration.
+@dataclass(frozen=True)
+class LossConfig:
+    """The pair loss of a variant, validated once when built (``ValueError`` naming the field).
 
-    ``alpha`` is checked only for ``divergence='alpha'`` and ignored otherwise. IPO is only defined
-    for reverse KL: its Eq. 17 regresses the log-ratio margin itself onto 1/(2τ), and neither the
-    IPO nor the f-DPO paper derives a squared loss on f′-score margins (trl allows it; we do not).
+    ``alpha`` is set for ``divergence='alpha'`` only. IPO is only defined for reverse KL: its
+    Eq. 17 regresses the log-ratio margin itself onto 1/(2τ), and neither the IPO nor the f-DPO
+    paper derives a squared loss on f′-score margins (trl allows it; we do not).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss: unknown {loss!r}, expected one of {LOSSES}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence: unknown {divergence!r}, expected one of {DIVERGENCES}")
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
-    if divergence == "alpha":
-        if alpha is None:
-            raise ValueError("alpha: required for divergence 'alpha' (a number in (0, 1))")
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
+
+    loss: str = param(
+        "pair loss: sigmoid -log σ(βΔ), hinge max(0, 1 - βΔ) or ipo",
+        check=lambda v: v in LOSSES,
+        must=f"one of {', '.join(LOSSES)}",
+    )
+    divergence: str = param(
+        "score s(r): reverse_kl r, forward_kl -e^-r, jsd log σ(r), alpha",
+        check=lambda v: v in DIVERGENCES,
+        must=f"one of {', '.join(DIVERGENCES)}",
+    )
+    beta: float = param(
+        "β: scale of the score margin (τ for ipo)",
+        check=positive_finite,
+        must="a finite number > 0",
+    )
+    alpha: float | None = param(
+        "α of divergence alpha, in (0, 1) (null otherwise)",
+        None,
+        check=lambda v: 0.0 < v < 1.0,
+        must=ALPHA_RANGE,
+    )
+
+    def __post_init__(self) -> None:
+        loss, divergence, beta, alpha = self.loss, self.divergence, self.beta, self.alpha
+        if loss not in LOSSES:
+            raise ValueError(f"loss: must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if divergence not in DIVERGENCES:
             raise ValueError(
-                f"alpha: must lie in the open interval (0, 1), got {alpha!r} "
-                "(use divergence 'reverse_kl' for alpha -> 0, 'forward_kl' for alpha -> 1)"
+                f"divergence: must be one of {', '.join(DIVERGENCES)}, got {divergence!r}"
             )
-    if loss == "ipo" and divergence != "reverse_kl":
-        raise ValueError(f"divergence: loss 'ipo' requires divergence 'reverse_kl', got {divergence!r}")
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, numbers.Real)
+            or not math.isfinite(beta)
+            or beta <= 0
+        ):
+            raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
+        if divergence == "alpha":
+            if alpha is None:
+                raise ValueError("alpha: required for divergence 'alpha' (a number in (0, 1))")
+            if (
+                isinstance(alpha, bool)
+                or not isinstance(alpha, numbers.Real)
+                or not 0.0 < alpha < 1.0
+            ):
+                raise ValueError(f"alpha: must be {ALPHA_RANGE}, got {alpha!r}")
+        elif alpha is not None:
+            raise ValueError(
+                f"alpha: only used by divergence 'alpha', not {divergence!r}: remove it"
+            )
+        if loss == "ipo" and divergence != "reverse_kl":
+            raise ValueError(
+                f"divergence: loss 'ipo' requires divergence 'reverse_kl', got {divergence!r}"
+            )
+
+
+LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig))
+
+
+def read_loss_config(mapping: dict, where: Callable[[str], str]) -> LossConfig:
+    """:class:`LossConfig` from a params mapping of its four keys; every error is one line
+    ``params: <where(key)>: ...`` naming the key (also for the checks across keys)."""
+    try:
+        return read_mapping(mapping, "", LossConfig, where=where)
+    except ValueError as err:
+        key, sep, rest = str(err).partition(": ")
+        if sep and key in LOSS_KEYS:  # raised by __post_init__
+            raise ValueError(f"params: {where(key)}: {rest}") from None
+        raise
 
 
 def preference_loss(
@@ -200,19 +267,16 @@ def preference_loss(
     ref_l: Tensor,
     len_w: Tensor,
     len_l: Tensor,
-    *,
-    loss: str,
-    divergence: str = "reverse_kl",
-    beta: float,
-    alpha: float | None = None,
+    config: LossConfig,
 ) -> PreferenceLossOutput:
     """Per-pair preference loss from summed completion log-probs, all tensors of shape [P].
 
     ``policy_*`` carry the gradient, ``ref_*`` are the (no-grad) SFT log-probs, ``len_*`` the
     completion token counts (only IPO uses them; clamped to ≥ 1). Half-precision inputs are
-    computed in float32. Rewards are β·r from the summed log-ratios for every loss.
+    computed in float32. Rewards are β·r from the summed log-ratios for every loss. ``config``
+    was validated when it was built: nothing is re-checked here, once per step.
     """
-    validate_config(loss, divergence, beta, alpha)
+    loss, divergence, beta, alpha = config.loss, config.divergence, config.beta, config.alpha
     dtype = torch.promote_types(policy_w.dtype, torch.float32)
     r_w = policy_w.to(dtype) - ref_w.to(dtype)
     r_l = policy_l.to(dtype) - ref_l.to(dtype)

@@ -3,8 +3,8 @@
 An item is one prompt with all K of its completions, the preference pairs drawn from them and
 their reference log-probs (from the ``reference`` stage, so no reference model is run). The
 collator encodes every completion of every prompt in the batch once with
-:func:`stages.sequences.encode_batch`; a step forwards each completion once, gathers the pair
-indices from the per-sequence log-probs and averages :func:`stages.losses.preference_loss` over
+:func:`stages.lib.sequences.encode_batch`; a step forwards each completion once, gathers the pair
+indices from the per-sequence log-probs and averages :func:`stages.lib.losses.preference_loss` over
 the pairs of the batch::
 
     items = build_items(preference_rows, reference_rows)            # one dict per prompt
@@ -15,7 +15,10 @@ the pairs of the batch::
         data_collator=PromptCollator(tokenizer, max_length=64),
         loss_config=LossConfig("sigmoid", "reverse_kl", beta=0.1), variant="dpo",
         live_dir="logs/align/dpo")
-    trainer.train()        # StageError at the first non-finite loss or gradient
+    trainer.train()        # FloatingPointError at the first non-finite loss or gradient
+
+``args`` come from a :class:`TrainConfig` (the ``align.common`` settings a variant may override)
+through :func:`training_arguments`.
 
 Logged (DVCLive, ``Live(dir, dvcyaml=False)`` through transformers' ``DVCLiveCallback``; the
 DVCLive step is the optimizer step): ``train/{loss,accuracy,margin,chosen_reward,rejected_reward}``,
@@ -25,31 +28,134 @@ margin Δ = s(r_w) - s(r_l) for every divergence since each score s is increasin
 summed on the device and read only when Trainer logs (no extra host sync in the step); the
 non-finite guard is read every step on CPU and at every logging step on an accelerator.
 """
+
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from dvclive import Live
+from dvclive.plots import Metric
+from dvclive.utils import standardize_metric_name
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import DVCLiveCallback
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
 
-from stages.common import StageError
-from stages.losses import PreferenceLossOutput, preference_loss
-from stages.sequences import completion_logprobs, encode_batch
+from stages.lib.config import non_negative, param, positive_finite, positive_int, unit_interval
+from stages.lib.losses import LossConfig, PreferenceLossOutput, preference_loss
+from stages.lib.sequences import completion_logprobs, encode_batch
 
 #: Order of the per-pair sums kept on the device: loss, margin, chosen, rejected, correct, pairs.
 _STATS = ("loss", "margin", "chosen_reward", "rejected_reward", "accuracy")
+#: transformers' ``optim`` and ``lr_scheduler_type`` names.
+OPTIMIZERS = tuple(sorted(o.value for o in OptimizerNames))
+SCHEDULERS = tuple(sorted(s.value for s in SchedulerType))
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    """The pair loss of a variant (see :func:`stages.losses.preference_loss`)."""
+class TrainConfig:
+    """Training settings of an alignment variant: ``align.common``, any key overridable in
+    ``align.variants.<name>`` (see :func:`training_arguments`)."""
 
-    loss: str
-    divergence: str
-    beta: float
-    alpha: float | None = None
+    optimizer: str = param(
+        "transformers `optim` name (adamw_torch, adamw_torch_fused, sgd, ...)",
+        check=lambda v: v in OPTIMIZERS,
+        must=f"one of {', '.join(OPTIMIZERS)}",
+    )
+    learning_rate: float = param(
+        "peak learning rate, reached after warmup", check=positive_finite, must="> 0"
+    )
+    lr_scheduler: str = param(
+        "transformers scheduler name (linear, cosine, ...)",
+        check=lambda v: v in SCHEDULERS,
+        must=f"one of {', '.join(SCHEDULERS)}",
+    )
+    warmup_ratio: float = param(
+        "share of the optimizer steps warming the learning rate up",
+        check=unit_interval,
+        must="in [0, 1)",
+    )
+    weight_decay: float = param("AdamW decoupled weight decay", check=non_negative, must=">= 0")
+    epochs: float = param(
+        "passes over the training prompts (may be fractional)",
+        check=lambda v: 0 < v < math.inf,
+        must="> 0",
+    )
+    batch_prompts: int = param(
+        "prompts per step and device, each with all its completions",
+        check=positive_int,
+        must=">= 1",
+    )
+    eval_batch_prompts: int = param("prompts per validation batch", check=positive_int, must=">= 1")
+    grad_accum_steps: int = param(
+        "micro-batches accumulated into one optimizer step", check=positive_int, must=">= 1"
+    )
+    max_grad_norm: float = param(
+        "clip the gradient norm to this (0 = no clipping)",
+        check=non_negative,
+        must=">= 0 (0 = no clipping)",
+    )
+    max_length: int = param(
+        "prompt + completion tokens (the reference stage's max_length)",
+        check=lambda v: v >= 2,
+        must=">= 2",
+    )
+    logging_steps: int = param(
+        "log the training curves every N optimizer steps", check=positive_int, must=">= 1"
+    )
+    eval_steps: int = param(
+        "evaluate on the validation prompts every N steps (and at the end)",
+        check=positive_int,
+        must=">= 1",
+    )
+    seed: int = param(
+        "seeds data order and everything random in training", check=non_negative, must=">= 0"
+    )
+
+
+#: The keys of :class:`TrainConfig` (``align.common`` also holds :class:`LossConfig` keys).
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def training_arguments(
+    cfg: TrainConfig, output_dir: str | Path, name: str, has_eval: bool
+) -> TrainingArguments:
+    """TrainingArguments of a variant: Trainer's own bf16 autocast on a capable GPU, no
+    checkpoints, logging from the first step, evaluation only when there is a validation split."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        run_name=name,
+        report_to="none",
+        save_strategy="no",
+        optim=cfg.optimizer,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_prompts,
+        per_device_eval_batch_size=cfg.eval_batch_prompts,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps if has_eval else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        remove_unused_columns=False,
+        label_names=[],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
 
 
 def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
@@ -59,9 +165,16 @@ def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
     for pref, ref in zip(preferences, reference, strict=True):
         if not pref["pairs"]:
             continue
-        items.append({"prompt_id": pref["prompt_id"], "prompt": pref["prompt"],
-                      "completions": list(pref["completions"]), "pairs": [list(p) for p in pref["pairs"]],
-                      "ref_logps": [float(x) for x in ref["logps"]], "split": pref["split"]})
+        items.append(
+            {
+                "prompt_id": pref["prompt_id"],
+                "prompt": pref["prompt"],
+                "completions": list(pref["completions"]),
+                "pairs": [list(p) for p in pref["pairs"]],
+                "ref_logps": [float(x) for x in ref["logps"]],
+                "split": pref["split"],
+            }
+        )
     return items
 
 
@@ -92,24 +205,30 @@ class PromptCollator:
         return batch
 
 
-def grouped_preference_loss(model, batch: dict[str, torch.Tensor],
-                            config: LossConfig) -> PreferenceLossOutput:
+def grouped_preference_loss(
+    model, batch: dict[str, torch.Tensor], config: LossConfig
+) -> PreferenceLossOutput:
     """Forward each completion of the batch once, gather the pairs, return per-pair losses."""
     logps, n_tokens = completion_logprobs(model, batch)
     n_tokens = n_tokens.clamp(min=1)  # an empty completion has r = 0: its per-token mean is 0 too
     ref = batch["ref_logps"].to(logps.device)
     w, l = batch["chosen"].to(logps.device), batch["rejected"].to(logps.device)
-    return preference_loss(logps[w], logps[l], ref[w], ref[l], n_tokens[w], n_tokens[l],
-                           loss=config.loss, divergence=config.divergence, beta=config.beta,
-                           alpha=config.alpha)
+    return preference_loss(logps[w], logps[l], ref[w], ref[l], n_tokens[w], n_tokens[l], config)
 
 
 def pair_sums(out: PreferenceLossOutput) -> torch.Tensor:
     """Sums over pairs of loss, reward margin, chosen and rejected reward, correct pairs; count."""
     margin = out.chosen_rewards - out.rejected_rewards
-    return torch.stack([out.losses.detach().sum(), margin.sum(), out.chosen_rewards.sum(),
-                        out.rejected_rewards.sum(), (margin > 0).float().sum(),
-                        torch.ones_like(margin).sum()]).float()  # no host-to-device copy
+    return torch.stack(
+        [
+            out.losses.detach().sum(),
+            margin.sum(),
+            out.chosen_rewards.sum(),
+            out.rejected_rewards.sum(),
+            (margin > 0).float().sum(),
+            torch.ones_like(margin).sum(),
+        ]
+    ).float()  # no host-to-device copy
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -123,27 +242,35 @@ def disable_dropout(model: nn.Module) -> None:
 class PreferenceTrainer(Trainer):
     """``Trainer`` for prompt items (see module docstring); ``loss_config`` picks the variant."""
 
-    def __init__(self, *args, loss_config: LossConfig, variant: str, live_dir: str | None = None,
-                 **kwargs):
+    def __init__(
+        self, *args, loss_config: LossConfig, variant: str, live_dir: str | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.variant = variant
-        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer scales for GA
+        self.model_accepts_loss_kwargs = (
+            False  # our loss is a per-batch mean: Trainer scales for GA
+        )
         self.loss_is_scaled_for_ga = False
         self._sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
         self._first_bad: torch.Tensor | None = None  # [loss step, gradient step], 0 = none yet
         self.add_callback(_NonFiniteGuard(self))
         if live_dir is not None:
-            from dvclive import Live
-
             live = None
             if self.is_world_process_zero():
                 live = Live(live_dir, dvcyaml=False, save_dvc_exp=False, report=None)
                 a = self.args
-                live.log_params({"variant": variant, **vars(loss_config),
-                                 "optimizer": getattr(a.optim, "value", a.optim),
-                                 "learning_rate": a.learning_rate, "epochs": a.num_train_epochs,
-                                 "batch_prompts": a.per_device_train_batch_size, "seed": a.seed})
+                live.log_params(
+                    {
+                        "variant": variant,
+                        **vars(loss_config),
+                        "optimizer": getattr(a.optim, "value", a.optim),
+                        "learning_rate": a.learning_rate,
+                        "epochs": a.num_train_epochs,
+                        "batch_prompts": a.per_device_train_batch_size,
+                        "seed": a.seed,
+                    }
+                )
             self.add_callback(_StepAlignedDVCLive(live=live))
 
     # ------------------------------------------------------------------ loss and statistics
@@ -165,17 +292,21 @@ class PreferenceTrainer(Trainer):
             self._first_bad = torch.zeros(2, dtype=torch.long, device=bad.device)
         step = self.state.global_step + 1
         current = self._first_bad[slot]
-        self._first_bad[slot] = torch.where((current == 0) & bad, torch.full_like(current, step), current)
+        self._first_bad[slot] = torch.where(
+            (current == 0) & bad, torch.full_like(current, step), current
+        )
 
     def check_gradients(self, model: nn.Module) -> None:
         """Record a non-finite gradient norm of this step (device-side, no sync)."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+            )
             self._record_bad(1, ~torch.isfinite(norm))
 
     def raise_if_nonfinite(self) -> None:
-        """StageError naming the variant and the first step with a non-finite loss or gradient."""
+        """FloatingPointError naming the variant and the first step with a non-finite loss or gradient."""
         if self._first_bad is None:
             return
         loss_step, grad_step = self._first_bad.tolist()
@@ -187,10 +318,11 @@ class PreferenceTrainer(Trainer):
             what, step = "gradient", grad_step
         c = self.loss_config
         alpha = f", alpha={c.alpha}" if c.alpha is not None else ""
-        raise StageError(
+        raise FloatingPointError(
             f"align@{self.variant}: non-finite {what} at step {step} of {self.state.max_steps} "
             f"(loss={c.loss}, divergence={c.divergence}, beta={c.beta}{alpha}, "
-            f"learning_rate={self.args.learning_rate}); no model was written")
+            f"learning_rate={self.args.learning_rate}); no model was written"
+        )
 
     def _drain(self, split: str) -> dict[str, float]:
         """Reduce the accumulated sums across processes and return their per-pair means."""
@@ -220,11 +352,18 @@ class PreferenceTrainer(Trainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self,
+        dataloader,
+        description,
+        prediction_loss_only=None,
+        ignore_keys=None,
+        metric_key_prefix="eval",
+    ):
         self._sums["eval"] = None
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
-                                         metric_key_prefix)
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
         for key, value in self._drain("eval").items():  # pair-weighted, replaces the batch mean
             output.metrics[f"{metric_key_prefix}_{key.removeprefix('eval_')}"] = value
         return output
@@ -241,8 +380,11 @@ class _NonFiniteGuard(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         every = max(int(args.logging_steps), 1)
-        if (args.device.type == "cpu" or state.global_step % every == 0
-                or state.global_step >= state.max_steps):
+        if (
+            args.device.type == "cpu"
+            or state.global_step % every == 0
+            or state.global_step >= state.max_steps
+        ):
             self.trainer.raise_if_nonfinite()
 
 
@@ -262,13 +404,11 @@ class _StepAlignedDVCLive(DVCLiveCallback):
             return
         self.live.step = state.global_step
         if "train_runtime" in (logs or {}):
-            from dvclive.plots import Metric
-            from dvclive.utils import standardize_metric_name
-
             for key, value in logs.items():  # timings stay in metrics/align: logs/ is deterministic
                 if Metric.could_log(value) and "runtime" not in key and "per_second" not in key:
-                    self.live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value,
-                                         plot=False)
+                    self.live.log_metric(
+                        standardize_metric_name(key, "dvclive.huggingface"), value, plot=False
+                    )
             self.live.make_summary()
             return
         super().on_log(args, state, control, model=model, logs=logs, **kwargs)

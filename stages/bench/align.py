@@ -4,19 +4,20 @@ Both train the same model (a fresh load of the SFT policy) on the same pairs, in
 (sequential sampling on both sides, so step ``i`` of ours and of trl sees the same pairs), with
 the same optimizer, learning rate, β and number of pairs per step, for one epoch over the bench
 prompts; trl runs with ``precompute_ref_log_probs=True``. Prompts whose last token would merge
-with a completion's first are left out (:func:`clean_boundary`): trl moves the boundary there. trl appends EOS to every completion,
-so ours gets the EOS text appended too: both score exactly the same tokens, and their per-step
+with a completion's first are left out (:func:`clean_boundary`): trl moves the boundary there.
+trl appends EOS to every completion, so ours gets the EOS text appended too: both score exactly the same tokens, and their per-step
 losses agree to float tolerance::
 
-    from stages.bench_align import align_throughput
+    from stages.bench.align import align_throughput
     result = align_throughput("models/sft", scored_rows, pairing="all", prompts_per_step=8, steps=12)
     result["ours"]["pairs_per_s"] / result["trl"]["pairs_per_s"]
 
-Timed: trl's reference precompute (in its ``__init__``) and ours (``reference_rows``, the
-``reference`` stage's function, over the K completions of each prompt); ``trainer.train()``
+Timed: trl's reference precompute (in its ``__init__``) and ours
+(:func:`stages.lib.sequences.reference_rows`, the ``reference`` stage's function, over the K completions of each prompt); ``trainer.train()``
 for both. The ten-variant sweep estimate is ``ref + 10 x train`` for ours (one shared
 reference pass) and ``10 x (precompute + train)`` for trl (one precompute per run).
 """
+
 from __future__ import annotations
 
 import random
@@ -25,9 +26,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from torch.utils.data import SequentialSampler
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from stages.pairs import all_pairs, first_round_pairs
+from stages.lib.losses import LossConfig
+from stages.lib.pairing import all_pairs, first_round_pairs
+from stages.lib.sequences import reference_rows
+from stages.lib.trainer import PreferenceTrainer, PromptCollator, build_items, disable_dropout
 
 PAIRINGS = {"disjoint": (first_round_pairs, 2), "all": (all_pairs, 6)}
 
@@ -35,15 +41,16 @@ PAIRINGS = {"disjoint": (first_round_pairs, 2), "all": (all_pairs, 6)}
 def clean_boundary(tokenizer, prompt: str, completions: list[str]) -> bool:
     """True when tokenising prompt + completion gives the prompt's tokens then the completion's
     for every completion: trl tokenises the joined text and moves the boundary where tokens
-    merge across it, ours tokenises the parts separately (:mod:`stages.sequences`)."""
+    merge across it, ours tokenises the parts separately (:mod:`stages.lib.sequences`)."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     cs = tokenizer(completions, add_special_tokens=False)["input_ids"]
     joined = tokenizer([prompt + c for c in completions], add_special_tokens=False)["input_ids"]
     return all(j == p + c for j, c in zip(joined, cs))
 
 
-def bench_rows(scored_rows: list[dict], pairing: str, n_prompts: int, seed: int,
-               tokenizer=None) -> list[dict]:
+def bench_rows(
+    scored_rows: list[dict], pairing: str, n_prompts: int, seed: int, tokenizer=None
+) -> list[dict]:
     """The first ``n_prompts`` scored rows with 4 completions whose pairing gives its full pair
     count (2 disjoint pairs or all 6; prompts with tied rewards are skipped) and, given a
     tokenizer, a clean prompt/completion token boundary (:func:`clean_boundary`), with ``pairs``."""
@@ -55,14 +62,18 @@ def bench_rows(scored_rows: list[dict], pairing: str, n_prompts: int, seed: int,
         pairs = make(row["rewards"], rng)
         if len(pairs) != want:
             continue
-        if tokenizer is not None and not clean_boundary(tokenizer, row["prompt"], row["completions"]):
+        if tokenizer is not None and not clean_boundary(
+            tokenizer, row["prompt"], row["completions"]
+        ):
             continue
         out.append({**row, "pairs": [list(p) for p in pairs], "split": "train"})
         if len(out) == n_prompts:
             return out
-    raise ValueError(f"only {len(out)} of the scored rows have {want} untied {pairing} pairs"
-                     f"{' and a clean token boundary' if tokenizer is not None else ''}; "
-                     f"{n_prompts} needed")
+    raise ValueError(
+        f"only {len(out)} of the scored rows have {want} untied {pairing} pairs"
+        f"{' and a clean token boundary' if tokenizer is not None else ''}; "
+        f"{n_prompts} needed"
+    )
 
 
 class _StepLosses(TrainerCallback):
@@ -83,35 +94,47 @@ class SequentialOrder:
     rows in the same order see the same batches at every step."""
 
     def _get_train_sampler(self, train_dataset=None):
-        from torch.utils.data import SequentialSampler
-
         return SequentialSampler(train_dataset or self.train_dataset)
 
 
 def quiet_trainer(trainer) -> None:
     """Drop the console printer and progress bar callbacks (the benchmark prints its own)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
 
 def _common_args(out_dir: str, batch: int, steps: int, lr: float, seed: int) -> dict:
-    return dict(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=steps,
-                learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                optim="adamw_torch", max_grad_norm=1.0, logging_steps=1, report_to="none",
-                save_strategy="no", seed=seed, data_seed=seed, dataloader_num_workers=0,
-                remove_unused_columns=False, disable_tqdm=True)
+    return dict(
+        output_dir=out_dir,
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
 
 
-def _ours(sft_dir: str, rows: list[dict], batch_prompts: int, steps: int, lr: float,
-          beta: float, max_length: int, seed: int) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
-
-    from stages.reference import reference_rows
-    from stages.trainer import (LossConfig, PreferenceTrainer, PromptCollator, build_items,
-                                disable_dropout)
-
+def _ours(
+    sft_dir: str,
+    rows: list[dict],
+    batch_prompts: int,
+    steps: int,
+    lr: float,
+    beta: float,
+    max_length: int,
+    seed: int,
+) -> dict:
     class Sequential(SequentialOrder, PreferenceTrainer):
         pass
 
@@ -121,29 +144,46 @@ def _ours(sft_dir: str, rows: list[dict], batch_prompts: int, steps: int, lr: fl
     eos = tokenizer.eos_token
     rows = [{**r, "completions": [c + eos for c in r["completions"]]} for r in rows]
     start = time.perf_counter()
-    refs = reference_rows(model, tokenizer, rows, {"batch_size": 128, "max_length": max_length},
-                          progress=False)
+    refs = reference_rows(
+        model, tokenizer, rows, batch_size=128, max_length=max_length, progress=False
+    )
     ref_s = time.perf_counter() - start
     losses = _StepLosses()
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(**_common_args(tmp, batch_prompts, steps, lr, seed))
-        trainer = Sequential(model=model, args=args, train_dataset=build_items(rows, refs),
-                             data_collator=PromptCollator(tokenizer, max_length),
-                             processing_class=tokenizer, callbacks=[losses],
-                             loss_config=LossConfig("sigmoid", "reverse_kl", beta), variant="bench")
+        trainer = Sequential(
+            model=model,
+            args=args,
+            train_dataset=build_items(rows, refs),
+            data_collator=PromptCollator(tokenizer, max_length),
+            processing_class=tokenizer,
+            callbacks=[losses],
+            loss_config=LossConfig("sigmoid", "reverse_kl", beta),
+            variant="bench",
+        )
         quiet_trainer(trainer)
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start
-    return {"reference_s": ref_s, "reference_sequences": sum(len(r["logps"]) for r in refs),
-            "train_s": train_s,
-            "losses": losses.losses}
+    return {
+        "reference_s": ref_s,
+        "reference_sequences": sum(len(r["logps"]) for r in refs),
+        "train_s": train_s,
+        "losses": losses.losses,
+    }
 
 
-def _trl(sft_dir: str, rows: list[dict], batch_pairs: int, steps: int, lr: float, beta: float,
-         max_length: int, seed: int) -> dict:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _trl(
+    sft_dir: str,
+    rows: list[dict],
+    batch_pairs: int,
+    steps: int,
+    lr: float,
+    beta: float,
+    max_length: int,
+    seed: int,
+) -> dict:
+    from datasets import Dataset  # here: trl takes seconds to import, only this side uses it
     from trl import DPOConfig, DPOTrainer
 
     timing = {}
@@ -157,36 +197,71 @@ def _trl(sft_dir: str, rows: list[dict], batch_pairs: int, steps: int, lr: float
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
-    pairs = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["completions"][w],
-                                "rejected": r["completions"][l]} for r in rows for w, l in r["pairs"]])
+    pairs = Dataset.from_list(
+        [
+            {"prompt": r["prompt"], "chosen": r["completions"][w], "rejected": r["completions"][l]}
+            for r in rows
+            for w, l in r["pairs"]
+        ]
+    )
     losses = _StepLosses()
     with tempfile.TemporaryDirectory() as tmp:
-        config = DPOConfig(**_common_args(tmp, batch_pairs, steps, lr, seed), beta=beta,
-                           loss_type=["sigmoid"], precompute_ref_log_probs=True,
-                           precompute_ref_batch_size=64, max_length=max_length,
-                           disable_dropout=True, bf16=False)
-        trainer = Sequential(model=model, args=config, train_dataset=pairs,
-                             processing_class=tokenizer, callbacks=[losses])
+        config = DPOConfig(
+            **_common_args(tmp, batch_pairs, steps, lr, seed),
+            beta=beta,
+            loss_type=["sigmoid"],
+            precompute_ref_log_probs=True,
+            precompute_ref_batch_size=64,
+            max_length=max_length,
+            disable_dropout=True,
+            bf16=False,
+        )
+        trainer = Sequential(
+            model=model,
+            args=config,
+            train_dataset=pairs,
+            processing_class=tokenizer,
+            callbacks=[losses],
+        )
         quiet_trainer(trainer)
         start = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - start
-    return {"reference_s": timing.get("train", float("nan")), "reference_sequences": 2 * len(pairs),
-            "train_s": train_s, "losses": losses.losses}
+    return {
+        "reference_s": timing.get("train", float("nan")),
+        "reference_sequences": 2 * len(pairs),
+        "train_s": train_s,
+        "losses": losses.losses,
+    }
 
 
-def align_throughput(sft_dir: str | Path, scored_rows: list[dict], *, pairing: str,
-                     prompts_per_step: int, steps: int, lr: float = 5e-4, beta: float = 0.1,
-                     max_length: int = 128, seed: int = 0, variants: int = 10) -> dict:
+def align_throughput(
+    sft_dir: str | Path,
+    scored_rows: list[dict],
+    *,
+    pairing: str,
+    prompts_per_step: int,
+    steps: int,
+    lr: float = 5e-4,
+    beta: float = 0.1,
+    max_length: int = 128,
+    seed: int = 0,
+    variants: int = 10,
+) -> dict:
     """Ours vs trl for one epoch of ``steps`` steps over ``prompts_per_step * steps`` prompts."""
-    from transformers import AutoTokenizer
-
     _, per_prompt = PAIRINGS[pairing]
-    rows = bench_rows(scored_rows, pairing, prompts_per_step * steps, seed,
-                      tokenizer=AutoTokenizer.from_pretrained(str(sft_dir)))
+    rows = bench_rows(
+        scored_rows,
+        pairing,
+        prompts_per_step * steps,
+        seed,
+        tokenizer=AutoTokenizer.from_pretrained(str(sft_dir)),
+    )
     n_pairs = per_prompt * len(rows)
     ours = _ours(str(sft_dir), rows, prompts_per_step, steps, lr, beta, max_length, seed)
-    theirs = _trl(str(sft_dir), rows, prompts_per_step * per_prompt, steps, lr, beta, max_length, seed)
+    theirs = _trl(
+        str(sft_dir), rows, prompts_per_step * per_prompt, steps, lr, beta, max_length, seed
+    )
     for side in (ours, theirs):
         side["pairs_per_s"] = n_pairs / side["train_s"]
         side["step_s"] = side["train_s"] / steps
@@ -195,10 +270,18 @@ def align_throughput(sft_dir: str | Path, scored_rows: list[dict], *, pairing: s
     sweep_trl = variants * (theirs["reference_s"] + theirs["train_s"])
     diffs = [abs(a - b) for a, b in zip(ours["losses"], theirs["losses"])]
     return {
-        "pairing": pairing, "pairs_per_prompt": per_prompt, "prompts": len(rows), "pairs": n_pairs,
-        "pairs_per_step": prompts_per_step * per_prompt, "steps": steps, "ours": ours, "trl": theirs,
+        "pairing": pairing,
+        "pairs_per_prompt": per_prompt,
+        "prompts": len(rows),
+        "pairs": n_pairs,
+        "pairs_per_step": prompts_per_step * per_prompt,
+        "steps": steps,
+        "ours": ours,
+        "trl": theirs,
         "speedup_pairs_per_s": ours["pairs_per_s"] / theirs["pairs_per_s"],
         "max_abs_loss_diff": max(diffs) if diffs else float("nan"),
-        "sweep_variants": variants, "sweep_ours_s": sweep_ours, "sweep_trl_s": sweep_trl,
+        "sweep_variants": variants,
+        "sweep_ours_s": sweep_ours,
+        "sweep_trl_s": sweep_trl,
         "speedup_sweep": sweep_trl / sweep_ours,
     }

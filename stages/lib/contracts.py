@@ -1,20 +1,22 @@
 """Data contracts: one per file that flows between stages, asserted whenever a stage reads it.
 
 Each contract names the fields a JSON Lines row must have, their types, and a row check.
-``read_rows(path, CONTRACT)`` raises a one-line :class:`StageError` naming the file, the row
+``read_rows(path, CONTRACT)`` raises a one-line ``ValueError`` naming the file, the row
 (1-based line number) and the missing or bad field::
 
     rows = read_rows("data/prompts/train.jsonl", PROMPTS)
+    reference = read_reference("data/reference.jsonl", preferences)   # REFERENCE, row-matched
+
+A missing file is a ``FileNotFoundError``.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-from stages.common import StageError
 
 Check = Callable[[dict], "str | None"]
 
@@ -60,8 +62,11 @@ def _floats(row: dict, key: str, n: int) -> str | None:
 
 def _scored(row: dict) -> str | None:
     n = len(row["completions"])
-    return _strings(row, "completions") or _floats(row, "rewards", n) or (
-        _floats(row, "gold", n) if "gold" in row else None)
+    return (
+        _strings(row, "completions")
+        or _floats(row, "rewards", n)
+        or (_floats(row, "gold", n) if "gold" in row else None)
+    )
 
 
 def _preferences(row: dict) -> str | None:
@@ -70,9 +75,27 @@ def _preferences(row: dict) -> str | None:
         return err
     n = len(row["completions"])
     for pair in row["pairs"]:
-        if (not isinstance(pair, list) or len(pair) != 2 or not all(_is_type(i, int) for i in pair)
-                or not all(0 <= i < n for i in pair) or pair[0] == pair[1]):
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(_is_type(i, int) for i in pair)
+            or not all(0 <= i < n for i in pair)
+            or pair[0] == pair[1]
+        ):
             return f"pairs entry {pair!r} must be two distinct completion indices below {n}"
+    return None
+
+
+def _reference(row: dict) -> str | None:
+    logps, n_tokens = row["logps"], row["n_tokens"]
+    if not logps or len(logps) != len(n_tokens):
+        return f"logps has {len(logps)} values and n_tokens {len(n_tokens)}; expected K each"
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in logps
+    ):
+        return "logps must hold finite numbers"
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in n_tokens):
+        return "n_tokens must hold integers >= 0"
     return None
 
 
@@ -81,32 +104,56 @@ PREPARED = Contract("prepared review", {"text": str, "label": int}, _label)
 #: ``data/prompts/{train,eval}.jsonl``: a prompt (first words of a review) and its stable id.
 PROMPTS = Contract("prompt", {"prompt_id": str, "prompt": str})
 #: ``data/samples.jsonl``: K completions (without the prompt text) per prompt.
-SAMPLES = Contract("samples", {"prompt_id": str, "prompt": str, "completions": list},
-                   lambda r: _strings(r, "completions"))
+SAMPLES = Contract(
+    "samples",
+    {"prompt_id": str, "prompt": str, "completions": list},
+    lambda r: _strings(r, "completions"),
+)
 #: ``data/scored.jsonl``: samples plus one reward (and gold score, if any) per completion.
-SCORED = Contract("scored samples", {"prompt_id": str, "prompt": str, "completions": list,
-                                     "rewards": list}, _scored, optional={"gold": list})
+SCORED = Contract(
+    "scored samples",
+    {"prompt_id": str, "prompt": str, "completions": list, "rewards": list},
+    _scored,
+    optional={"gold": list},
+)
 #: ``data/preferences.jsonl``: scored samples plus ``pairs`` [[w, l], ...], w preferred.
-PREFERENCES = Contract("preferences", {"prompt_id": str, "prompt": str, "completions": list,
-                                       "rewards": list, "pairs": list, "split": str},
-                       _preferences, optional={"gold": list})
+PREFERENCES = Contract(
+    "preferences",
+    {
+        "prompt_id": str,
+        "prompt": str,
+        "completions": list,
+        "rewards": list,
+        "pairs": list,
+        "split": str,
+    },
+    _preferences,
+    optional={"gold": list},
+)
+#: ``data/reference.jsonl``: per preferences row, the SFT log-prob (summed over completion
+#: tokens) and token count of each of its K completions, in the preferences order.
+REFERENCE = Contract(
+    "reference log-probs", {"prompt_id": str, "logps": list, "n_tokens": list}, _reference
+)
 
 
 def check_row(row: object, contract: Contract, where: str) -> dict:
     """Assert one row against a contract; ``where`` is ``file:line`` for the message."""
     if not isinstance(row, dict):
-        raise StageError(f"{where}: expected a JSON object ({contract.name})")
+        raise ValueError(f"{where}: expected a JSON object ({contract.name})")
     for name, kind in {**contract.fields, **contract.optional}.items():
         if name not in row:
             if name in contract.optional:
                 continue
-            raise StageError(f"{where}: missing field '{name}' ({contract.name})")
+            raise ValueError(f"{where}: missing field '{name}' ({contract.name})")
         if not _is_type(row[name], kind):
-            raise StageError(f"{where}: field '{name}' has type {type(row[name]).__name__}, "
-                             f"expected {getattr(kind, '__name__', kind)}")
+            raise ValueError(
+                f"{where}: field '{name}' has type {type(row[name]).__name__}, "
+                f"expected {getattr(kind, '__name__', kind)}"
+            )
     err = contract.check(row) if contract.check else None
     if err:
-        raise StageError(f"{where}: {err}")
+        raise ValueError(f"{where}: {err}")
     return row
 
 
@@ -114,7 +161,7 @@ def read_rows(path: str | Path, contract: Contract) -> list[dict]:
     """Read a JSON Lines file and assert every row against ``contract``; empty files fail."""
     path = Path(path)
     if not path.is_file():
-        raise StageError(f"{path}: file not found ({contract.name})")
+        raise FileNotFoundError(f"{path}: file not found ({contract.name})")
     rows = []
     with path.open() as f:
         for lineno, line in enumerate(f, start=1):
@@ -123,8 +170,27 @@ def read_rows(path: str | Path, contract: Contract) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise StageError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
             rows.append(check_row(row, contract, f"{path}:{lineno}"))
     if not rows:
-        raise StageError(f"{path}: no rows ({contract.name})")
+        raise ValueError(f"{path}: no rows ({contract.name})")
+    return rows
+
+
+def read_reference(path: str | Path, preferences: list[dict]) -> list[dict]:
+    """Read ``data/reference.jsonl`` and assert it matches ``preferences`` row by row (same
+    prompt ids in the same order, one value per completion)."""
+    rows = read_rows(path, REFERENCE)
+    if len(rows) != len(preferences):
+        raise ValueError(
+            f"{path}: {len(rows)} rows for {len(preferences)} preferences rows "
+            f"(re-run the reference stage)"
+        )
+    for n, (ref, pref) in enumerate(zip(rows, preferences), start=1):
+        if ref["prompt_id"] != pref["prompt_id"] or len(ref["logps"]) != len(pref["completions"]):
+            raise ValueError(
+                f"{path}:{n}: row {ref['prompt_id']!r} with {len(ref['logps'])} "
+                f"log-probs does not match preferences row {pref['prompt_id']!r} "
+                f"with {len(pref['completions'])} completions"
+            )
     return rows

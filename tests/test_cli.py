@@ -1,0 +1,65 @@
+"""The command line: one command per stage, one-line errors at the boundary, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from stages.cli import COMMANDS, build_app, stage_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_stage():
+    result = CliRunner().invoke(build_app(), ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("params: x: bad\nmore"),
+        FileNotFoundError("f: not found"),
+        FloatingPointError("align@dpo: non-finite loss"),
+    ],
+)
+def test_user_errors_become_one_line_and_exit_1(error):
+    app = typer.Typer()
+
+    def boom() -> None:
+        raise error
+
+    app.command()(stage_command(boom))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {str(error).splitlines()[0]}"
+
+
+def test_bugs_are_not_hidden():
+    app = typer.Typer()
+
+    def bug() -> None:
+        raise KeyError("internal")
+
+    app.command()(stage_command(bug))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code != 0 and isinstance(result.exception, KeyError)
+
+
+def test_a_stage_command_imports_only_its_own_stage_module():
+    code = (
+        "import sys; from stages.cli import build_app; build_app('pairs'); "
+        "print(sorted(m for m in sys.modules if m.startswith('stages.') and "
+        "not m.startswith('stages.lib')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "['stages.cli', 'stages.pairs']"

@@ -1,0 +1,197 @@
+"""Row contracts (:mod:`stages.lib.contracts`): one-line errors naming ``file:line`` and the
+field, and the reference file matched against the preferences row by row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stages.lib.common import write_jsonl
+from stages.lib.contracts import (
+    PREFERENCES,
+    PREPARED,
+    PROMPTS,
+    REFERENCE,
+    SAMPLES,
+    SCORED,
+    check_row,
+    read_reference,
+    read_rows,
+)
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _scored(**kw) -> dict:
+    return {
+        "prompt_id": "train-0",
+        "prompt": "The film",
+        "completions": [" a", " b"],
+        "rewards": [0.5, -1],
+        **kw,
+    }
+
+
+def test_read_rows_returns_rows_and_skips_blank_lines(tmp_path):
+    path = _write_lines(
+        tmp_path / "p.jsonl",
+        [
+            json.dumps({"prompt_id": "a", "prompt": "x"}),
+            "",
+            json.dumps({"prompt_id": "b", "prompt": "y"}),
+        ],
+    )
+    assert read_rows(path, PROMPTS) == [
+        {"prompt_id": "a", "prompt": "x"},
+        {"prompt_id": "b", "prompt": "y"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "lines, contract, message",
+    [
+        (
+            ['{"prompt_id": "a", "prompt": "x"}', '{"prompt_id": "b"}'],
+            PROMPTS,
+            "rows.jsonl:2: missing field 'prompt' (prompt)",
+        ),
+        (
+            ['{"prompt_id": "a", "prompt": "x"}', "{not json"],
+            PROMPTS,
+            "rows.jsonl:2: not valid JSON",
+        ),
+        (
+            ['{"text": "x", "label": "1"}'],
+            PREPARED,
+            "rows.jsonl:1: field 'label' has type str, expected int",
+        ),
+        (
+            ['{"text": "x", "label": true}'],
+            PREPARED,
+            "rows.jsonl:1: field 'label' has type bool, expected int",
+        ),
+        (['{"text": "x", "label": 2}'], PREPARED, "rows.jsonl:1: label must be 0 or 1, got 2"),
+        (["[1, 2]"], PROMPTS, "rows.jsonl:1: expected a JSON object (prompt)"),
+        (
+            ['{"prompt_id": "a", "prompt": "x", "completions": []}'],
+            SAMPLES,
+            "rows.jsonl:1: completions must be a non-empty list of strings",
+        ),
+        (
+            [json.dumps(_scored(rewards=[1.0]))],
+            SCORED,
+            "rows.jsonl:1: rewards has 1 values for 2 completions",
+        ),
+        (
+            [json.dumps(_scored(gold=[1.0, "x"]))],
+            SCORED,
+            "rows.jsonl:1: gold must hold finite numbers",
+        ),
+        (
+            [json.dumps(_scored(pairs=[[0, 0]], split="train"))],
+            PREFERENCES,
+            "rows.jsonl:1: pairs entry [0, 0] must be two distinct completion indices below 2",
+        ),
+        (
+            [json.dumps(_scored(pairs=[[0, 2]], split="train"))],
+            PREFERENCES,
+            "rows.jsonl:1: pairs entry [0, 2] must be two distinct completion indices below 2",
+        ),
+        (
+            [json.dumps(_scored(pairs=[[1, 0]]))],
+            PREFERENCES,
+            "rows.jsonl:1: missing field 'split' (preferences)",
+        ),
+    ],
+)
+def test_read_rows_errors_name_file_line_and_field(tmp_path, lines, contract, message):
+    path = _write_lines(tmp_path / "rows.jsonl", lines)
+    with pytest.raises(ValueError) as err:
+        read_rows(path, contract)
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path}/{message}") and "\n" not in text, text
+
+
+def test_read_rows_missing_and_empty_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl: file not found \(prompt\)"):
+        read_rows(tmp_path / "nope.jsonl", PROMPTS)
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no rows \(samples\)"):
+        read_rows(_write_lines(tmp_path / "empty.jsonl", ["", " "]), SAMPLES)
+
+
+def test_optional_fields_and_int_as_float():
+    row = _scored()
+    assert check_row(row, SCORED, "x") is row  # no gold, an int reward: fine
+    assert check_row(_scored(gold=[0, 1.5]), SCORED, "x")["gold"] == [0, 1.5]
+    with pytest.raises(ValueError, match="field 'gold' has type dict, expected list"):
+        check_row(_scored(gold={}), SCORED, "x")
+
+
+@pytest.mark.parametrize(
+    "row, needle",
+    [
+        ({"prompt_id": "a", "logps": [0.0, -1.0], "n_tokens": [1]}, "logps has 2 values"),
+        ({"prompt_id": "a", "logps": [], "n_tokens": []}, "logps has 0 values"),
+        ({"prompt_id": "a", "logps": [float("nan")], "n_tokens": [1]}, "logps must hold finite"),
+        ({"prompt_id": "a", "logps": [True], "n_tokens": [1]}, "logps must hold finite"),
+        ({"prompt_id": "a", "logps": [-1.0], "n_tokens": [-1]}, "n_tokens must hold integers >= 0"),
+        ({"prompt_id": "a", "logps": [-1.0], "n_tokens": [1.0]}, "n_tokens must hold integers"),
+        ({"prompt_id": "a", "logps": [-1.0]}, "missing field 'n_tokens' (reference log-probs)"),
+    ],
+)
+def test_reference_contract(row, needle):
+    with pytest.raises(ValueError) as err:
+        check_row(row, REFERENCE, "data/reference.jsonl:1")
+    assert str(err.value).startswith(f"data/reference.jsonl:1: {needle}"), str(err.value)
+
+
+def _preferences(n: int = 3) -> list[dict]:
+    return [_scored(prompt_id=f"train-{i}", pairs=[[0, 1]], split="train") for i in range(n)]
+
+
+def _references(prefs: list[dict]) -> list[dict]:
+    return [
+        {
+            "prompt_id": p["prompt_id"],
+            "logps": [-1.0] * len(p["completions"]),
+            "n_tokens": [1] * len(p["completions"]),
+        }
+        for p in prefs
+    ]
+
+
+def test_read_reference_matches_rows(tmp_path):
+    prefs = _preferences()
+    write_jsonl(tmp_path / "ref.jsonl", _references(prefs))
+    assert read_reference(tmp_path / "ref.jsonl", prefs) == _references(prefs)
+
+
+def test_read_reference_mismatches(tmp_path):
+    prefs = _preferences()
+    path = tmp_path / "ref.jsonl"
+    write_jsonl(path, _references(prefs)[:2])
+    with pytest.raises(
+        ValueError,
+        match=r"ref\.jsonl: 2 rows for 3 preferences rows \(re-run "
+        r"the reference stage\)",
+    ):
+        read_reference(path, prefs)
+    write_jsonl(path, _references(prefs[1:] + prefs[:1]))
+    with pytest.raises(
+        ValueError,
+        match=r"ref\.jsonl:1: row 'train-1' with 2 log-probs does not "
+        r"match preferences row 'train-0' with 2 completions",
+    ):
+        read_reference(path, prefs)
+    refs = _references(prefs)
+    refs[2] = {**refs[2], "logps": [-1.0], "n_tokens": [1]}
+    write_jsonl(path, refs)
+    with pytest.raises(ValueError, match=r"ref\.jsonl:3: row 'train-2' with 1 log-probs"):
+        read_reference(path, prefs)
+    with pytest.raises(FileNotFoundError, match="file not found"):
+        read_reference(tmp_path / "none.jsonl", prefs)

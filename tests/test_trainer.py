@@ -1,0 +1,312 @@
+"""Tests of stages.lib.trainer: the training settings, the prompt collator, the grouped loss, the
+non-finite guard and the small helpers, on the shared tiny GPT-2 (``tiny_lm_dir``).
+
+    .venv/bin/python -m pytest tests/test_trainer.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.lib.config import load_params, read_mapping
+from stages.lib.losses import LossConfig, preference_loss
+from stages.lib.sequences import completion_logprobs, encode_batch, reference_rows
+from stages.lib.trainer import (
+    PreferenceTrainer,
+    PromptCollator,
+    TrainConfig,
+    build_items,
+    disable_dropout,
+    grouped_preference_loss,
+    pair_sums,
+    training_arguments,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the film was good bad great awful plot acting boring fun dull story".split()
+
+
+def common_config() -> TrainConfig:
+    """``align.common`` of the repository's params.yaml."""
+    return read_mapping(
+        load_params(ROOT / "params.yaml")["align"]["common"], "align.common", TrainConfig
+    )
+
+
+def _rows(n_prompts: int = 16, k: int = 4, seed: int = 0) -> list[dict]:
+    """Preference rows: k word-soup completions, two disjoint pairs, every 4th prompt 'val'."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_prompts):
+        completions = [
+            " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + "."
+            for _ in range(k)
+        ]
+        pairs = [[0, 1], [3, 2]] if i % 2 else [[1, 0], [2, 3]]
+        rows.append(
+            {
+                "prompt_id": f"p{i}",
+                "prompt": "the film was",
+                "completions": completions,
+                "rewards": [0.0] * k,
+                "pairs": pairs,
+                "split": "val" if i % 4 == 3 else "train",
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_lm_dir)
+
+
+@pytest.fixture(scope="module")
+def items(lm) -> list[dict]:
+    """Prompt items with the tiny LM's own reference log-probs (what the reference stage writes)."""
+    model, tokenizer = lm
+    rows = _rows()
+    refs = reference_rows(model, tokenizer, rows, batch_size=16, max_length=64, progress=False)
+    return build_items(rows, refs)
+
+
+# ------------------------------------------------------------------------------ TrainConfig
+
+
+def test_params_align_common_is_a_train_config():
+    cfg = common_config()
+    assert cfg.optimizer == "adamw_torch" and cfg.lr_scheduler == "cosine"
+    assert isinstance(cfg.epochs, float) and isinstance(cfg.learning_rate, float)
+    assert cfg.max_length == load_params(ROOT / "params.yaml")["reference"]["max_length"]
+
+
+def test_training_arguments_follow_the_config(tmp_path):
+    cfg = common_config()
+    args = training_arguments(cfg, tmp_path, "dpo", has_eval=True)
+    assert (getattr(args.optim, "value", args.optim), args.learning_rate) == (
+        cfg.optimizer,
+        cfg.learning_rate,
+    )
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == cfg.lr_scheduler
+    assert args.warmup_steps == cfg.warmup_ratio and args.weight_decay == cfg.weight_decay
+    assert args.num_train_epochs == cfg.epochs
+    assert args.per_device_train_batch_size == cfg.batch_prompts
+    assert args.per_device_eval_batch_size == cfg.eval_batch_prompts
+    assert args.gradient_accumulation_steps == cfg.grad_accum_steps
+    assert args.max_grad_norm == cfg.max_grad_norm and args.logging_steps == cfg.logging_steps
+    assert args.eval_steps == cfg.eval_steps and args.seed == args.data_seed == cfg.seed
+    assert args.logging_first_step and not args.logging_nan_inf_filter
+    assert args.run_name == "dpo" and args.output_dir == str(tmp_path)
+    assert getattr(args.save_strategy, "value", args.save_strategy) == "no"
+    no_eval = training_arguments(cfg, tmp_path, "dpo", has_eval=False)
+    assert getattr(no_eval.eval_strategy, "value", no_eval.eval_strategy) == "no"
+    assert no_eval.eval_steps is None
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("optimizer", "adam", "params: align.common.optimizer: must be one of "),
+        ("lr_scheduler", "zigzag", "params: align.common.lr_scheduler: must be one of "),
+        ("learning_rate", 0.0, "params: align.common.learning_rate: must be > 0, got 0.0"),
+        ("warmup_ratio", 1.0, "params: align.common.warmup_ratio: must be in [0, 1), got 1.0"),
+        ("epochs", float("inf"), "params: align.common.epochs: must be > 0, got inf"),
+        ("batch_prompts", 0, "params: align.common.batch_prompts: must be >= 1, got 0"),
+        ("max_grad_norm", -1, "params: align.common.max_grad_norm: must be >= 0 (0 = no clipping)"),
+        ("max_length", 1, "params: align.common.max_length: must be >= 2, got 1"),
+        ("seed", "zero", "params: align.common.seed: must be int, got 'zero'"),
+        ("grad_accum_steps", 1.5, "params: align.common.grad_accum_steps: must be int, got 1.5"),
+    ],
+)
+def test_bad_train_settings_name_the_key(key, value, message):
+    common = {**load_params(ROOT / "params.yaml")["align"]["common"], key: value}
+    with pytest.raises(ValueError) as err:
+        read_mapping(common, "align.common", TrainConfig)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_train_config_fields_are_documented():
+    from stages.lib.config import field_docs
+
+    assert all(doc for doc in field_docs(TrainConfig).values())
+
+
+# ------------------------------------------------------------------------------ items, collator
+
+
+def test_build_items_joins_rows_and_drops_prompts_without_pairs():
+    rows = _rows(4)
+    rows[1]["pairs"] = []
+    refs = [
+        {"prompt_id": r["prompt_id"], "logps": [-1, -2, -3, -4], "n_tokens": [1, 2, 3, 4]}
+        for r in rows
+    ]
+    items = build_items(rows, refs)
+    assert [i["prompt_id"] for i in items] == ["p0", "p2", "p3"]
+    assert items[0]["ref_logps"] == [-1.0, -2.0, -3.0, -4.0]
+    assert all(isinstance(v, float) for v in items[0]["ref_logps"])
+    assert items[0]["pairs"] == rows[0]["pairs"] and items[2]["split"] == "val"
+    items[0]["pairs"].append([2, 1])  # copies: the rows are untouched
+    assert rows[0]["pairs"] == [[1, 0], [2, 3]]
+    with pytest.raises(ValueError):  # one reference row per preferences row
+        build_items(rows, refs[:-1])
+
+
+def test_collator_encodes_each_completion_once(lm, items):
+    _, tokenizer = lm
+    items = [dict(i) for i in items[:3]]
+    items[0]["pairs"] = [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]  # all 6 pairs of 4
+    batch = PromptCollator(tokenizer, 64)(items)
+    assert batch["input_ids"].shape[0] == sum(len(i["completions"]) for i in items)
+    assert batch["chosen"].tolist()[:6] == [0, 0, 0, 1, 1, 2]
+    assert batch["rejected"].tolist()[:6] == [1, 2, 3, 2, 3, 3]
+    assert batch["chosen"].tolist()[6:] == [4 + w for w, _ in items[1]["pairs"]] + [
+        8 + w for w, _ in items[2]["pairs"]
+    ]
+    assert len(batch["chosen"]) == sum(len(i["pairs"]) for i in items)
+    assert batch["ref_logps"].tolist() == pytest.approx([v for i in items for v in i["ref_logps"]])
+
+
+def test_disable_dropout_zeroes_every_dropout():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=1,
+            n_embd=16,
+            n_head=2,
+            vocab_size=50,
+            n_positions=16,
+            resid_pdrop=0.3,
+            embd_pdrop=0.3,
+            attn_pdrop=0.3,
+        )
+    )
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and any(m.p > 0 for m in dropouts)
+    disable_dropout(model)
+    assert all(m.p == 0.0 for m in dropouts)
+    model.train()
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.equal(model(x).logits, model(x).logits)  # deterministic in train mode
+
+
+# ------------------------------------------------------------------------------ grouped loss
+
+
+def test_grouped_forward_matches_pairwise_forward(tiny_lm_dir, lm, items, torch_one_thread):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
+    disable_dropout(model)
+    with torch.no_grad():  # move away from the reference so log-ratios are not all zero
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    _, tokenizer = lm
+    items = items[:6]
+    for cfg in (LossConfig("sigmoid", "alpha", 0.3, 0.5), LossConfig("ipo", "reverse_kl", 0.5)):
+        model.zero_grad()
+        grouped = grouped_preference_loss(model, PromptCollator(tokenizer, 64)(items), cfg).loss
+        grouped.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+
+        model.zero_grad()
+        losses = []
+        for item in items:  # each pair forwarded on its own: 2 sequences per pair
+            for w, l in item["pairs"]:
+                batch = encode_batch(
+                    tokenizer,
+                    [item["prompt"]] * 2,
+                    [item["completions"][w], item["completions"][l]],
+                    64,
+                )
+                logps, n = completion_logprobs(model, batch)
+                ref = torch.tensor([item["ref_logps"][w], item["ref_logps"][l]])
+                losses.append(
+                    preference_loss(
+                        logps[:1], logps[1:], ref[:1], ref[1:], n[:1], n[1:], cfg
+                    ).losses
+                )
+        pairwise = torch.cat(losses).mean()
+        pairwise.backward()
+        assert torch.allclose(grouped, pairwise, atol=1e-5, rtol=1e-5)
+        for g, p in zip(grads, model.parameters()):
+            assert torch.allclose(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_ipo_with_an_empty_completion_stays_finite(tiny_lm_dir, lm):
+    """Sampling can return an empty completion (0 tokens, r = 0): IPO's per-token mean is 0."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
+    _, tokenizer = lm
+    item = {
+        "prompt": "the film was",
+        "completions": [" great fun.", ""],
+        "pairs": [[0, 1]],
+        "ref_logps": [-9.0, 0.0],
+    }
+    out = grouped_preference_loss(
+        model, PromptCollator(tokenizer, 64)([item]), LossConfig("ipo", "reverse_kl", 0.5)
+    )
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_pair_sums_counts_pairs_and_correct_ones():
+    x = torch.tensor([-1.0, -2.0, -3.0])
+    out = preference_loss(
+        x,
+        torch.tensor([-2.0, -1.0, -4.0]),
+        torch.full((3,), -2.0),
+        torch.full((3,), -2.0),
+        torch.ones(3),
+        torch.ones(3),
+        LossConfig("sigmoid", "reverse_kl", 0.5),
+    )
+    loss, margin, chosen, rejected, correct, n = pair_sums(out).tolist()
+    assert n == 3 and correct == 2  # margins 0.5, -0.5, 0.5
+    assert margin == pytest.approx(0.5) and loss == pytest.approx(out.losses.sum().item())
+    assert chosen == pytest.approx(0.5 * (1 + 0 - 1)) and rejected == pytest.approx(
+        0.5 * (0 + 1 - 2)
+    )
+
+
+# ------------------------------------------------------------------------------ non-finite guard
+
+
+def test_nan_reference_logp_stops_with_variant_and_step(
+    tiny_lm_dir, lm, items, tmp_path, torch_one_thread
+):
+    from transformers import AutoModelForCausalLM
+
+    _, tokenizer = lm
+    train = [dict(i, ref_logps=list(i["ref_logps"])) for i in items if i["split"] == "train"]
+    train[5]["ref_logps"][train[5]["pairs"][0][0]] = float("nan")  # in the 2nd batch of 4
+    cfg = dataclasses.replace(common_config(), epochs=1.0, batch_prompts=4)
+    trainer = PreferenceTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
+        args=training_arguments(cfg, tmp_path / "out", "dpo", False),
+        train_dataset=train,
+        data_collator=PromptCollator(tokenizer, 64),
+        processing_class=tokenizer,
+        loss_config=LossConfig("sigmoid", "reverse_kl", 0.1),
+        variant="dpo",
+    )
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(train)
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^align@dpo: non-finite loss at step 2 of 3 "
+        r"\(loss=sigmoid, divergence=reverse_kl, beta=0.1",
+    ):
+        trainer.train()
