@@ -1,22 +1,28 @@
-"""Align the SFT policy with one DPO-family variant, offline, from scored preference pairs.
+"""Align the SFT policy with one DPO-family variant and one run seed, offline, from scored
+preference pairs.
 
-    python -m stages align dpo                     # one variant of params.yaml's align.variants
-    python -m stages align alpha-0_5 --params params.yaml
-    dvc repro align@dpo                            # through the pipeline (foreach over variants)
-    dvc exp run -S align.variants.dpo.beta=0.2     # re-runs align@dpo only
+    python -m stages align dpo --seed 1            # one variant of align.variants, one seed
+    python -m stages align alpha-0_5               # --seed defaults to the first of `seeds`
+    dvc repro align@dpo-1                          # through the pipeline: a matrix over
+                                                   # align.variants x seeds, align@<variant>-<seed>
+    dvc exp run -S align.variants.dpo.beta=0.2     # re-runs align@dpo-<s> for every seed only
 
 The variant's settings are ``align.common`` overridden by ``align.variants.<name>``: the training
 settings (:class:`stages.lib.trainer.TrainConfig`) and the pair loss
-(:class:`stages.lib.losses.LossConfig`). Everything is validated before training: the settings
-(an error names the key where it was set, or where it belongs when missing), the variant name (a
-DVC foreach key that also works inside dotted parameter paths: letters, digits, ``_`` and ``-``,
-no dots), the preferences file and the reference log-probs (row count, prompt ids, K, token
-counts under ``max_length``).
+(:class:`stages.lib.losses.LossConfig`). The training seed (data order, everything random in
+training) is the run's seed, ``--seed`` (one of ``seeds`` under DVC), never a key of
+``align.common`` or ``align.variants.<name>``: such a key is refused. Everything is validated
+before training: the settings (an error names the key where it was set, or where it belongs when
+missing), the variant name (a DVC matrix key that also works inside dotted parameter paths:
+letters, digits, ``_`` and ``-``, no dots), the preferences file and the reference log-probs (row
+count, prompt ids, K, token counts under ``max_length``). Errors start with the run's stage name,
+``align@<variant>-<seed>: ``.
 
 Reads ``models/sft/``, ``data/preferences.jsonl``, ``data/reference.jsonl``; writes
-``models/aligned/<name>/`` (model + tokenizer, atomically), ``metrics/align/<name>.json`` and
-the DVCLive logs ``logs/align/<name>/`` (curves under ``plots/metrics``); the run's wall times
-are printed and written to ``logs/timings/align-<name>.json`` (git-ignored).
+``models/aligned/<name>/seed-<s>/`` (model + tokenizer, atomically),
+``metrics/align/<name>/seed-<s>.json`` and the DVCLive logs ``logs/align/<name>/seed-<s>/``
+(curves under ``plots/metrics``, a DVC plots output of the stage); the run's wall times are
+printed and written to ``logs/timings/align-<name>-<s>.json`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import typer
 
 from stages.lib import paths
 from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
-from stages.lib.config import load_params, read_mapping
+from stages.lib.config import load_params, read_mapping, run_seed
 from stages.lib.contracts import PREFERENCES, read_reference, read_rows
 from stages.lib.losses import LOSS_KEYS, LossConfig, read_loss_config
 from stages.lib.modeling import load_causal_lm
@@ -55,7 +61,8 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 @contextlib.contextmanager
 def _naming(name: str) -> Iterator[None]:
-    """Prefix every user error (ValueError, FileNotFoundError) raised inside with ``align@<name>: ``."""
+    """Prefix every user error (ValueError, FileNotFoundError) raised inside with
+    ``align@<name>: `` (``name``: the variant, or the run ``<variant>-<seed>``)."""
     try:
         yield
     except (ValueError, FileNotFoundError) as err:
@@ -65,15 +72,18 @@ def _naming(name: str) -> Iterator[None]:
         ) from None
 
 
-def variant_config(params: dict, name: str) -> tuple[TrainConfig, LossConfig]:
+def variant_config(
+    params: dict, name: str, seed: int | None = None
+) -> tuple[TrainConfig, LossConfig]:
     """``align.common`` merged with ``align.variants.<name>`` (variant wins), read as the
-    variant's training settings and pair loss; errors name ``align.common.<key>`` or
+    variant's training settings and pair loss, with the run's ``seed`` (default: the first of
+    ``seeds``) as the training seed; errors name ``align.common.<key>`` or
     ``align.variants.<name>.<key>``, wherever the key was set (or belongs, when missing)."""
     if not VARIANT_NAME.match(name):
         hint = f" (try {name.replace('.', '_')!r})" if "." in name else ""
         raise ValueError(
-            f"variant name {name!r} must match {VARIANT_NAME.pattern}: it is a DVC "
-            f"foreach key inside the parameter path align.variants.<name>{hint}"
+            f"variant name {name!r} must match {VARIANT_NAME.pattern}: it is a DVC matrix "
+            f"key inside the parameter path align.variants.<name>{hint}"
         )
     if "align" not in params:
         raise ValueError("params: section 'align' is missing")
@@ -96,13 +106,18 @@ def variant_config(params: dict, name: str) -> tuple[TrainConfig, LossConfig]:
             return f"align.variants.{name}.{key}"
         return f"align.common.{key}"
 
-    merged = {**common, **variant}
-    for key in merged:
-        if key not in TRAIN_KEYS and key not in LOSS_KEYS:
+    for section, keys in (("align.common", common), (f"align.variants.{name}", variant)):
+        if "seed" in keys:
             raise ValueError(
-                f"params: {where(key)}: not a known key "
-                f"(known: {', '.join([*TRAIN_KEYS, *LOSS_KEYS])})"
+                f"params: {section}.seed: not allowed: the training seed is the run's seed, "
+                f"from `seeds` (python -m stages align {name} --seed <s>)"
             )
+    merged = {**common, **variant}
+    known = [k for k in (*TRAIN_KEYS, *LOSS_KEYS) if k != "seed"]
+    for key in merged:
+        if key not in known:
+            raise ValueError(f"params: {where(key)}: not a known key (known: {', '.join(known)})")
+    merged["seed"] = run_seed(params, seed)
     train = read_mapping(
         {k: v for k, v in merged.items() if k in TRAIN_KEYS},
         "align.common",
@@ -162,12 +177,16 @@ def staged_dir(final: Path, is_main: bool) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def align(name: str, params: dict) -> dict:
-    """Validate, train variant ``name`` from the SFT policy, write model, metrics and logs;
-    returns the metrics. Paths are relative to the working directory (the repository root)."""
+def align(name: str, params: dict, seed: int | None = None) -> dict:
+    """Validate, train variant ``name`` with run seed ``seed`` (default: the first of
+    ``seeds``) from the SFT policy, write model, metrics and logs; returns the metrics. Paths
+    are relative to the working directory (the repository root)."""
     start = time.time()
     with _naming(name):
-        cfg, loss_config = variant_config(params, name)
+        seed = run_seed(params, seed)
+    run = f"{name}-{seed}"
+    with _naming(run):
+        cfg, loss_config = variant_config(params, name, seed)
         prefs = read_rows(paths.PREFERENCES, PREFERENCES)
         check_inputs(prefs, paths.PREFERENCES)
         refs = read_reference(paths.REFERENCE, prefs)
@@ -182,23 +201,23 @@ def align(name: str, params: dict) -> dict:
     val = [i for i in items if i["split"] == "val"]
     if not val:
         typer.echo(
-            f"align@{name}: warning: no validation pairs (split 'val'); skipping evaluation",
+            f"align@{run}: warning: no validation pairs (split 'val'); skipping evaluation",
             err=True,
         )
 
     disable_dropout(model)
-    final = paths.aligned_model(name)
+    final = paths.aligned_model(name, seed)
     with staged_dir(final, is_main=int(os.environ.get("RANK", "0")) == 0) as staging:
         trainer = PreferenceTrainer(
             model=model,
-            args=training_arguments(cfg, staging, name, bool(val)),
+            args=training_arguments(cfg, staging, run, bool(val)),
             train_dataset=train,
             eval_dataset=val or None,
             data_collator=collator,
             processing_class=tokenizer,
             loss_config=loss_config,
-            variant=name,
-            live_dir=str(paths.stage_logs(f"align/{name}")),
+            variant=run,
+            live_dir=str(paths.align_logs(name, seed)),
         )
         result = trainer.train()
         evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
@@ -212,14 +231,14 @@ def align(name: str, params: dict) -> dict:
         cfg, loss_config, name, trainer.state.log_history, evals, train, val, result
     )
     if trainer.is_world_process_zero():
-        write_json(paths.metrics_file(f"align/{name}"), metrics)
+        write_json(paths.align_metrics(name, seed), metrics)
         timings = {
             "train_runtime_s": result.metrics.get("train_runtime", float("nan")),
             "wall_time_s": time.time() - start,
         }
-        write_timings(f"align-{name}", timings)
+        write_timings(f"align-{run}", timings)
         typer.echo(
-            f"align@{name}: train {timings['train_runtime_s']:.2f} s, "
+            f"align@{run}: train {timings['train_runtime_s']:.2f} s, "
             f"wall {timings['wall_time_s']:.2f} s"
         )
     return metrics
@@ -263,15 +282,24 @@ def main(
         help="Variant name: a key of align.variants in the params "
         "file (e.g. dpo, hinge, ipo, fkl, jsd, alpha-0_5).",
     ),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        min=0,
+        help="Run seed: the training seed (data order, everything random in training) and the "
+        "folder seed-<s> of the outputs. Default: the first of `seeds`.",
+    ),
     params: Path = typer.Option(
         Path("params.yaml"),
         "--params",
         help="Parameters file to read (align.common merged with align.variants.<variant>).",
     ),
 ) -> None:
-    """Train one preference-alignment variant from the SFT policy."""
-    metrics = align(variant, load_params(params))
+    """Train one preference-alignment variant from the SFT policy, with one run seed."""
+    values = load_params(params)
+    seed = run_seed(values, seed)
+    metrics = align(variant, values, seed)
     typer.echo(
-        f"align@{variant}: {metrics['steps']} steps, val accuracy {metrics['val_accuracy']}, "
+        f"align@{variant}-{seed}: {metrics['steps']} steps, val accuracy {metrics['val_accuracy']}, "
         f"val margin {metrics['val_margin']}"
     )

@@ -1,17 +1,22 @@
-"""``evaluate``: sample from one policy on held-out prompts and measure reward, entropy, KL.
+"""``evaluate``: sample from one policy on held-out prompts and measure reward, entropy, KL,
+once per run seed.
 
-Reads ``seed``, ``evaluate.*``, ``reward.score`` and ``data.source`` from params.yaml, the policy
-(``models/sft`` or ``models/aligned/<policy>``), ``models/sft`` (for ``kl``), ``models/reward``
-and ``data/prompts/{eval,train}.jsonl``; writes ``metrics/eval/<policy>.json`` and
-``data/eval/<policy>.jsonl``::
+Reads ``evaluate.*``, ``reward.score`` and ``data.source`` from params.yaml (and ``seeds`` when
+``--seed`` is not given), the policy (``models/sft``, or ``models/aligned/<policy>/seed-<s>``
+trained with the same seed), ``models/sft`` (for ``kl``), ``models/reward`` and
+``data/prompts/{eval,train}.jsonl``; writes ``metrics/eval/<policy>/seed-<s>.json`` and
+``data/eval/<policy>/seed-<s>.jsonl``::
 
-    python -m stages evaluate sft          # or: dvc repro evaluate-sft
-    python -m stages evaluate dpo          # or: dvc repro evaluate@dpo
+    python -m stages evaluate sft --seed 1   # or: dvc repro evaluate-sft@1
+    python -m stages evaluate dpo --seed 1   # or: dvc repro evaluate@dpo-1
+    python -m stages evaluate dpo            # --seed defaults to the first of `seeds`
 
 Every policy samples ``evaluate.n_samples`` completions of each of the first
 ``evaluate.n_prompts`` eval prompts at temperature 1 with top-k and top-p off (the estimates
-describe the policy itself), under the same seed, so policies are compared on common random
-numbers. Definitions (DESIGN.md §6):
+describe the policy itself). The run's seed is the sampling seed and the bootstrap seed: every
+policy of one seed (``sft`` included, evaluated once per seed) is sampled under the same seed,
+so policies are compared on common random numbers, and a seed's evaluation samples differ from
+another seed's. Definitions (DESIGN.md §6):
 
 * *generated positions* of a sample are the positions of its generated tokens, the EOS included
   when the policy emitted it (it was sampled like any other token) and nothing after it; a
@@ -26,8 +31,8 @@ numbers. Definitions (DESIGN.md §6):
   pass is skipped.
 * ``reward`` (``gold``): mean reward-model (gold) score of prompt + completion text, with a 95%
   percentile bootstrap interval over prompts (``evaluate.bootstrap`` resamples of the per-prompt
-  means, seeded by ``seed``). ``gold`` needs a gold scorer: it is null unless ``data.source`` is
-  ``synthetic``.
+  means, seeded by the run's seed; the report's intervals also cover seeds). ``gold`` needs a
+  gold scorer: it is null unless ``data.source`` is ``synthetic``.
 * ``distinct_1``/``distinct_2``: distinct n-grams / n-grams over the completions' tokens (EOS
   excluded; bigrams never cross completions); ``length``: mean completion tokens (EOS excluded).
 
@@ -53,17 +58,17 @@ from stages.lib.config import (
     RewardConfig,
     load_params,
     read_section,
-    read_seed,
+    run_seed,
 )
 from stages.lib.contracts import PROMPTS, read_rows
 from stages.lib.evaluation import reward_scores, sample_and_score_tokens, summarize
 
 
-def policy_dir(policy: str) -> Path:
-    """``models/sft`` for ``sft``, else ``models/aligned/<policy>``."""
+def policy_dir(policy: str, seed: int) -> Path:
+    """``models/sft`` for ``sft``, else ``models/aligned/<policy>/seed-<s>``."""
     if not policy or "/" in policy or policy.startswith("."):
         raise ValueError(f"policy {policy!r} must be 'sft' or a variant name of align.variants")
-    return paths.policy_model(policy)
+    return paths.policy_model(policy, seed)
 
 
 def check_held_out(eval_rows: list[dict], train_rows: list[dict]) -> int:
@@ -88,8 +93,10 @@ def _r(values) -> list[float]:
 def generation_rows(
     rows: list[dict], gen, scores, gold, stats, sft_logp, completion_tokens: list[list[int]]
 ) -> list[dict]:
-    """``data/eval/<policy>.jsonl`` rows: the SCORED fields plus per-sample ``logp``,
-    ``logp_sft`` (aligned policies), mean ``entropy`` per token, ``length`` and ``finished``."""
+    """``data/eval/<policy>/seed-<s>.jsonl`` rows: the SCORED fields plus per-sample ``logp``,
+    ``logp_sft`` (aligned policies), mean ``entropy`` per generated position, ``n_generated``
+    (generated positions, EOS included: the weights of the token-weighted entropy), ``length``
+    (EOS excluded) and ``finished``."""
     k, out = len(gen.texts[0]), []
     for i, row in enumerate(rows):
         sl = slice(i * k, (i + 1) * k)
@@ -102,6 +109,7 @@ def generation_rows(
             "entropy": _r(
                 e / n if n else 0.0 for e, n in zip(stats["entropy"][sl], stats["n"][sl])
             ),
+            "n_generated": [int(n) for n in stats["n"][sl]],
             "length": [len(t) for t in completion_tokens[sl]],
             "finished": gen.finished[i],
         }
@@ -113,12 +121,13 @@ def generation_rows(
     return out
 
 
-def evaluate(params: dict, policy: str) -> dict:
-    """Run the stage for one policy; returns the metrics it wrote."""
-    cfg, seed = read_section(params, "evaluate", EvaluateConfig), read_seed(params)
+def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
+    """Run the stage for one policy and run seed (default: the first of ``seeds``); returns
+    the metrics it wrote."""
+    cfg, seed = read_section(params, "evaluate", EvaluateConfig), run_seed(params, seed)
     score = read_section(params, "reward", RewardConfig).score
     source = read_section(params, "data", DataConfig).source
-    path = policy_dir(policy)
+    path = policy_dir(policy, seed)
     eval_rows = read_rows(paths.EVAL_PROMPTS, PROMPTS)
     train_rows = read_rows(paths.TRAIN_PROMPTS, PROMPTS)
     shared_text = check_held_out(eval_rows, train_rows)
@@ -147,10 +156,10 @@ def evaluate(params: dict, policy: str) -> dict:
         seed=seed,
     )
     write_jsonl(
-        paths.eval_samples(policy),
+        paths.eval_samples(policy, seed),
         generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens),
     )
-    write_json(paths.eval_metrics(policy), metrics)
+    write_json(paths.eval_metrics(policy, seed), metrics)
     if shared_text:
         print(
             f"note: {shared_text} of the eval prompt texts also open a train review (different "
@@ -162,13 +171,22 @@ def evaluate(params: dict, policy: str) -> dict:
 
 def main(
     policy: str = typer.Argument(..., help="'sft' or a variant name of align.variants."),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        min=0,
+        help="Run seed: the policy models/aligned/<policy>/seed-<s> (sft: models/sft), the "
+        "sampling and bootstrap seed. Default: the first of `seeds`.",
+    ),
     params: Path = typer.Option(Path("params.yaml"), help="Params file to read."),
 ) -> None:
     """Sample from a policy on held-out prompts; write reward, entropy, nll, kl, diversity."""
-    metrics = evaluate(load_params(params), policy)
+    values = load_params(params)
+    seed = run_seed(values, seed)
+    metrics = evaluate(values, policy, seed)
     gold = f", gold {metrics['gold']:.3f}" if metrics["gold"] is not None else ""
     typer.echo(
-        f"{policy}: reward {metrics['reward']:.3f} [{metrics['reward_lo']:.3f}, "
+        f"{policy} (seed {seed}): reward {metrics['reward']:.3f} [{metrics['reward_lo']:.3f}, "
         f"{metrics['reward_hi']:.3f}], entropy {metrics['entropy']:.3f}, "
-        f"kl {metrics['kl']:.3f}{gold} -> {paths.eval_metrics(policy)}"
+        f"kl {metrics['kl']:.3f}{gold} -> {paths.eval_metrics(policy, seed)}"
     )

@@ -1,9 +1,9 @@
 """``pairs``: turn K scored completions per prompt into preference pairs (preferred first).
 
 Reads ``data/scored.jsonl`` (contract ``SCORED``), ``seed`` and ``pairs.*``; writes
-``data/preferences.jsonl`` (contract ``PREFERENCES``: each scored row plus ``"pairs": [[w, l],
-...]`` indices into its completions, w preferred, and ``"split"``: ``train`` or ``val``) and
-``metrics/pairs.json``::
+``data/preferences.jsonl`` (contract ``PREFERENCES``: each scored row, its ``completion_ids`` and
+``finished`` included, plus ``"pairs": [[w, l], ...]`` indices into its completions, w preferred,
+and ``"split"``: ``train`` or ``val``) and ``metrics/pairs.json``::
 
     python -m stages pairs             # or: dvc repro pairs
 
@@ -54,11 +54,12 @@ def build_preferences(rows: list[dict], cfg: PairsConfig, seed: int) -> tuple[li
     chosen, rejected = [], []
     for n, row in enumerate(rows, start=1):
         rewards = row["rewards"]
-        if cfg.strategy == "rso" and cfg.rso.n_select > len(rewards):
+        if cfg.strategy == "rso" and cfg.rso.n_select >= len(rewards):
             raise ValueError(
-                f"params: pairs.rso.n_select: must be <= the {len(rewards)} "
+                f"params: pairs.rso.n_select: must be < the {len(rewards)} "
                 f"completions of scored row {n} ({row['prompt_id']}), got "
-                f"{cfg.rso.n_select}; raise sample.n_per_prompt"
+                f"{cfg.rso.n_select}: at n_select = K rso accepts every candidate and selects "
+                f"nothing; raise sample.n_per_prompt"
             )
         rng = random.Random(f"{seed}-pairs-{row['prompt_id']}")
         pairs, picked = make_pairs(rewards, cfg, rng)

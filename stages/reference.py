@@ -9,11 +9,15 @@ preferences row, in the same order::
     python -m stages reference         # or: dvc repro reference
 
 ``logps[k]`` is log π_sft(completion_k | prompt) summed over the completion's tokens and
-``n_tokens[k]`` their count, with the tokenisation and truncation of :mod:`stages.lib.sequences`
-(the same calls the alignment trainer makes, with the same ``max_length``), so every alignment
-variant reads these numbers instead of running the SFT model again. All K completions of a row
-are scored, paired or not (listwise losses use them all). Sequences are sorted by length and
-batched (``reference.batch_size``) to keep padding small.
+``n_tokens[k]`` their count. The tokens are the prompt's ids followed by the ids the policy
+sampled (``completion_ids``, EOS last when it emitted one), cut to ``reference.max_length``
+(prompt kept), as defined in :mod:`stages.lib.sequences` (the same calls the alignment trainer
+makes, with the same ``max_length``), so every alignment variant reads these numbers instead of
+running the SFT model again. The pass runs under the trainer's autocast (bf16 on a capable GPU)
+with the LM head in float32, so the policy at step 0 reproduces them to float32 precision. All K
+completions of a row are scored, paired or not (listwise losses use them all). Sequences are
+sorted by length and batched (``reference.batch_size``) to keep padding small. The command
+reports how many completions ``max_length`` cut.
 """
 
 from __future__ import annotations
@@ -45,11 +49,14 @@ def reference(params: dict, progress: bool = True) -> dict:
     )
     write_jsonl(paths.REFERENCE, out)
     counts = [c for r in out for c in r["n_tokens"]]
+    lengths = [len(ids) for r in rows for ids in r["completion_ids"]]
     return {
         "rows": len(out),
         "completions": len(counts),
         "mean_tokens": sum(counts) / len(counts),
         "mean_logp": sum(v for r in out for v in r["logps"]) / len(counts),
+        "finished": sum(f for r in rows for f in r["finished"]) / len(counts),
+        "cut": sum(n < length for n, length in zip(counts, lengths)),
     }
 
 
@@ -58,5 +65,6 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to r
     s = reference(load_params(params))
     typer.echo(
         f"reference log-probs for {s['completions']} completions of {s['rows']} prompts: "
-        f"mean {s['mean_logp']:.2f} over {s['mean_tokens']:.1f} tokens"
+        f"mean {s['mean_logp']:.2f} over {s['mean_tokens']:.1f} tokens, "
+        f"{s['finished']:.0%} ended with EOS, {s['cut']} cut at reference.max_length"
     )

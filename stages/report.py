@@ -1,19 +1,56 @@
-"""``report``: compare every evaluated policy in a table, two plots and DVC plot data.
+"""``report``: every evaluated policy aggregated over run seeds and prompts: tables, plots,
+DVC metrics.
 
-Reads ``align.variants`` from params.yaml (the policies are ``sft`` plus every variant, labelled
-and grouped by their loss, divergence and alpha, read as the align stage reads them: the variant's
-keys over ``align.common``) and ``metrics/eval/<policy>.json`` for each;
-writes ``reports/summary.md``, ``reports/summary.csv``, ``reports/frontier.png`` (reward vs
-entropy), ``reports/reward_vs_kl.png`` and ``reports/frontier.json`` (one row per policy, the data
-of the top-level ``plots:`` in dvc.yaml)::
+Reads ``seed``, ``seeds``, ``report.*`` and ``align.common``/``align.variants`` from params.yaml
+(the policies are ``sft`` plus every variant, labelled and grouped by their loss, divergence and
+alpha, read as the align stage reads them: the variant's keys over ``align.common``) and, for
+every policy and every seed of ``seeds``, ``metrics/eval/<policy>/seed-<s>.json``,
+``data/eval/<policy>/seed-<s>.jsonl`` (the per-sample scores) and, for a variant,
+``metrics/align/<variant>/seed-<s>.json`` (its validation accuracy). Writes::
+
+    reports/summary.md, summary.csv    per policy: mean over seeds, 95% interval (seeds and
+                                       prompts), paired differences against report.baseline
+    reports/seeds.csv                  per policy and seed: that run's metrics
+    reports/frontier.json              per policy: the aggregated points of dvc.yaml's plots
+    reports/frontier.png               reward against predictive entropy, with interval bars
+    reports/reward_vs_kl.png           reward against KL to the SFT policy, with interval bars
+    metrics/summary.json               the aggregates, under dvc.yaml's `metrics:`
 
     python -m stages report              # or: dvc repro report
 
-The frontier plot draws reward with its 95% bootstrap interval against predictive entropy and a
-quadratic fit through the *divergence family* of the sigmoid (DPO-form) loss: the alpha variants
-plus its limits, reverse KL (alpha → 0, i.e. DPO) and forward KL (alpha → 1), as in the f-DPO
-paper's reward/entropy frontier. Hinge, IPO and Jensen-Shannon variants and SFT are shown as
-points but not fitted. The fit needs at least 3 family points with distinct entropies.
+**Estimates.** A run (policy π, seed s) has, per eval prompt p, a numerator and a denominator:
+reward and gold (the mean score of the prompt's samples, denominator 1), KL (the mean over the
+prompt's samples of log π(y|x) − log π_sft(y|x), denominator 1) and entropy (the predictive
+entropy summed over the prompt's generated positions, denominator their number: the
+token-weighted entropy of ``evaluate``). The run's metric is Σ_p num / Σ_p den (what
+``metrics/eval/<policy>/seed-<s>.json`` holds); the policy's value is the mean of its runs'
+metrics over the seeds.
+
+**Intervals: a two-level bootstrap over seeds and prompts.** Each of ``report.bootstrap``
+resamples draws S seeds with replacement from the S seeds and then P prompts with replacement
+from the P eval prompts, and recomputes the policy's value on the resampled seeds, each on the
+resampled prompts (a prompt drawn twice counts twice); the 95% interval is the 2.5th to 97.5th
+percentile of these values. The prompt draw is shared by the resampled seeds, since every seed
+evaluates the *same* prompts (prompts and seeds are crossed, not nested; independent prompt
+draws per seed would count the S × P cells as S × P distinct prompts and shrink the prompt part
+of the interval by √S), and by every policy, so the intervals use common resamples. With
+identical seeds the interval is the prompt bootstrap; with identical prompts it is the seed
+bootstrap. With 3 seeds the seed part is coarse (10 distinct seed multisets; the bootstrap
+variance of a mean of S values is (S − 1)/S of the plug-in one).
+
+**Paired differences** against ``report.baseline`` (``dpo``): per seed and prompt, the
+difference of the two policies' numerators/denominators on the same prompt and seed, i.e. the
+value of π minus the baseline's, recomputed on every resample (same seeds, same prompts); an
+interval that excludes 0 is marked in the table. Identical policies give exactly 0 with a
+zero-width interval.
+
+The frontier plot draws the aggregated reward against the aggregated entropy with both
+intervals as bars, faint dots for the single runs, and the original's figure: a quadratic fit
+through the *divergence family* of the sigmoid (DPO-form) loss — the alpha variants plus its
+limits, reverse KL (alpha → 0, i.e. DPO) and forward KL (alpha → 1), as in the f-DPO paper's
+reward/entropy frontier — fitted to the aggregated points. Hinge, IPO and Jensen-Shannon
+variants and SFT are shown as points but not fitted. The fit needs at least 3 family points with
+distinct entropies.
 """
 
 from __future__ import annotations
@@ -22,6 +59,7 @@ import csv
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,32 +67,81 @@ import typer
 
 from stages.lib import paths
 from stages.lib.common import atomic_path, write_json
-from stages.lib.config import load_params
+from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
+from stages.lib.contracts import Contract, read_rows
 from stages.lib.losses import LOSS_KEYS, LossConfig, read_loss_config
 
-METRICS_DIR, REPORTS = paths.METRICS_DIR / "eval", paths.REPORTS_DIR
-REQUIRED = ("reward", "reward_lo", "reward_hi", "entropy", "nll", "kl", "distinct_2", "length")
+REPORTS = paths.REPORTS_DIR
+#: The metrics aggregated with a bootstrap interval and a paired difference.
+ESTIMATES = ("reward", "gold", "entropy", "kl")
+#: Fields of a run's metrics file that must be finite numbers.
+REQUIRED = ("reward", "entropy", "nll", "kl", "distinct_2", "length", "n_prompts", "n_samples")
+#: Metrics of a run's file averaged over seeds without an interval.
+MEANS = ("nll", "distinct_1", "distinct_2", "length")
+LABELS = ("policy", "loss", "divergence", "alpha")
 COLUMNS = (
-    "policy",
-    "loss",
-    "divergence",
-    "alpha",
-    "reward",
-    "reward_lo",
-    "reward_hi",
-    "entropy",
-    "nll",
-    "kl",
-    "distinct_1",
-    "distinct_2",
-    "length",
-    "gold",
-    "gold_lo",
-    "gold_hi",
+    *LABELS,
+    "n_seeds",
+    *(f"{m}{s}" for m in ESTIMATES for s in ("", "_lo", "_hi")),
+    *MEANS,
+    "val_accuracy",
+    "val_accuracy_min",
+    "val_accuracy_max",
+    *(f"d_{m}{s}" for m in ESTIMATES for s in ("", "_lo", "_hi", "_excludes_0")),
     "n_prompts",
     "n_samples",
 )
+SEED_COLUMNS = (
+    "policy",
+    "seed",
+    "reward",
+    "reward_lo",
+    "reward_hi",
+    "gold",
+    "gold_lo",
+    "gold_hi",
+    "entropy",
+    "kl",
+    *MEANS,
+    "val_accuracy",
+)
 FAMILY_DIVERGENCES = ("reverse_kl", "alpha", "forward_kl")
+
+
+def _finite_list(row: dict, key: str, n: int) -> str | None:
+    values = row[key]
+    if len(values) != n:
+        return f"{key} has {len(values)} values for {n} samples"
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not ok or not all(math.isfinite(v) for v in values):
+        return f"{key} must hold finite numbers"
+    return None
+
+
+def _eval_row(row: dict) -> str | None:
+    n = len(row["rewards"])
+    if n < 1:
+        return "rewards must hold at least one sample"
+    for key in ("rewards", "entropy", "logp", "logp_sft", "gold"):
+        err = _finite_list(row, key, n) if key in row else None
+        if err:
+            return err
+    counts = row["n_generated"]
+    if len(counts) != n or not all(isinstance(c, int) and c >= 0 for c in counts):
+        return f"n_generated must hold {n} integers >= 0"
+    return None
+
+
+#: ``data/eval/<policy>/seed-<s>.jsonl`` (written by ``evaluate``): the fields the report reads.
+EVAL_SAMPLES = Contract(
+    "evaluation samples",
+    {"prompt_id": str, "rewards": list, "entropy": list, "n_generated": list, "logp": list},
+    _eval_row,
+    optional={"gold": list, "logp_sft": list},
+)
+
+
+# --------------------------------------------------------------------------- labels
 
 
 def variant_loss(align: dict, name: str) -> LossConfig:
@@ -92,29 +179,231 @@ def variant_info(params: dict) -> dict[str, dict]:
     return info
 
 
-def read_metrics(info: dict[str, dict], folder: Path = METRICS_DIR) -> list[dict]:
-    """One row per policy (params order): labels plus the metrics of ``<folder>/<policy>.json``."""
-    rows = []
-    for policy, labels in info.items():
-        path = folder / f"{policy}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (run evaluate for policy {policy!r} first)")
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
-        for key in REQUIRED:
-            value = metrics.get(key) if isinstance(metrics, dict) else None
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{path}: field '{key}' missing or not a finite number")
-        rows.append({"policy": policy, **labels, **{k: metrics.get(k) for k in COLUMNS[4:]}})
-    extra = sorted({p.stem for p in folder.glob("*.json")} - set(info))
+# --------------------------------------------------------------------------- reading runs
+
+
+@dataclass
+class Run:
+    """One (policy, seed) evaluation: its metrics file, the per-prompt numerators and
+    denominators of :data:`ESTIMATES` (``gold`` absent without a gold scorer) and the
+    validation accuracy of its align run (None for sft)."""
+
+    policy: str
+    seed: int
+    metrics: dict
+    prompt_ids: list[str]
+    num: dict[str, np.ndarray]
+    den: dict[str, np.ndarray]
+    val_accuracy: float | None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found ({what})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _per_prompt(rows: list[dict], path: Path, sft: bool) -> tuple[dict, dict]:
+    """Numerators and denominators per prompt (see the module docstring)."""
+    if not sft and any("logp_sft" not in r for r in rows):
+        raise ValueError(f"{path}: field 'logp_sft' missing (kl of an aligned policy needs it)")
+    ones = np.ones(len(rows))
+    num = {
+        "reward": np.array([np.mean(r["rewards"]) for r in rows]),
+        "kl": (
+            np.zeros(len(rows))
+            if sft
+            else np.array([np.mean(np.subtract(r["logp"], r["logp_sft"])) for r in rows])
+        ),
+        "entropy": np.array([np.dot(r["entropy"], r["n_generated"]) for r in rows], dtype=float),
+    }
+    den = {"reward": ones, "kl": ones, "entropy": np.array([sum(r["n_generated"]) for r in rows])}
+    if all("gold" in r for r in rows):
+        num["gold"], den["gold"] = np.array([np.mean(r["gold"]) for r in rows]), ones
+    return num, den
+
+
+def read_run(policy: str, seed: int) -> Run:
+    """The files of one (policy, seed) run, checked (one-line errors naming the file)."""
+    stage = f"evaluate-sft@{seed}" if policy == "sft" else f"evaluate@{policy}-{seed}"
+    what = f"run `dvc repro {stage}` or `python -m stages evaluate {policy} --seed {seed}`"
+    metrics_path = paths.eval_metrics(policy, seed)
+    metrics = _read_json(metrics_path, what)
+    for key in REQUIRED:
+        value = metrics.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{metrics_path}: field '{key}' missing or not a finite number")
+    samples_path = paths.eval_samples(policy, seed)
+    if not samples_path.is_file():
+        raise FileNotFoundError(f"{samples_path}: not found ({what})")
+    rows = read_rows(samples_path, EVAL_SAMPLES)
+    num, den = _per_prompt(rows, samples_path, policy == "sft")
+    reward = num["reward"].mean()
+    if abs(reward - metrics["reward"]) > 1e-4 * max(1.0, abs(reward)):
+        raise ValueError(
+            f"{samples_path}: mean reward {reward:.6f} differs from {metrics_path}'s "
+            f"{metrics['reward']:.6f} (files of different runs?)"
+        )
+    val = None
+    if policy != "sft":
+        align_path = paths.align_metrics(policy, seed)
+        align = _read_json(align_path, f"run `dvc repro align@{policy}-{seed}`")
+        val = align.get("val_accuracy")
+    ids = [r["prompt_id"] for r in rows]
+    return Run(policy, seed, metrics, ids, num, den, val)
+
+
+def _check_same_prompts(runs: list[Run]) -> None:
+    first = runs[0]
+    for run in runs[1:]:
+        if run.prompt_ids != first.prompt_ids:
+            raise ValueError(
+                f"{paths.eval_samples(run.policy, run.seed)}: its {len(run.prompt_ids)} prompts "
+                f"differ from the {len(first.prompt_ids)} of "
+                f"{paths.eval_samples(first.policy, first.seed)}; every run must evaluate the "
+                f"same prompts (re-run evaluate)"
+            )
+        if run.metrics["n_samples"] != first.metrics["n_samples"]:
+            raise ValueError(
+                f"{paths.eval_metrics(run.policy, run.seed)}: n_samples "
+                f"{run.metrics['n_samples']} differs from {first.metrics['n_samples']} in "
+                f"{paths.eval_metrics(first.policy, first.seed)} (re-run evaluate)"
+            )
+
+
+def read_runs(info: dict[str, dict], seeds: list[int]) -> dict[str, list[Run]]:
+    """policy -> its runs, one per seed (params order), all on the same prompts."""
+    runs = {policy: [read_run(policy, s) for s in seeds] for policy in info}
+    _check_same_prompts([r for per in runs.values() for r in per])
+    _note_extra(info, seeds)
+    return runs
+
+
+def _note_extra(info: dict[str, dict], seeds: list[int]) -> None:
+    """Name result files left over from other variants, seeds or layouts (not reported)."""
+    folder = paths.METRICS_DIR / "eval"
+    read = {paths.eval_metrics(p, s) for p in info for s in seeds}
+    extra = sorted(str(p) for p in folder.rglob("*.json") if p not in read)
     if extra:
         print(
-            f"note: ignoring {folder}/{{{','.join(extra)}}}.json (not in align.variants)",
+            f"note: ignoring {len(extra)} file(s) not in align.variants x seeds: "
+            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}",
             file=sys.stderr,
         )
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class Resamples:
+    """Bootstrap draws shared by every policy and metric: ``seeds`` [B, S] indices of the
+    resampled seeds, ``prompt_weights`` [B, P] how often each prompt was drawn."""
+
+    seeds: np.ndarray
+    prompt_weights: np.ndarray
+
+
+def draw_resamples(n_seeds: int, n_prompts: int, n: int, seed: int) -> Resamples:
+    """``n`` two-level resamples: S seeds with replacement, then P prompts with replacement
+    (one prompt draw per resample, shared by its seeds: the prompts are crossed with seeds)."""
+    rng = np.random.default_rng(seed)
+    seed_idx = rng.integers(0, n_seeds, size=(n, n_seeds))
+    prompt_idx = rng.integers(0, n_prompts, size=(n, n_prompts))
+    flat = (prompt_idx + n_prompts * np.arange(n)[:, None]).ravel()
+    weights = np.bincount(flat, minlength=n * n_prompts).reshape(n, n_prompts)
+    return Resamples(seed_idx, weights.astype(np.float64))
+
+
+def point_estimate(num: np.ndarray, den: np.ndarray) -> float:
+    """Mean over seeds of Σ_p num / Σ_p den (``num``, ``den``: [S, P])."""
+    return float(np.mean(num.sum(1) / den.sum(1)))
+
+
+def replicates(num: np.ndarray, den: np.ndarray, draws: Resamples) -> np.ndarray:
+    """The estimate recomputed on every resample: [B]."""
+    w = draws.prompt_weights
+    per_seed = (w @ num.T) / (w @ den.T)  # [B, S]: each original seed on the resampled prompts
+    return np.take_along_axis(per_seed, draws.seeds, axis=1).mean(1)
+
+
+def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates."""
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def _stack(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if any(key not in r.num for r in runs):
+        return None
+    return np.stack([r.num[key] for r in runs]), np.stack([r.den[key] for r in runs])
+
+
+def estimates(runs: list[Run], base: list[Run], draws: Resamples) -> dict:
+    """Per metric of :data:`ESTIMATES`: the value with its interval and the paired difference
+    against ``base`` (the baseline's runs, same seeds and prompts) with its interval."""
+    out = {}
+    for key in ESTIMATES:
+        ours, theirs = _stack(runs, key), _stack(base, key)
+        if ours is None or theirs is None:
+            out.update({f"{key}{s}": None for s in ("", "_lo", "_hi")})
+            out.update({f"d_{key}{s}": None for s in ("", "_lo", "_hi", "_excludes_0")})
+            continue
+        reps, base_reps = replicates(*ours, draws), replicates(*theirs, draws)
+        value = point_estimate(*ours)
+        lo, hi = interval(reps)
+        d = value - point_estimate(*theirs)
+        d_lo, d_hi = interval(reps - base_reps)
+        out.update({key: value, f"{key}_lo": lo, f"{key}_hi": hi})
+        out.update({f"d_{key}": d, f"d_{key}_lo": d_lo, f"d_{key}_hi": d_hi})
+        out[f"d_{key}_excludes_0"] = bool(round(d_lo, 6) > 0 or round(d_hi, 6) < 0)
+    return out
+
+
+def _round(row: dict) -> dict:
+    return {k: round(v, 6) + 0.0 if isinstance(v, float) else v for k, v in row.items()}
+
+
+def aggregate(
+    info: dict[str, dict], runs: dict[str, list[Run]], baseline: str, draws: Resamples
+) -> list[dict]:
+    """One row per policy (params order): labels, estimates, paired differences, means."""
+    rows = []
+    for policy, labels in info.items():
+        per = runs[policy]
+        vals = [r.val_accuracy for r in per if r.val_accuracy is not None]
+        row = {"policy": policy, **labels, "n_seeds": len(per)}
+        row.update(estimates(per, runs[baseline], draws))
+        row.update({k: float(np.mean([r.metrics[k] for r in per])) for k in MEANS})
+        row.update(
+            val_accuracy=float(np.mean(vals)) if vals else None,
+            val_accuracy_min=min(vals) if vals else None,
+            val_accuracy_max=max(vals) if vals else None,
+            n_prompts=per[0].metrics["n_prompts"],
+            n_samples=per[0].metrics["n_samples"],
+        )
+        rows.append(_round(row))
     return rows
+
+
+def seed_rows(runs: dict[str, list[Run]]) -> list[dict]:
+    """One row per (policy, seed): that run's own metrics (``reports/seeds.csv``)."""
+    out = []
+    for per in runs.values():
+        for r in per:
+            row = {k: r.metrics.get(k) for k in SEED_COLUMNS[2:-1]}
+            out.append({"policy": r.policy, "seed": r.seed, **row, "val_accuracy": r.val_accuracy})
+    return out
+
+
+# --------------------------------------------------------------------------- tables
 
 
 def family_fit(rows: list[dict]) -> tuple[np.ndarray, list[str]] | None:
@@ -137,42 +426,120 @@ def _interval(r: dict, key: str) -> str:
     return f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]"
 
 
-def summary_markdown(rows: list[dict], fit) -> str:
-    """The Markdown summary: one table row per policy, then the frontier fit."""
-    head = (
-        "| policy | loss | divergence | alpha | reward [95% CI] | entropy | nll | kl | "
-        "distinct-2 | length | gold [95% CI] |"
+def _range(r: dict) -> str:
+    if r["val_accuracy"] is None:
+        return "–"
+    return f"{r['val_accuracy']:.3f} ({r['val_accuracy_min']:.3f}–{r['val_accuracy_max']:.3f})"
+
+
+def _table(head: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
+def _policy_table(rows: list[dict]) -> list[str]:
+    head = ["policy", "loss", "divergence", "alpha", "reward [95% CI]", "gold [95% CI]"]
+    head += ["entropy [95% CI]", "KL [95% CI]", "nll", "distinct-2", "length"]
+    head += ["val accuracy (min–max)"]
+    lines = [
+        [
+            r["policy"],
+            r["loss"] or "–",
+            r["divergence"] or "–",
+            "–" if r["alpha"] is None else str(r["alpha"]),
+            *(_interval(r, m) for m in ESTIMATES),
+            _fmt(r["nll"], 2),
+            _fmt(r["distinct_2"]),
+            _fmt(r["length"], 1),
+            _range(r),
+        ]
+        for r in rows
+    ]
+    return _table(head, lines)
+
+
+def _difference(r: dict, key: str) -> str:
+    if r.get(f"d_{key}") is None:
+        return "–"
+    star = " *" if r[f"d_{key}_excludes_0"] else ""
+    return f"{r[f'd_{key}']:+.3f} [{r[f'd_{key}_lo']:+.3f}, {r[f'd_{key}_hi']:+.3f}]{star}"
+
+
+def _difference_table(rows: list[dict], baseline: str) -> list[str]:
+    head = ["policy", *(f"Δ {m} [95% CI]" for m in ("reward", "gold", "entropy", "KL"))]
+    lines = [
+        [r["policy"], *(_difference(r, m) for m in ESTIMATES)]
+        for r in rows
+        if r["policy"] != baseline
+    ]
+    return _table(head, lines)
+
+
+def _excluding_zero(rows: list[dict], baseline: str) -> str:
+    found = [
+        f"{r['policy']} ({', '.join(m for m in ESTIMATES if r.get(f'd_{m}_excludes_0'))})"
+        for r in rows
+        if r["policy"] != baseline and any(r.get(f"d_{m}_excludes_0") for m in ESTIMATES)
+    ]
+    return "; ".join(found) if found else "none"
+
+
+def _fit_line(fit) -> str:
+    if fit is None:
+        return "Frontier fit: fewer than 3 sigmoid-loss divergence-family points; not fitted."
+    (a, b, c), names = fit
+    a, b, c = (round(float(v), 9) + 0.0 for v in (a, b, c))
+    return (
+        f"Frontier fit, the original's figure (reward = a·H² + b·H + c through the means of "
+        f"{', '.join(names)}): a = {a:.4g}, b = {b:.4g}, c = {c:.4g}."
     )
+
+
+def summary_markdown(rows: list[dict], fit, seeds: list[int], baseline: str, n: int) -> str:
+    """The Markdown summary: the policy table, the paired differences, the frontier fit."""
+    r0 = rows[0]
     lines = [
         "# Evaluation summary",
         "",
-        f"{rows[0]['n_prompts']} held-out prompts × {rows[0]['n_samples']} samples per "
-        "policy, temperature 1; intervals are 95% bootstrap intervals over prompts.",
+        f"{r0['n_prompts']} held-out prompts × {r0['n_samples']} samples per policy and seed, "
+        f"temperature 1; seeds {', '.join(map(str, seeds))}. Each value is the mean over the "
+        "seeds of one run's metric; brackets: 95% interval of a two-level bootstrap over seeds "
+        f"and prompts ({n} resamples; stages/report.py). Entropy: nats per generated token "
+        "(token-weighted); KL: nats per sequence; val accuracy: the align run's final "
+        "validation accuracy (mean, min–max over seeds).",
         "",
-        head,
-        "|" + "---|" * head.count(" | ") + "---|",
+        *_policy_table(rows),
+        "",
+        f"## Paired differences against {baseline}",
+        "",
+        f"Policy minus {baseline} on the same seeds and prompts, bootstrapped the same way; "
+        "`*`: the 95% interval excludes 0.",
+        "",
+        *_difference_table(rows, baseline),
+        "",
+        f"Intervals that exclude 0: {_excluding_zero(rows, baseline)}.",
+        "",
+        _fit_line(fit),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['policy']} | {r['loss'] or '–'} | {r['divergence'] or '–'} | "
-            f"{'–' if r['alpha'] is None else r['alpha']} | {_interval(r, 'reward')} | "
-            f"{_fmt(r['entropy'])} | {_fmt(r['nll'], 2)} | {_fmt(r['kl'])} | "
-            f"{_fmt(r['distinct_2'])} | {_fmt(r['length'], 1)} | {_interval(r, 'gold')} |"
-        )
-    lines.append("")
-    if fit is None:
-        lines.append(
-            "Frontier fit: fewer than 3 sigmoid-loss divergence-family points; not fitted."
-        )
-    else:
-        (a, b, c), names = fit
-        a, b, c = (round(float(v), 9) + 0.0 for v in (a, b, c))
-        lines.append(
-            f"Frontier fit (reward = a·H² + b·H + c over {', '.join(names)}): "
-            f"a = {a:.4g}, b = {b:.4g}, c = {c:.4g}."
-        )
     return "\n".join(lines) + "\n"
 
+
+def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    """Rows as CSV (empty cells for missing values)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
+
+
+def summary_metrics(rows: list[dict]) -> dict:
+    """``metrics/summary.json``: per policy, the numeric aggregates (no labels)."""
+    keep = [c for c in COLUMNS if c not in LABELS and not c.endswith("_excludes_0")]
+    return {r["policy"]: {k: r[k] for k in keep if r.get(k) is not None} for r in rows}
+
+
+# --------------------------------------------------------------------------- plots
 
 COLORS = {
     "reverse_kl": "tab:blue",
@@ -203,22 +570,42 @@ def _legend(ax, rows: list[dict]) -> None:
         if lo
     ]
     handles += [Line2D([], [], ls="", marker="*", color="black", label="sft")]
+    handles += [Line2D([], [], ls="", marker=".", color="gray", alpha=0.4, label="single seed")]
     handles += [h for h in ax.get_legend_handles_labels()[0]]
     ax.legend(handles=handles, fontsize=7, loc="best")
 
 
-def scatter_png(rows: list[dict], x: str, path: Path, xlabel: str, fit=None) -> None:
-    """Reward (with its interval as error bars) against ``x``, points labelled; optional fit."""
+def _bars(r: dict, key: str) -> list[list[float]]:
+    return [[r[key] - r[f"{key}_lo"]], [r[f"{key}_hi"] - r[key]]]
+
+
+def scatter_png(
+    rows: list[dict], per_seed: list[dict], x: str, path: Path, xlabel: str, fit=None
+) -> None:
+    """Aggregated reward against ``x``, both with their intervals as bars, single runs as faint
+    dots, points labelled; optional fit (the original's figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    by_policy = {r["policy"]: r for r in rows}
+    for s in per_seed:
+        color, _ = _style(by_policy[s["policy"]])
+        ax.plot(s[x], s["reward"], ".", color=color, alpha=0.35, ms=4)
     for r in rows:
         color, marker = _style(r)
-        err = [[r["reward"] - r["reward_lo"]], [r["reward_hi"] - r["reward"]]]
-        ax.errorbar(r[x], r["reward"], yerr=err, fmt=marker, color=color, capsize=3, ms=7)
+        ax.errorbar(
+            r[x],
+            r["reward"],
+            xerr=_bars(r, x),
+            yerr=_bars(r, "reward"),
+            fmt=marker,
+            color=color,
+            capsize=3,
+            ms=7,
+        )
         ax.annotate(
             r["policy"], (r[x], r["reward"]), textcoords="offset points", xytext=(5, 4), fontsize=8
         )
@@ -232,15 +619,18 @@ def scatter_png(rows: list[dict], x: str, path: Path, xlabel: str, fit=None) -> 
             "--",
             color="tab:purple",
             lw=1,
-            label="quadratic fit: alpha family\n(incl. reverse/forward KL)",
+            label="quadratic fit through the means (the original's figure):\n"
+            "alpha family incl. reverse/forward KL",
         )
     _legend(ax, rows)
+    r0 = rows[0]
     ax.set_title(
-        f"{rows[0]['n_prompts']} eval prompts × {rows[0]['n_samples']} samples, temperature 1",
-        fontsize=9,
+        f"mean over {r0['n_seeds']} seeds, 95% intervals over seeds and prompts; "
+        f"{r0['n_prompts']} eval prompts × {r0['n_samples']} samples, temperature 1",
+        fontsize=8,
     )
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("reward (mean, 95% CI)")
+    ax.set_ylabel("reward (mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -248,32 +638,47 @@ def scatter_png(rows: list[dict], x: str, path: Path, xlabel: str, fit=None) -> 
     plt.close(fig)
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """The summary table as CSV (empty cells for missing values)."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: "" if r.get(k) is None else r[k] for k in COLUMNS})
+# --------------------------------------------------------------------------- stage
 
 
-def report(params: dict, metrics_dir: Path = METRICS_DIR, out: Path = REPORTS) -> list[dict]:
-    """Run the stage; returns the rows it reported."""
-    rows = read_metrics(variant_info(params), metrics_dir)
+def _baseline(cfg: ReportConfig, info: dict[str, dict]) -> str:
+    if cfg.baseline not in info or cfg.baseline == "sft":
+        variants = ", ".join(p for p in info if p != "sft")
+        raise ValueError(
+            f"params: report.baseline: must be a variant of align.variants ({variants}), "
+            f"got {cfg.baseline!r}"
+        )
+    return cfg.baseline
+
+
+def report(params: dict, out: Path = REPORTS) -> list[dict]:
+    """Run the stage; returns the aggregated rows it reported."""
+    info, seeds = variant_info(params), read_seeds(params)
+    cfg = read_section(params, "report", ReportConfig)
+    baseline = _baseline(cfg, info)
+    runs = read_runs(info, seeds)
+    n_prompts = len(runs["sft"][0].prompt_ids)
+    draws = draw_resamples(len(seeds), n_prompts, cfg.bootstrap, read_seed(params))
+    rows, per_seed = aggregate(info, runs, baseline, draws), seed_rows(runs)
     fit = family_fit(rows)
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(rows, fit))
-    write_csv(out / "summary.csv", rows)
+        tmp.write_text(summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap))
+    write_csv(out / "summary.csv", rows, COLUMNS)
+    write_csv(out / "seeds.csv", per_seed, SEED_COLUMNS)
     write_json(out / "frontier.json", rows)
-    scatter_png(rows, "entropy", out / "frontier.png", "predictive entropy (nats/token)", fit)
-    scatter_png(rows, "kl", out / "reward_vs_kl.png", "KL(π ‖ π_sft) (nats/sequence)")
+    write_json(paths.SUMMARY_METRICS, summary_metrics(rows))
+    scatter_png(
+        rows, per_seed, "entropy", out / "frontier.png", "predictive entropy (nats/token)", fit
+    )
+    scatter_png(rows, per_seed, "kl", out / "reward_vs_kl.png", "KL(π ‖ π_sft) (nats/sequence)")
     return rows
 
 
 def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:
-    """Summarise every policy's evaluation: table, reward-vs-entropy and reward-vs-KL plots."""
+    """Aggregate every policy over seeds and prompts: tables, plots, metrics/summary.json."""
     rows = report(load_params(params))
     typer.echo(
-        f"reported {len(rows)} policies -> {REPORTS}/summary.md, frontier.png, "
-        f"reward_vs_kl.png, frontier.json"
+        f"reported {len(rows)} policies x {rows[0]['n_seeds']} seeds -> {REPORTS}/summary.md, "
+        f"summary.csv, seeds.csv, frontier.png, reward_vs_kl.png, frontier.json, "
+        f"{paths.SUMMARY_METRICS}"
     )

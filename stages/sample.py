@@ -1,13 +1,20 @@
 """``sample``: the SFT policy writes K completions for every train prompt.
 
 Reads ``models/sft/``, ``data/prompts/train.jsonl`` (contract ``PROMPTS``), ``seed`` and
-``sample.*``; writes ``data/samples.jsonl`` (contract ``SAMPLES``, completions without the prompt
-text, in prompt order)::
+``sample.*``; writes ``data/samples.jsonl`` (contract ``SAMPLES``, in prompt order), one row per
+prompt with, per completion (the prompt excluded), what the policy generated::
+
+    {"prompt_id": "train-17", "prompt": "The film was",
+     "completions": [K texts],          # decoded, special tokens dropped: the reward model reads these
+     "completion_ids": [K id lists],    # the sampled token ids, EOS last when the policy emitted it:
+                                        # the reference and the trainer score these
+     "finished": [K booleans]}          # True when the completion ended with EOS
 
     python -m stages sample            # or: dvc repro sample
 
 Plain ancestral sampling (``sample.temperature``, no top-k / top-p), batched with a KV cache by
-:mod:`stages.lib.generation`; the command prints generated tokens per second (no metrics file).
+:mod:`stages.lib.generation` from the random stream ``sample``; the command prints generated
+tokens per second (no metrics file).
 """
 
 from __future__ import annotations
@@ -37,12 +44,19 @@ def sample_rows(
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         seed=seed,
+        stream="sample",
         progress=progress,
         desc="sample",
     )
     rows = [
-        {"prompt_id": p["prompt_id"], "prompt": p["prompt"], "completions": texts}
-        for p, texts in zip(prompts, out.texts)
+        {
+            "prompt_id": p["prompt_id"],
+            "prompt": p["prompt"],
+            "completions": texts,
+            "completion_ids": ids,
+            "finished": done,
+        }
+        for p, texts, ids, done in zip(prompts, out.texts, out.token_ids, out.finished)
     ]
     return rows, out
 

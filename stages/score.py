@@ -6,9 +6,10 @@ Reads ``models/reward/``, ``data/samples.jsonl`` (contract ``SAMPLES``), ``rewar
 
     python -m stages score             # or: dvc repro score
 
-Each completion is scored as the text ``prompt + completion`` (the completion keeps its leading
-space from the tokenizer). Kept apart from ``sample`` so that changing the reward model
-re-scores the samples without re-sampling them.
+Each completion is scored as the text ``prompt + completion`` (the decoded completion text, which
+keeps its leading space from the tokenizer; the sampled ``completion_ids`` and ``finished`` ride
+along untouched for the reference and the trainer). Kept apart from ``sample`` so that changing
+the reward model re-scores the samples without re-sampling them.
 """
 
 from __future__ import annotations

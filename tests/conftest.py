@@ -195,3 +195,33 @@ def save_classifier(folder, arch: str = "tiny", num_labels: int = 2, **config):
         )
     save_pretrained(model, tokenizer, folder)
     return folder
+
+
+# --- Learning-rate schedules (warm-up given as a ratio; transformers >= 5 reads warmup_steps < 1
+# as a share of the steps, 4.x as a step count, hence transformers>=5.2 in pyproject.toml) -------
+
+WARMUP_STEPS = 100
+
+
+def lr_schedule(args, steps: int = WARMUP_STEPS) -> list[float]:
+    """Learning rate at each of ``steps`` optimizer steps of a Trainer built from ``args``."""
+    import torch
+    from transformers import Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(model=torch.nn.Linear(2, 1), args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    return rates
+
+
+def assert_warms_up_over(rates: list[float], peak: float, n: int) -> None:
+    """Linear from 0 to ``peak`` over the first ``n`` steps, then never above it."""
+    import pytest
+
+    assert rates[: n + 1] == pytest.approx([peak * k / n for k in range(n + 1)], rel=1e-9)
+    assert max(rates) == pytest.approx(peak, rel=1e-12) and rates[n + 1] < peak

@@ -98,6 +98,11 @@ def make_micro_project(root: Path, n_prompts: int = 16, k: int = 4, seed: int = 
 
     rows = _rows(n_prompts, k, seed)
     tokenizer = _tokenizer([r["prompt"] + c for r in rows for c in r["completions"]] * 3)
+    for i, r in enumerate(rows):  # the sampled ids: EOS last when finished (1 in 4 was cut)
+        ids = tokenizer(r["completions"], add_special_tokens=False)["input_ids"]
+        r["finished"] = [(i + j) % 4 != 0 for j in range(k)]
+        eos = [tokenizer.eos_token_id]
+        r["completion_ids"] = [c + eos if done else c for c, done in zip(ids, r["finished"])]
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(
         GPT2Config(
@@ -118,7 +123,7 @@ def make_micro_project(root: Path, n_prompts: int = 16, k: int = 4, seed: int = 
     refs = []
     with torch.no_grad():
         for r in rows:
-            batch = encode_batch(tokenizer, [r["prompt"]] * k, r["completions"], 64)
+            batch = encode_batch(tokenizer, [r["prompt"]] * k, r["completion_ids"], 64)
             logps, n = completion_logprobs(model, batch)
             refs.append(
                 {"prompt_id": r["prompt_id"], "logps": logps.tolist(), "n_tokens": n.tolist()}
@@ -205,11 +210,11 @@ def test_training_lowers_loss_for_every_default_variant(project, variant):
     )
     train = [i for i in items if i["split"] == "train"]
     before = _dataset_loss(Path("models/sft"), train, loss_cfg)
-    after = _dataset_loss(Path("models/aligned") / variant, train, loss_cfg)
+    after = _dataset_loss(Path(f"models/aligned/{variant}/seed-0"), train, loss_cfg)
     assert math.isfinite(after) and after < before, (variant, before, after)
     assert metrics["steps"] == 4 * math.ceil(len(train) / 4)
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
-    saved = json.loads(Path(f"metrics/align/{variant}.json").read_text())
+    saved = json.loads(Path(f"metrics/align/{variant}/seed-0.json").read_text())  # first seed
     assert saved == metrics and saved["variant"] == variant
     assert (saved["loss"], saved["divergence"], saved["beta"], saved["alpha"]) == (
         loss_cfg.loss,
@@ -218,13 +223,13 @@ def test_training_lowers_loss_for_every_default_variant(project, variant):
         loss_cfg.alpha,
     )
     assert not {"train_runtime_s", "wall_time_s"} & set(saved)  # timings stay out of git
-    timings = json.loads(Path(f"logs/timings/align-{variant}.json").read_text())
+    timings = json.loads(Path(f"logs/timings/align-{variant}-0.json").read_text())
     assert set(timings) == {"train_runtime_s", "wall_time_s"}
     assert 0 < timings["train_runtime_s"] <= timings["wall_time_s"]
-    curves = Path(f"logs/align/{variant}/plots/metrics")
+    curves = Path(f"logs/align/{variant}/seed-0/plots/metrics")
     assert (curves / "train/loss.tsv").is_file() and (curves / "eval/accuracy.tsv").is_file()
-    assert (Path("models/aligned") / variant / "tokenizer.json").is_file()
-    assert not list(Path("models/aligned").glob(".*"))  # no staging folder left
+    assert Path(f"models/aligned/{variant}/seed-0/tokenizer.json").is_file()
+    assert not list(Path("models/aligned").rglob(".*"))  # no staging folder left
 
 
 # ------------------------------------------------------------------------------ non-finite values
@@ -247,10 +252,10 @@ def test_nonfinite_loss_leaves_no_model(project, monkeypatch):
     with pytest.raises(FloatingPointError) as err:
         align("alpha-0_5", _params(eval_steps=100))
     msg = str(err.value)
-    assert msg.startswith("align@alpha-0_5: non-finite loss at step 3 ") and "\n" not in msg
-    assert not Path("models/aligned/alpha-0_5").exists()
-    assert not list(Path("models/aligned").glob(".*")) if Path("models/aligned").exists() else True
-    assert not Path("metrics/align/alpha-0_5.json").exists()
+    assert msg.startswith("align@alpha-0_5-0: non-finite loss at step 3 ") and "\n" not in msg
+    assert not Path("models/aligned/alpha-0_5/seed-0").exists()
+    assert not list(Path("models/aligned").rglob(".*"))
+    assert not Path("metrics/align/alpha-0_5/seed-0.json").exists()
 
 
 # ------------------------------------------------------------------------------ bad inputs
@@ -355,7 +360,20 @@ def _set(params: dict, dotted: str, value) -> dict:
             "adam",
             "params: align.common.optimizer: must be one of ",
         ),
-        ("dpo", "align.common.seed", "zero", "params: align.common.seed: must be int, got 'zero'"),
+        (
+            "dpo",
+            "align.common.seed",
+            0,  # the run's seed comes from `seeds` / --seed
+            "params: align.common.seed: not allowed: the training seed is the run's seed, "
+            "from `seeds` (python -m stages align dpo --seed <s>)",
+        ),
+        (
+            "ipo",
+            "align.variants.ipo.seed",
+            3,
+            "params: align.variants.ipo.seed: not allowed: the training seed is the run's seed",
+        ),
+        ("dpo", "seeds", [], "params: seeds: must be a non-empty list of distinct integers"),
         (
             "dpo",
             "align.variants.dpo.lr",
@@ -381,9 +399,10 @@ def _set(params: dict, dotted: str, value) -> dict:
 def test_bad_params_fail_before_training(project, variant, dotted, value, expected):
     with pytest.raises(ValueError) as err:
         align(variant, _set(_params(), dotted, value))
-    assert str(err.value).startswith(f"align@{variant}: {expected}"), str(err.value)
+    run = variant if dotted == "seeds" else f"{variant}-0"  # the stage name align@<variant>-<seed>
+    assert str(err.value).startswith(f"align@{run}: {expected}"), str(err.value)
     if variant == "hinge":
-        assert str(err.value) == f"align@hinge: {expected}"
+        assert str(err.value) == f"align@hinge-0: {expected}"
     assert "\n" not in str(err.value)
     assert not Path("logs").exists() and not Path("models/aligned").exists()
 
@@ -414,19 +433,20 @@ def test_variant_config_builds_the_typed_settings():
     assert train.learning_rate != common["learning_rate"]
     assert (train.epochs, train.seed, train.max_length) == (
         float(common["epochs"]),
-        common["seed"],
+        PARAMS["seeds"][0],  # the training seed is the run's: by default the first of `seeds`
         common["max_length"],
     )
+    assert variant_config(PARAMS, "ipo", 2)[0].seed == 2
     assert loss == LossConfig("ipo", "reverse_kl", 5.0)
 
 
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("alpha-0.1", r"align@alpha-0\.1: variant name 'alpha-0\.1' must match .*'alpha-0_1'"),
-        ("-dpo", r"align@-dpo: variant name"),
-        ("dpo@2", r"align@dpo@2: variant name"),
-        ("sft", r"align@sft: params: align\.variants\.sft: is missing \(variants: dpo, "),
+        ("alpha-0.1", r"align@alpha-0\.1-0: variant name 'alpha-0\.1' must match .*'alpha-0_1'"),
+        ("-dpo", r"align@-dpo-0: variant name"),
+        ("dpo@2", r"align@dpo@2-0: variant name"),
+        ("sft", r"align@sft-0: params: align\.variants\.sft: is missing \(variants: dpo, "),
     ],
 )
 def test_bad_variant_names(project, name, expected):
@@ -450,22 +470,22 @@ def _edit_jsonl(path: str, edit) -> None:
         (
             "data/preferences.jsonl",
             lambda rows: [{**r, "pairs": []} for r in rows],
-            r"align@dpo: data/preferences\.jsonl: no preference pairs in split 'train'",
+            r"align@dpo-0: data/preferences\.jsonl: no preference pairs in split 'train'",
         ),
         (
             "data/preferences.jsonl",
             lambda rows: [{**r, "split": "test"} for r in rows],
-            r"align@dpo: data/preferences\.jsonl: row 1: split must be",
+            r"align@dpo-0: data/preferences\.jsonl: row 1: split must be",
         ),
         (
             "data/reference.jsonl",
             lambda rows: rows[:-1],
-            r"align@dpo: data/reference\.jsonl: 15 rows for 16 preferences rows",
+            r"align@dpo-0: data/reference\.jsonl: 15 rows for 16 preferences rows",
         ),
         (
             "data/reference.jsonl",
             lambda rows: [rows[1], rows[0], *rows[2:]],
-            r"align@dpo: data/reference\.jsonl:1: row 'p1' .* does not match preferences row 'p0'",
+            r"align@dpo-0: data/reference\.jsonl:1: row 'p1' .* does not match preferences row 'p0'",
         ),
         (
             "data/reference.jsonl",
@@ -473,17 +493,17 @@ def _edit_jsonl(path: str, edit) -> None:
                 {**rows[0], "logps": rows[0]["logps"][:3], "n_tokens": rows[0]["n_tokens"][:3]},
                 *rows[1:],
             ],
-            r"align@dpo: data/reference\.jsonl:1: row 'p0' with 3 log-probs does not match .* 4 completions",
+            r"align@dpo-0: data/reference\.jsonl:1: row 'p0' with 3 log-probs does not match .* 4 completions",
         ),
         (
             "data/reference.jsonl",
             lambda rows: [{**rows[0], "logps": [float("nan")] * 4}, *rows[1:]],
-            r"align@dpo: data/reference\.jsonl:1: logps must hold finite numbers",
+            r"align@dpo-0: data/reference\.jsonl:1: logps must hold finite numbers",
         ),
         (
             "data/reference.jsonl",
             lambda rows: [{**rows[0], "n_tokens": [n + 1 for n in rows[0]["n_tokens"]]}, *rows[1:]],
-            r"align@dpo: params: align\.common\.max_length=64 gives token counts",
+            r"align@dpo-0: params: align\.common\.max_length=64 gives token counts",
         ),
     ],
 )
@@ -496,12 +516,12 @@ def test_bad_data_fails_before_training(project, path, edit, expected):
 
 
 def test_reference_truncated_by_max_length_is_detected(project):
-    with pytest.raises(ValueError, match=r"align@dpo: params: align\.common\.max_length=10 "):
+    with pytest.raises(ValueError, match=r"align@dpo-0: params: align\.common\.max_length=10 "):
         align("dpo", _params(max_length=10))
     params = _params()
     params["align"]["variants"]["dpo"]["max_length"] = 12
     with pytest.raises(
-        ValueError, match=r"align@dpo: params: align\.variants\.dpo\.max_length=12 "
+        ValueError, match=r"align@dpo-0: params: align\.variants\.dpo\.max_length=12 "
     ):
         align("dpo", params)
 
@@ -510,7 +530,7 @@ def test_missing_sft_model_is_named(project):
     import shutil
 
     shutil.rmtree("models/sft")
-    with pytest.raises(FileNotFoundError, match=r"^align@dpo: models/sft: no model found"):
+    with pytest.raises(FileNotFoundError, match=r"^align@dpo-0: models/sft: no model found"):
         align("dpo", _params())
 
 
@@ -519,3 +539,34 @@ def test_cpu_training_is_deterministic(project):
     second = align("jsd", _params(epochs=1))
     for key in ("train_loss", "val_loss", "val_accuracy", "val_margin"):
         assert first[key] == second[key], key
+
+
+# ------------------------------------------------------------------------------ run seeds
+
+
+def test_seed_picks_the_run_and_its_files(project):
+    """`--seed` is the training seed and names the run's files; the default is seeds[0]."""
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from stages.align import main
+    from stages.cli import stage_command
+
+    params = _params(epochs=1)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    app.command("noop")(lambda: None)  # keep `main` a named sub-command
+    result = CliRunner().invoke(app, ["main", "jsd", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "align@jsd-1: " in result.output
+    seeded = json.loads(Path("metrics/align/jsd/seed-1.json").read_text())
+    assert Path("models/aligned/jsd/seed-1/config.json").is_file()
+    assert (Path("logs/align/jsd/seed-1/plots/metrics/train/loss.tsv")).is_file()
+    logged = Path("logs/align/jsd/seed-1/params.yaml").read_text()
+    assert yaml.safe_load(logged)["seed"] == 1  # TrainingArguments' seed is the run's
+    assert not Path("models/aligned/jsd/seed-0").exists()
+    first = align("jsd", params)  # default: the first of `seeds`
+    assert Path("metrics/align/jsd/seed-0.json").is_file()
+    assert first["train_loss"] != seeded["train_loss"]  # another data order, another run

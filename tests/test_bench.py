@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stages.bench.align import align_throughput, bench_rows, clean_boundary
+from stages.bench.align import align_throughput, bench_rows, clean_boundary, trl_completion_ids
 from stages.bench.cli import align_optimizer, alignment_flops, markdown, step_flops
 from stages.cli import build_app
 from stages.lib.config import load_params
@@ -37,6 +37,8 @@ def _scored(n: int, seed: int = 0) -> list[dict]:
                 "prompt_id": f"train-{i}",
                 "prompt": "the film was",
                 "completions": completions,
+                "completion_ids": [[1 + j] * (2 + j) for j in range(4)],  # not the text's tokens
+                "finished": [False] * 4,
                 "rewards": [rng.random() for _ in range(4)],
             }
         )
@@ -69,6 +71,14 @@ def test_bench_rows_skip_ties_and_say_when_short():
     assert all(len(r["pairs"]) == 6 for r in picked)
     with pytest.raises(ValueError, match="only 4 of the scored rows"):
         bench_rows(rows, "all", 5, seed=0)
+
+
+def test_ours_scores_the_tokens_trl_scores(tiny_lm):
+    """trl tokenises the completion text and appends EOS: ours is given exactly those ids."""
+    _, tokenizer = tiny_lm
+    ids = trl_completion_ids(tokenizer, [" good.", ""])
+    eos = tokenizer.eos_token_id
+    assert ids == [tokenizer(" good.", add_special_tokens=False)["input_ids"] + [eos], [eos]]
 
 
 def test_clean_boundary_spots_tokens_merging_across_the_prompt(tiny_lm):

@@ -12,6 +12,7 @@ from stages.lib.config import (
     EvaluateConfig,
     PairsConfig,
     ReferenceConfig,
+    ReportConfig,
     RewardConfig,
     SampleConfig,
     SftConfig,
@@ -20,6 +21,8 @@ from stages.lib.config import (
     read_mapping,
     read_section,
     read_seed,
+    read_seeds,
+    run_seed,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +34,7 @@ SECTIONS = {
     "pairs": PairsConfig,
     "reference": ReferenceConfig,
     "evaluate": EvaluateConfig,
+    "report": ReportConfig,
 }
 
 
@@ -63,6 +67,20 @@ def test_seed(params):
         read_seed({"seed": -1})
     with pytest.raises(ValueError, match=r"^params: seed: must be int, got 1.5$"):
         read_seed({"seed": 1.5})
+
+
+def test_run_seeds(params):
+    """`seeds` lists the run seeds; a run takes --seed or, by default, the first of them."""
+    assert read_seeds(params) == params["seeds"] == [0, 1, 2]
+    assert run_seed(params, None) == 0 and run_seed(params, 7) == 7  # any seed >= 0 runs
+    assert run_seed({"seeds": [4, 1]}, None) == 4
+    with pytest.raises(ValueError, match=r"^params: seeds: is missing \(the run seeds"):
+        read_seeds({"seed": 0})
+    for bad in ([], [0, 0], [-1], [1.5], 3, [True], None):
+        with pytest.raises(ValueError, match=r"^params: seeds: must be a non-empty list of dis"):
+            read_seeds({"seeds": bad})
+    with pytest.raises(ValueError, match=r"^--seed: must be an integer >= 0, got -1$"):
+        run_seed(params, -1)
 
 
 def _sft(params, **changes) -> dict:

@@ -27,14 +27,19 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def _scored(**kw) -> dict:
+def _sample(**kw) -> dict:
     return {
         "prompt_id": "train-0",
         "prompt": "The film",
         "completions": [" a", " b"],
-        "rewards": [0.5, -1],
+        "completion_ids": [[7, 0], [8]],
+        "finished": [True, False],
         **kw,
     }
+
+
+def _scored(**kw) -> dict:
+    return _sample(**{"rewards": [0.5, -1], **kw})
 
 
 def test_read_rows_returns_rows_and_skips_blank_lines(tmp_path):
@@ -78,9 +83,64 @@ def test_read_rows_returns_rows_and_skips_blank_lines(tmp_path):
         (['{"text": "x", "label": 2}'], PREPARED, "rows.jsonl:1: label must be 0 or 1, got 2"),
         (["[1, 2]"], PROMPTS, "rows.jsonl:1: expected a JSON object (prompt)"),
         (
-            ['{"prompt_id": "a", "prompt": "x", "completions": []}'],
+            [json.dumps(_sample(completions=[]))],
             SAMPLES,
             "rows.jsonl:1: completions must be a non-empty list of strings",
+        ),
+        (
+            ['{"prompt_id": "a", "prompt": "x", "completions": [" a"], "finished": [true]}'],
+            SAMPLES,
+            "rows.jsonl:1: missing field 'completion_ids' (samples)",
+        ),
+        (
+            [json.dumps(_sample(completion_ids=[[7, 0]]))],
+            SAMPLES,
+            "rows.jsonl:1: completion_ids has 1 entries for 2 completions",
+        ),
+        (
+            [json.dumps(_sample(completion_ids=[[7, -1], [8]]))],
+            SAMPLES,
+            "rows.jsonl:1: completion_ids must hold one list of token ids (integers >= 0) per",
+        ),
+        (
+            [json.dumps(_sample(completion_ids=[[7, 1.0], [8]]))],
+            SAMPLES,
+            "rows.jsonl:1: completion_ids must hold one list of token ids",
+        ),
+        (
+            [json.dumps(_sample(completion_ids=[[7, True], [8]]))],
+            SAMPLES,
+            "rows.jsonl:1: completion_ids must hold one list of token ids",
+        ),
+        (
+            [json.dumps(_sample(completion_ids=[" a", [8]]))],
+            SAMPLES,
+            "rows.jsonl:1: completion_ids must hold one list of token ids",
+        ),
+        (
+            [json.dumps(_sample(finished=[True]))],
+            SAMPLES,
+            "rows.jsonl:1: finished must hold 2 booleans, one per completion",
+        ),
+        (
+            [json.dumps(_sample(finished=[1, 0]))],
+            SAMPLES,
+            "rows.jsonl:1: finished must hold 2 booleans, one per completion",
+        ),
+        (
+            [json.dumps(_sample(completion_ids=[[], [8]]))],
+            SAMPLES,
+            "rows.jsonl:1: completion 0 is finished but has no token ids (its EOS is missing)",
+        ),
+        (
+            [json.dumps(_scored(completion_ids=[[7, 0]]))],
+            SCORED,
+            "rows.jsonl:1: completion_ids has 1 entries for 2 completions",
+        ),
+        (
+            [json.dumps(_scored(finished=[True, None], pairs=[[0, 1]], split="train"))],
+            PREFERENCES,
+            "rows.jsonl:1: finished must hold 2 booleans",
         ),
         (
             [json.dumps(_scored(rewards=[1.0]))],
@@ -122,6 +182,21 @@ def test_read_rows_missing_and_empty_files(tmp_path):
         read_rows(tmp_path / "nope.jsonl", PROMPTS)
     with pytest.raises(ValueError, match=r"empty\.jsonl: no rows \(samples\)"):
         read_rows(_write_lines(tmp_path / "empty.jsonl", ["", " "]), SAMPLES)
+
+
+def test_sample_rows_carry_ids_through_scored_and_preferences():
+    row = _sample(completion_ids=[[7, 0], []], finished=[True, False])  # an empty cut completion
+    assert check_row(row, SAMPLES, "x") is row
+    scored = {**row, "rewards": [0.0, 1.0]}
+    assert check_row(scored, SCORED, "x") is scored
+    assert check_row({**scored, "pairs": [[1, 0]], "split": "val"}, PREFERENCES, "x")
+    for contract in (SCORED, PREFERENCES):  # the sample fields are required downstream too
+        with pytest.raises(ValueError, match="missing field 'finished'"):
+            check_row(
+                {k: v for k, v in _scored(pairs=[], split="train").items() if k != "finished"},
+                contract,
+                "x",
+            )
 
 
 def test_optional_fields_and_int_as_float():

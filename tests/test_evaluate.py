@@ -45,11 +45,11 @@ def test_held_out_check():
 
 
 def test_policy_dir():
-    assert policy_dir("sft") == Path("models/sft")
-    assert policy_dir("dpo") == Path("models/aligned/dpo")
+    assert policy_dir("sft", 2) == Path("models/sft")  # one SFT policy, evaluated per seed
+    assert policy_dir("dpo", 2) == Path("models/aligned/dpo/seed-2")  # the run of that seed
     for bad in ("", "../x", ".hidden", "a/b"):
         with pytest.raises(ValueError, match="must be 'sft' or a variant name"):
-            policy_dir(bad)
+            policy_dir(bad, 0)
 
 
 # ------------------------------------------------------------------------ end to end, CLI
@@ -67,7 +67,8 @@ def _prompts(path: Path, prefix: str, texts: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A tmp repo with eval/train prompts, models/sft, models/aligned/dpo and models/reward."""
+    """A tmp repo with eval/train prompts, models/sft, models/aligned/dpo/seed-{0,1} and
+    models/reward."""
     root = tmp_path_factory.mktemp("ws")
     train, test = generate_splits(30, 10, 1)
     tok = train_bpe_tokenizer([r["text"] for r in train], vocab_size=300)
@@ -80,9 +81,9 @@ def workspace(tmp_path_factory):
         root / "data/prompts/eval.jsonl", "test", [" ".join(r["text"].split()[:4]) for r in test]
     )
     save_pretrained(model, tok, root / "models/sft")
-    torch.manual_seed(1)
-    other = tiny_gpt2(tok, TINY_GPT2)
-    save_pretrained(other, tok, root / "models/aligned/dpo")
+    for seed in (0, 1):
+        torch.manual_seed(1 + seed)
+        save_pretrained(tiny_gpt2(tok, TINY_GPT2), tok, root / f"models/aligned/dpo/seed-{seed}")
     rtok = train_bpe_tokenizer([r["text"] for r in train], vocab_size=300)
     rm = tiny_classifier(
         rtok,
@@ -91,7 +92,7 @@ def workspace(tmp_path_factory):
         ),
     )
     save_pretrained(rm, rtok, root / "models/reward")
-    save_pretrained(rm, rtok, root / "models/aligned/classifier")  # not a causal LM
+    save_pretrained(rm, rtok, root / "models/aligned/classifier/seed-0")  # not a causal LM
     return root
 
 
@@ -102,7 +103,7 @@ def _app():
     return app
 
 
-def _run(root: Path, monkeypatch, policy: str, **evaluate):
+def _run(root: Path, monkeypatch, policy: str, *args: str, **evaluate):
     params = {
         **PARAMS,
         "data": {**PARAMS["data"], "source": "synthetic"},
@@ -110,39 +111,66 @@ def _run(root: Path, monkeypatch, policy: str, **evaluate):
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(root)
-    return CliRunner().invoke(_app(), ["main", policy])
+    return CliRunner().invoke(_app(), ["main", policy, *args])
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 @pytest.mark.slow
 def test_evaluate_end_to_end(workspace, monkeypatch):
     for policy in ("sft", "dpo"):
-        result = _run(workspace, monkeypatch, policy)
+        result = _run(workspace, monkeypatch, policy)  # --seed: the first of `seeds`, 0
         assert result.exit_code == 0, result.output
-        metrics = json.loads((workspace / f"metrics/eval/{policy}.json").read_text())
+        metrics = json.loads((workspace / f"metrics/eval/{policy}/seed-0.json").read_text())
         assert set(metrics) == set(METRIC_KEYS)  # no timings in a tracked file
         assert metrics["n_prompts"] == 5 and metrics["n_samples"] == 2
         assert metrics["reward_lo"] <= metrics["reward"] <= metrics["reward_hi"]
         assert metrics["gold_lo"] <= metrics["gold"] <= metrics["gold_hi"]
         assert 0 < metrics["entropy"] <= np.log(300) + 1e-6
         assert 0 < metrics["length"] <= 8 and 0 < metrics["distinct_2"] <= 1
-        rows = [
-            json.loads(line)
-            for line in (workspace / f"data/eval/{policy}.jsonl").read_text().splitlines()
-        ]
+        rows = _rows(workspace / f"data/eval/{policy}/seed-0.jsonl")
         assert len(rows) == 5 and all(len(r["completions"]) == 2 == len(r["rewards"]) for r in rows)
         assert metrics["nll"] == pytest.approx(
             -np.mean([v for r in rows for v in r["logp"]]), abs=1e-4
         )
-    sft = json.loads((workspace / "metrics/eval/sft.json").read_text())
-    dpo = json.loads((workspace / "metrics/eval/dpo.json").read_text())
+        # n_generated (EOS included) weights the per-sample entropy into the token-weighted one
+        n = [c for r in rows for c in r["n_generated"]]
+        h = [e for r in rows for e in r["entropy"]]
+        assert metrics["entropy"] == pytest.approx(np.dot(h, n) / sum(n), abs=1e-5)
+        assert n == [
+            length + done
+            for r in rows
+            for length, done in zip(r["length"], r["finished"], strict=True)
+        ]
+    sft = json.loads((workspace / "metrics/eval/sft/seed-0.json").read_text())
+    dpo = json.loads((workspace / "metrics/eval/dpo/seed-0.json").read_text())
     assert sft["kl"] == 0.0 and dpo["kl"] != 0.0
-    rows = [
-        json.loads(line)
-        for line in (workspace / "data/eval/dpo.jsonl").read_text().split("\n")
-        if line
-    ]
+    rows = _rows(workspace / "data/eval/dpo/seed-0.jsonl")
     kl = np.mean([a - b for r in rows for a, b in zip(r["logp"], r["logp_sft"])])
     assert dpo["kl"] == pytest.approx(kl, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_each_seed_is_its_own_run(workspace, monkeypatch):
+    """--seed picks the aligned policy of that seed and the sampling seed; sft is evaluated
+    once per seed, on other samples."""
+    for seed in ("0", "1"):
+        for policy in ("sft", "dpo"):
+            result = _run(workspace, monkeypatch, policy, "--seed", seed)
+            assert result.exit_code == 0, result.output
+            assert f"-> metrics/eval/{policy}/seed-{seed}.json" in result.output
+    eval_dir = workspace / "data/eval"
+    sft = [_rows(eval_dir / f"sft/seed-{s}.jsonl") for s in (0, 1)]
+    dpo = [_rows(eval_dir / f"dpo/seed-{s}.jsonl") for s in (0, 1)]
+    assert [r["prompt_id"] for r in sft[0]] == [r["prompt_id"] for r in sft[1]]  # same prompts
+    assert [r["logp"] for r in sft[0]] != [r["logp"] for r in sft[1]]  # other samples
+    # seed 1 evaluates models/aligned/dpo/seed-1: its KL to sft differs from seed 0's policy's
+    assert [r["logp_sft"] for r in dpo[0]] != [r["logp_sft"] for r in dpo[1]]
+    result = _run(workspace, monkeypatch, "dpo", "--seed", "7")
+    assert result.exit_code == 1
+    assert "error: models/aligned/dpo/seed-7: policy folder not found" in result.output
 
 
 @pytest.mark.parametrize(
@@ -158,8 +186,12 @@ def test_evaluate_end_to_end(workspace, monkeypatch):
             ],
         ),
         ("sft", {"bootstrap": "many"}, ["error: params: evaluate.bootstrap: must be int"]),
-        ("nope", {}, ["error: models/aligned/nope: policy folder not found (run its align/sft"]),
-        ("classifier", {}, ["error: models/aligned/classifier", "causal"]),
+        (
+            "nope",
+            {},
+            ["error: models/aligned/nope/seed-0: policy folder not found (run its align/sft"],
+        ),
+        ("classifier", {}, ["error: models/aligned/classifier/seed-0", "causal"]),
         ("../x", {}, ["error: policy '../x' must be 'sft' or a variant name"]),
     ],
 )

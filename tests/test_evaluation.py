@@ -1,28 +1,32 @@
 """The ``evaluate`` compute (:mod:`stages.lib.evaluation`): the chunked log-prob/entropy pass
-against a full log-softmax, packing, the metric helpers and the summary."""
+against a full log-softmax, packing, the metric helpers and the summary; its samples come from
+their own random stream and from the policy itself (temperature 1), which a chi-square test
+sharp enough to catch temperature 0.7 checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from test_generation import CHI2_LIMIT, chi_square_by_rank, next_token_probs, spread_lm
 
 import stages.lib.evaluation as evaluation
-from stages.lib.config import TinyGPT2Config
+from stages.lib.config import EvaluateConfig, SampleConfig, TinyGPT2Config
 from stages.lib.evaluation import (
     METRIC_KEYS,
     bootstrap_interval,
-    check_logits,
     distinct_n,
     generated_stats,
     load_policy,
     pack,
     reward_scores,
+    sample_and_score_tokens,
     sequence_stats,
     summarize,
 )
-from stages.lib.modeling import tiny_gpt2, train_bpe_tokenizer
+from stages.lib.modeling import save_pretrained, tiny_gpt2, train_bpe_tokenizer
 from stages.lib.synthetic import generate_splits, gold_score
+from stages.sample import sample_rows
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -118,8 +122,10 @@ def test_pack_masks_generated_positions():
     batch = pack([[5, 6], [7]], [[8, 9, 2], [3]], pad_id=1)
     assert batch["input_ids"].tolist() == [[5, 6, 8, 9, 2], [7, 3, 1, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
-    assert batch["gen_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
-    assert pack([[5]], [[]])["gen_mask"].tolist() == [[0]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
+    assert pack([[5]], [[]])["completion_mask"].tolist() == [[0]]
+    long = [list(range(1, 200))]  # evaluation never cuts a completion (no max_length)
+    assert pack([[5]], long)["completion_mask"].sum() == 199
     with pytest.raises(ValueError, match="sequence 1 has an empty prompt"):
         pack([[5], []], [[1], [2]])
 
@@ -129,31 +135,6 @@ def test_sequence_stats_skips_empty_generations(tiny):
     stats = sequence_stats(model, [[1, 2], [3]], [[], [4, 5]], batch_size=2, chunk=4)
     assert stats["n"].tolist() == [0.0, 2.0] and stats["logp"][0] == 0.0
     assert stats["entropy"][0] == 0.0 and stats["logp"][1] < 0
-
-
-def test_check_logits_accepts_gpt2_and_rejects_another_head(tiny):
-    model, tok = tiny
-    batch = pack([[1, 2, 3]], [[4, 5]])
-    check_logits(model, batch)  # lm_head(last hidden state)
-
-    class Shifted(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *args, **kwargs):
-            out = self.inner(*args, **kwargs)
-            out.logits = out.logits + 1.0  # not what the head alone gives
-            return out
-
-        def get_decoder(self):
-            return self.inner.get_decoder()
-
-        def get_output_embeddings(self):
-            return self.inner.get_output_embeddings()
-
-    with pytest.raises(ValueError, match="logits are not lm_head"):
-        check_logits(Shifted(model), batch)
 
 
 def test_summarize_keys_rounding_and_no_timings():
@@ -207,3 +188,66 @@ def test_reward_scores_with_gold_only_for_synthetic(monkeypatch, source):
         assert gold.tolist() == [gold_score(t) for t in texts]
     else:
         assert gold is None
+
+
+# ------------------------------------------------------------------------ what is sampled
+
+
+def _policy_dir(tmp_path, monkeypatch, model, tokenizer):
+    """``models/sft`` under a tmp working directory holding ``model``."""
+    save_pretrained(model, tokenizer, tmp_path / "models" / "sft")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "models" / "sft"
+
+
+def _cfg(**kw) -> EvaluateConfig:
+    base = {"n_prompts": 1, "n_samples": 4, "max_new_tokens": 6, "batch_size": 6}
+    base.update(bootstrap=10, logit_chunk=64)
+    return EvaluateConfig(**{**base, **kw})
+
+
+def test_evaluation_does_not_redraw_the_sample_stages_numbers(
+    tmp_path, monkeypatch, tiny_lm_dir, tiny_lm
+):
+    """Same policy, prompts, seed, batching and temperature: the ``sample`` stage and
+    ``evaluate`` still draw different completions (their own random streams; with the one
+    shared stream they were identical)."""
+    model, tokenizer = tiny_lm
+    path = _policy_dir(tmp_path, monkeypatch, model, tokenizer)
+    prompts = ["the film was", "bad", "I loved this movie and"]
+    cfg = _cfg(n_prompts=3, n_samples=4, max_new_tokens=6, batch_size=6)
+    gen, *_ = sample_and_score_tokens(path, prompts, cfg, seed=5)
+    sampled = SampleConfig(n_per_prompt=4, temperature=1.0, max_new_tokens=6, batch_size=6)
+    rows, _ = sample_rows(
+        model,
+        tokenizer,
+        [{"prompt_id": str(i), "prompt": p} for i, p in enumerate(prompts)],
+        sampled,
+        seed=5,
+        progress=False,
+    )
+    same = sum(
+        a == b for r, per in zip(rows, gen.token_ids) for a, b in zip(r["completion_ids"], per)
+    )
+    assert same == 0, same  # 12 of 12 with one stream for both
+
+
+def test_evaluation_samples_the_policy_at_temperature_1(tmp_path, monkeypatch, tiny_lm):
+    """First tokens of many evaluation samples fit softmax(logits) (chi-square over rank bins of
+    a long-tailed distribution): a lower temperature (0.7) or top-k would fail; the scoring pass
+    gives each sample the log-prob of its token under the same distribution."""
+    model, tokenizer = tiny_lm
+    model = spread_lm(model)
+    path = _policy_dir(tmp_path, monkeypatch, model, tokenizer)
+    n, prompt = 4000, "the plot is not very good but the acting"
+    cfg = _cfg(n_samples=n, max_new_tokens=1, batch_size=n, logit_chunk=1000)
+    gen, stats, sft_logp, _ = sample_and_score_tokens(path, [prompt], cfg, seed=0)
+    assert sft_logp is None  # the SFT policy itself: no second pass
+    first = [g[0] for g in gen.token_ids[0]]
+    probs = next_token_probs(model, tokenizer, prompt)
+    assert chi_square_by_rank(first, probs) < CHI2_LIMIT
+    assert stats["logp"] == pytest.approx(probs[first].log().numpy(), abs=1e-4)
+    tempered = next_token_probs(model, tokenizer, prompt, temperature=0.7)
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.multinomial(tempered, n, replacement=True, generator=g).tolist()
+    assert chi_square_by_rank(drawn, probs) > 5 * CHI2_LIMIT  # what temperature 0.7 would give

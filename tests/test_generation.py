@@ -1,8 +1,12 @@
-"""Batched sampling (:mod:`stages.lib.generation`): seeding, batching, EOS handling, padding."""
+"""Batched sampling (:mod:`stages.lib.generation`): seeding and streams, batching, EOS handling,
+padding, recorded log-probs, and the sampling distribution itself (sharp enough to catch top-k or
+a wrong temperature)."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
 
 import pytest
 import torch
@@ -21,6 +25,14 @@ from stages.lib.modeling import load_causal_lm
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 PROMPTS = ["the film was", "I loved this movie and the acting was", "bad", "the plot is not"]
+#: ln_f gain giving the tiny LM a long-tailed next-token distribution: about 2/3 of the mass lies
+#: outside the 50 most probable of its 400 tokens (top-k 50 would cut it), and softmax(l / 0.7)
+#: differs from softmax(l) by a total variation of ~0.15.
+SPREAD = 6.0
+#: Rank bins of :func:`chi_square_by_rank` and the Pearson statistic's limit: chi-square with
+#: 19 degrees of freedom exceeds it with probability ~1e-6 (Wilson-Hilferty).
+N_BINS = 20
+CHI2_LIMIT = 19 * (1 - 2 / (9 * 19) + 4.753 * math.sqrt(2 / (9 * 19))) ** 3  # ~64
 
 
 def _gen(model, tokenizer, prompts=PROMPTS, **kw):
@@ -30,10 +42,52 @@ def _gen(model, tokenizer, prompts=PROMPTS, **kw):
         "max_new_tokens": 12,
         "batch_size": 5,
         "seed": 0,
+        "stream": "sample",
         "progress": False,
         **kw,
     }
     return generate_completions(model, tokenizer, prompts, **args)
+
+
+def spread_lm(model, gain: float = SPREAD):
+    """A copy of ``model`` whose final layer norm is scaled by ``gain`` (sharper logits)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(gain)
+    return model
+
+
+def next_token_probs(model, tokenizer, prompt: str, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T) of the token after ``prompt``, from an unpadded forward pass."""
+    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        return torch.softmax(model(**enc).logits[0, -1].double() / temperature, -1)
+
+
+def chi_square_by_rank(tokens: list[int], probs: torch.Tensor, n_bins: int = N_BINS) -> float:
+    """Pearson chi-square of sampled ``tokens`` against ``probs``, the vocabulary grouped by
+    rank (most probable first) into ``n_bins`` bins of about equal mass, so the tail of the
+    distribution (what top-k removes) and its head (what a lower temperature inflates) are
+    both tested."""
+    order = probs.argsort(descending=True)
+    sorted_p = probs[order]
+    mid = sorted_p.cumsum(0) - sorted_p / 2  # mass before each token's midpoint
+    rank_bin = (mid * n_bins).long().clamp(max=n_bins - 1)
+    bin_of = torch.empty_like(order)
+    bin_of[order] = rank_bin
+    n = len(tokens)
+    expected = torch.zeros(n_bins, dtype=torch.float64).index_add(0, rank_bin, sorted_p) * n
+    observed = torch.bincount(bin_of[torch.tensor(tokens)], minlength=n_bins).double()
+    assert (expected > 5).all()  # the chi-square approximation holds
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+def top_k_probs(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """``probs`` restricted to its ``k`` most probable tokens, renormalised."""
+    keep = torch.zeros_like(probs)
+    top = probs.topk(k).indices
+    keep[top] = probs[top]
+    return keep / keep.sum()
 
 
 def test_plan_batches_sorted_and_complete():
@@ -77,7 +131,29 @@ def test_deterministic_for_a_seed_and_independent_of_global_rng(tiny_lm):
     assert a.token_ids == b.token_ids and a.texts == b.texts
     c = _gen(model, tokenizer, seed=1)
     assert c.token_ids != a.token_ids
-    assert batch_seed(0, 1) != batch_seed(0, 2) and batch_seed(0, 1) == batch_seed(0, 1)
+    assert batch_seed(0, 1, "sample") != batch_seed(0, 2, "sample")
+    assert batch_seed(0, 1, "sample") == batch_seed(0, 1, "sample")
+
+
+def _old_batch_seed(seed: int, b: int) -> int:
+    """The one stream every caller shared before streams existed."""
+    digest = hashlib.sha256(f"generation:{seed}:{b}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def test_streams_draw_different_numbers_and_sample_keeps_its_own(tiny_lm):
+    """Each caller has its own stream: ``evaluate`` never repeats ``sample``'s draws under the
+    same seed (they did: one key for both), and ``sample`` keeps the key it always had."""
+    for seed in (0, 1, 7):
+        for b in range(3):
+            assert batch_seed(seed, b, "sample") == _old_batch_seed(seed, b)
+            assert batch_seed(seed, b, "evaluate") != batch_seed(seed, b, "sample")
+    model, tokenizer = tiny_lm
+    a, b = _gen(model, tokenizer), _gen(model, tokenizer, stream="evaluate")
+    assert a.token_ids != b.token_ids
+    for bad in ("", "a:b"):
+        with pytest.raises(ValueError, match="stream must be a non-empty name"):
+            batch_seed(0, 0, bad)
 
 
 def test_completions_exclude_prompt_and_respect_max_new_tokens(tiny_lm):
@@ -122,6 +198,29 @@ def _boost(output, token):
     return output
 
 
+def test_recorded_logprobs_are_the_untempered_logprobs_of_the_ids(tiny_lm):
+    """``record_logprobs`` sums log π (temperature 1) of each generated id, EOS included, as an
+    unpadded forward pass of prompt + ids gives it; recording leaves the draws unchanged."""
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model)
+    eos = tokenizer.eos_token_id
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, i, o: o.index_add_(-1, torch.tensor([eos]), torch.full((*o.shape[:-1], 1), 2.5))
+    )  # EOS ~35x likelier at T 0.7: some finish
+    plain = _gen(model, tokenizer, max_new_tokens=10)
+    out = _gen(model, tokenizer, max_new_tokens=10, record_logprobs=True)
+    assert out.token_ids == plain.token_ids and plain.logprobs is None
+    assert any(map(any, out.finished)) and not all(map(all, out.finished))
+    for prompt, ids, logps in zip(PROMPTS, out.token_ids, out.logprobs):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for gen, logp in zip(ids, logps):
+            x = torch.tensor([p + gen])
+            with torch.no_grad():
+                lp = model(input_ids=x).logits[0].double().log_softmax(-1)
+            want = sum(float(lp[len(p) + t - 1, tok]) for t, tok in enumerate(gen))
+            assert logp == pytest.approx(want, rel=1e-6, abs=1e-5)
+
+
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 def test_greedy_batched_equals_one_at_a_time(tmp_path, pad_is_eos):
     model, tokenizer = load_causal_lm(
@@ -134,14 +233,14 @@ def test_greedy_batched_equals_one_at_a_time(tmp_path, pad_is_eos):
     assert batched.token_ids == single
 
 
-def test_padded_batch_samples_the_model_distribution(tiny_lm):
-    """First sampled token of a short (left-padded) and a long prompt in one batch: empirical
-    frequencies match softmax(logits / T) of an unpadded forward pass."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_padded_batch_samples_the_model_distribution(tiny_lm, temperature):
+    """First sampled token of a short (left-padded) and a long prompt in one batch: the counts fit
+    softmax(logits / T) of an unpadded forward pass (chi-square over rank bins); as many draws
+    from top-k 50 or from another temperature would fail the same check."""
     model, tokenizer = tiny_lm
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        model.transformer.ln_f.weight.mul_(15.0)  # perplexity ~3 and ~12 instead of ~200
-    temperature, n = 0.7, 1000
+    model = spread_lm(model)
+    n = 4000
     prompts = ["bad", "the plot is not very good but the acting"]
     out = _gen(
         model,
@@ -152,13 +251,16 @@ def test_padded_batch_samples_the_model_distribution(tiny_lm):
         max_new_tokens=1,
         temperature=temperature,
     )
+    other = 0.7 if temperature == 1.0 else 1.0
     for prompt, ids in zip(prompts, out.token_ids):
-        enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        with torch.no_grad():
-            probs = torch.softmax(model(**enc).logits[0, -1] / temperature, -1)
-        counts = torch.bincount(torch.tensor([g[0] for g in ids]), minlength=probs.numel())
-        tv = 0.5 * (counts / n - probs).abs().sum().item()
-        assert tv < 0.1, (prompt, tv)
+        first = [g[0] for g in ids]
+        probs = next_token_probs(model, tokenizer, prompt, temperature)
+        assert 1 - probs.topk(50).values.sum() > 0.5  # most mass beyond the top 50
+        assert chi_square_by_rank(first, probs) < CHI2_LIMIT, prompt
+        g = torch.Generator().manual_seed(0)
+        for wrong in (top_k_probs(probs, 50), next_token_probs(model, tokenizer, prompt, other)):
+            drawn = torch.multinomial(wrong, n, replacement=True, generator=g).tolist()
+            assert chi_square_by_rank(drawn, probs) > 5 * CHI2_LIMIT, prompt  # would fail
 
 
 def test_prompt_too_long_for_model(tiny_lm):

@@ -128,8 +128,9 @@ def test_preference_loss_by_hand(loss, divergence, alpha):
             math.log1p(math.exp(-beta * d)) if loss == "sigmoid" else max(0.0, 1 - beta * d)
         )
     torch.testing.assert_close(out.losses, t64(*expected))
-    torch.testing.assert_close(out.chosen_rewards, beta * (pw - rw))
-    torch.testing.assert_close(out.rejected_rewards, beta * (pl - rl))
+    n_w, n_l = (lw, ll) if loss == "ipo" else (1, 1)  # IPO: per-token means, as its loss
+    torch.testing.assert_close(out.chosen_rewards, beta * (pw - rw) / n_w)
+    torch.testing.assert_close(out.rejected_rewards, beta * (pl - rl) / n_l)
     assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
     assert gw is not None and gl is not None and out.loss.shape == ()
 
@@ -155,6 +156,23 @@ def test_ipo_clamps_zero_lengths_to_one():
     zero = L.preference_loss(pw, pl, ref, ref, t64(0), t64(0), ipo).losses
     one = L.preference_loss(pw, pl, ref, ref, t64(1), t64(1), ipo).losses
     torch.testing.assert_close(zero, one)
+
+
+def test_ipo_rewards_are_the_per_token_means_its_loss_sees():
+    """The logged margin and accuracy of IPO follow its loss: a long chosen completion with the
+    larger summed log-ratio but the smaller per-token one is a wrong pair (margin < 0) and pays
+    the larger loss. Summed log-ratios (the old rewards) called it right."""
+    beta = 0.5
+    pw, rw, lw = t64(-8.0), t64(-10.0), t64(10)  # r_w = 2 over 10 tokens: 0.2 per token
+    pl, rl, ll = t64(-3.0), t64(-4.0), t64(2)  # r_l = 1 over 2 tokens: 0.5 per token
+    out = L.preference_loss(pw, pl, rw, rl, lw, ll, L.LossConfig("ipo", "reverse_kl", beta))
+    margin = out.chosen_rewards - out.rejected_rewards
+    torch.testing.assert_close(margin, t64(beta * (0.2 - 0.5)))
+    assert margin.item() < 0  # accuracy counts it wrong, as the loss does
+    torch.testing.assert_close(out.losses, (margin / beta - 1 / (2 * beta)) ** 2)
+    # the other losses keep DPO's β·r on summed log-ratios
+    dpo = L.preference_loss(pw, pl, rw, rl, lw, ll, L.LossConfig("sigmoid", "reverse_kl", beta))
+    torch.testing.assert_close(dpo.chosen_rewards - dpo.rejected_rewards, t64(beta * (2 - 1)))
 
 
 def test_half_precision_inputs_are_computed_in_float32():
@@ -584,11 +602,12 @@ def test_matches_trl(trl_trainer, loss, divergence, alpha, beta):
     torch.testing.assert_close(gw, trl_gw, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(gl, trl_gl, rtol=1e-5, atol=1e-7)
     metrics = trainer._metrics["train" if trainer.model.training else "eval"]
-    assert metrics["rewards/chosen"][-1] == pytest.approx(
-        out.chosen_rewards.mean().item(), rel=1e-5, abs=1e-6
-    )
+    # trl logs β·r on summed log-ratios for every loss; ours are per-token for IPO (as its loss)
+    n_w, n_l = (batch[4], batch[5]) if loss == "ipo" else (1, 1)
+    chosen, rejected = out.chosen_rewards * n_w, out.rejected_rewards * n_l
+    assert metrics["rewards/chosen"][-1] == pytest.approx(chosen.mean().item(), rel=1e-5, abs=1e-6)
     assert metrics["rewards/margins"][-1] == pytest.approx(
-        (out.chosen_rewards - out.rejected_rewards).mean().item(), rel=1e-5, abs=1e-6
+        (chosen - rejected).mean().item(), rel=1e-5, abs=1e-6
     )
 
 

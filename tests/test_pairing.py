@@ -181,6 +181,23 @@ def test_rso_pairs_among_picked_and_bad_arguments():
         rso_select(rewards, 4, 0.0, random.Random(0))
 
 
+@pytest.mark.parametrize("n_select", (4, 5))
+def test_rso_with_n_select_not_below_k_is_an_error_naming_the_param(n_select):
+    """n_select = K accepted all K candidates (a shuffled first_round) and said nothing."""
+    rewards = [0.3, -1.0, 2.5, 0.7]
+    cfg = PairsConfig(strategy="rso", rso=RsoConfig(n_select=n_select, beta=0.5))
+    message = (
+        rf"^params: pairs\.rso\.n_select: must be < the K = 4 completions per prompt "
+        rf"\(sample\.n_per_prompt\), got {n_select}: rso would accept every candidate"
+    )
+    with pytest.raises(ValueError, match=message):
+        make_pairs(rewards, cfg, random.Random(0))
+    with pytest.raises(ValueError, match=message):
+        rso_pairs(rewards, random.Random(0), n_select, 0.5)
+    pairs, picked = rso_pairs(rewards, random.Random(0), 3, 0.5)  # K - 1 still selects
+    assert len(picked) == 3 and len(pairs) == 1
+
+
 # --- make_pairs ------------------------------------------------------------------------------
 
 

@@ -32,6 +32,8 @@ def _scored_rows(n: int, k: int = 4, seed: int = 0, gold: bool = True) -> list[d
             "prompt_id": f"train-{i}",
             "prompt": f"prompt {i}",
             "completions": [f" completion {i}.{j}" for j in range(k)],
+            "completion_ids": [[i, j, 0] for j in range(k)],
+            "finished": [j % 2 == 0 for j in range(k)],
             "rewards": rewards,
         }
         if gold:  # gold agrees with the reward except on completion 0
@@ -106,6 +108,10 @@ def test_make_preference_file_end_to_end(tmp_path, monkeypatch):
     rows = read_rows("data/preferences.jsonl", PREFERENCES)
     assert [r["prompt_id"] for r in rows] == [f"train-{i}" for i in range(30)]
     assert {r["split"] for r in rows} == {"train", "val"}
+    scored = _scored_rows(30)  # the sampled ids ride along to the reference and the trainer
+    assert [(r["completion_ids"], r["finished"]) for r in rows] == [
+        (r["completion_ids"], r["finished"]) for r in scored
+    ]
     assert json.loads(Path("metrics/pairs.json").read_text()) == metrics
     assert metrics["pairs_per_prompt"] == 3
 
@@ -144,7 +150,7 @@ def test_val_fraction_leaving_no_train_prompt():
 def test_rso_n_select_above_k_names_row():
     with pytest.raises(
         ValueError,
-        match=r"params: pairs\.rso\.n_select: must be <= the 4 "
+        match=r"params: pairs\.rso\.n_select: must be < the 4 "
         r"completions of scored row 1 \(train-0\), got 8",
     ):
         build_preferences(_scored_rows(3), _cfg("rso", n_select=8), SEED)

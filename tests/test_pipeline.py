@@ -1,5 +1,6 @@
-"""End to end: `dvc repro` of a micro configuration in a fresh git repository, then
-`dvc exp run -S` on one variant re-runs only that variant's stages (and the report)."""
+"""End to end: `dvc repro` of a micro configuration (two variants, two seeds) in a fresh git
+repository, then `dvc exp run -S` on one variant re-runs only that variant's runs, every seed
+(and the report)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("dpo", "alpha-0_5")
+SEEDS = (0, 1)
 
 MICRO = {
+    "seeds": list(SEEDS),
     "data": {
         "synthetic": {"n_train": 400, "n_test": 100},
         "n_train_prompts": 48,
@@ -53,7 +56,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def micro_params() -> dict:
-    """The demo params shrunk to seconds per stage, with two variants."""
+    """The demo params shrunk to seconds per stage, with two variants and two seeds."""
     params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), MICRO)
     params["align"]["variants"] = {k: params["align"]["variants"][k] for k in VARIANTS}
     return params
@@ -119,10 +122,10 @@ def test_repro_writes_every_output(repo):
         "score",
         "pairs",
         "reference",
-        "evaluate-sft",
         "report",
-        *(f"align@{v}" for v in VARIANTS),
-        *(f"evaluate@{v}" for v in VARIANTS),
+        *(f"evaluate-sft@{s}" for s in SEEDS),
+        *(f"align@{v}-{s}" for v in VARIANTS for s in SEEDS),
+        *(f"evaluate@{v}-{s}" for v in VARIANTS for s in SEEDS),
     }
     for name in (
         "prepared/train.jsonl",
@@ -133,10 +136,10 @@ def test_repro_writes_every_output(repo):
         "scored.jsonl",
         "preferences.jsonl",
         "reference.jsonl",
-        *(f"eval/{p}.jsonl" for p in policies),
+        *(f"eval/{p}/seed-{s}.jsonl" for p in policies for s in SEEDS),
     ):
         assert (path / "data" / name).stat().st_size > 0, name
-    for model in ("sft", "reward", *(f"aligned/{v}" for v in VARIANTS)):
+    for model in ("sft", "reward", *(f"aligned/{v}/seed-{s}" for v in VARIANTS for s in SEEDS)):
         assert (path / "models" / model / "config.json").is_file(), model
     metrics = {
         p.relative_to(path / "metrics").as_posix(): json.loads(p.read_text())
@@ -147,14 +150,27 @@ def test_repro_writes_every_output(repo):
     assert 0.0 <= metrics["reward.json"]["accuracy"] <= 1.0
     assert metrics["sft.json"]["perplexity"] > 1.0
     for policy in policies:
-        ev = metrics[f"eval/{policy}.json"]
-        assert ev["reward_lo"] <= ev["reward"] <= ev["reward_hi"] and ev["entropy"] > 0
-        assert ev["n_prompts"] == 12 and ev["n_samples"] == 2
+        for s in SEEDS:
+            ev = metrics[f"eval/{policy}/seed-{s}.json"]
+            assert ev["reward_lo"] <= ev["reward"] <= ev["reward_hi"] and ev["entropy"] > 0
+            assert ev["n_prompts"] == 12 and ev["n_samples"] == 2
     for variant in VARIANTS:
-        assert "val_accuracy" in json.dumps(metrics[f"align/{variant}.json"])
+        for s in SEEDS:
+            assert "val_accuracy" in json.dumps(metrics[f"align/{variant}/seed-{s}.json"])
+        runs = [metrics[f"eval/{variant}/seed-{s}.json"]["reward"] for s in SEEDS]
+        assert runs[0] != runs[1]  # two seeds, two runs
+    summary = metrics["summary.json"]  # the aggregates over seeds
+    assert set(summary) == set(policies)
+    for policy in policies:
+        agg = summary[policy]
+        assert agg["n_seeds"] == len(SEEDS) and agg["reward_lo"] <= agg["reward_hi"]
+        mean = sum(metrics[f"eval/{policy}/seed-{s}.json"]["reward"] for s in SEEDS) / len(SEEDS)
+        assert agg["reward"] == pytest.approx(mean, abs=1e-4)
+    assert summary["dpo"]["d_reward"] == 0.0 and "d_reward" in summary["alpha-0_5"]
     for report in (
         "summary.md",
         "summary.csv",
+        "seeds.csv",
         "frontier.json",
         "frontier.png",
         "reward_vs_kl.png",
@@ -164,10 +180,26 @@ def test_repro_writes_every_output(repo):
     assert all(p in table for p in policies)
 
 
+def test_plots_cover_every_training_run(repo):
+    """`dvc plots show` finds every (variant, seed) run's curves, no hand-written entry each."""
+    path, env, dvc, _ = repo
+    shown = json.loads(_run(dvc + ["plots", "show", "--json"], path, env))
+    assert not shown.get("errors"), shown.get("errors")
+    for v in VARIANTS:
+        for s in SEEDS:
+            assert f"logs/align/{v}/seed-{s}/plots/metrics/train/loss.tsv" in shown["data"]
+    assert "reports/frontier.png" in shown["data"] and "frontier" in shown["data"]
+
+
 def test_exp_run_reruns_only_the_changed_variant(repo):
     path, env, dvc, _ = repo
     out = _run(dvc + ["exp", "run", "-S", "align.variants.dpo.beta=0.2"], path, env)
-    assert _ran(out) == {"align@dpo", "evaluate@dpo", "report"}
+    assert _ran(out) == {
+        *(f"align@dpo-{s}" for s in SEEDS),
+        *(f"evaluate@dpo-{s}" for s in SEEDS),
+        "report",
+    }
     shown = json.loads(_run(dvc + ["metrics", "diff", "--json"], path, env))
-    assert any("eval/dpo.json" in name for name in shown)
+    assert any("eval/dpo/seed-0.json" in name for name in shown)
+    assert any("summary.json" in name for name in shown)  # the aggregates
     assert not any("alpha-0_5" in name for name in shown)

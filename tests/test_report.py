@@ -1,5 +1,6 @@
-"""The ``report`` stage on hand-made metrics files for the variants of the repository's
-params.yaml: table, CSV, plots, DVC plot data, labels read through ``LossConfig``, bad input."""
+"""The ``report`` stage on hand-made per-seed evaluation files for the variants of the
+repository's params.yaml: the two-level bootstrap on constructed examples with known answers,
+paired differences, tables, plots, DVC metrics, labels read through ``LossConfig``, bad input."""
 
 from __future__ import annotations
 
@@ -8,16 +9,28 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from stages.cli import stage_command
 from stages.lib.config import load_params
-from stages.report import family_fit, read_metrics, report, variant_info, variant_loss
+from stages.report import (
+    draw_resamples,
+    family_fit,
+    interval,
+    point_estimate,
+    read_run,
+    replicates,
+    report,
+    variant_info,
+    variant_loss,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")
+SEEDS = PARAMS["seeds"]
 #: Entropy of each sigmoid-loss divergence-family policy; its reward lies on 4 - (H - 2)^2.
 FAMILY = {
     "dpo": 2.0,
@@ -28,7 +41,7 @@ FAMILY = {
     "alpha-0_7": 3.5,
     "alpha-0_9": 3.8,
 }
-#: policy -> (reward, entropy, kl)
+#: policy -> (reward, entropy, kl): the exact means over seeds, prompts and samples.
 POINTS = {
     "sft": (0.0, 3.0, 0.0),
     "hinge": (3.5, 2.2, 7.0),
@@ -36,34 +49,73 @@ POINTS = {
     "jsd": (3.8, 2.1, 8.0),
     **{p: (4 - (h - 2) ** 2, h, 10.0 - h) for p, h in FAMILY.items()},
 }
+#: Seed effects (one per seed), prompt effects and sample deviations, each summing to 0, shared
+#: by every policy: the policies differ by a constant, so paired differences are exact.
+SEED_EFFECT = np.array([-0.3, 0.0, 0.3])
+PROMPT_EFFECT = np.linspace(-1.0, 1.0, 6)
+SAMPLE_DEV = np.array([0.1, -0.1])
 
 
-def _metrics(reward: float, entropy: float, kl: float) -> dict:
-    return {
-        "reward": reward,
-        "reward_lo": reward - 0.2,
-        "reward_hi": reward + 0.3,
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_run(policy: str, seed_index: int, reward, entropy, kl, *, gold: bool = True) -> None:
+    """``data/eval/<policy>/seed-<s>.jsonl``, its metrics file and (variants) align metrics."""
+    seed = SEEDS[seed_index]
+    rows, rewards = [], []
+    for p, b in enumerate(PROMPT_EFFECT):
+        r = [reward + SEED_EFFECT[seed_index] + b + e for e in SAMPLE_DEV]
+        rewards += r
+        row = {
+            "prompt_id": f"test-{p}",
+            "prompt": "The film was",
+            "completions": [" good.", " bad"],
+            "rewards": r,
+            "logp": [-10.0, -12.0],
+            "entropy": [entropy, entropy],
+            "n_generated": [3, 5],
+            "length": [2, 5],
+            "finished": [True, False],
+        }
+        if policy != "sft":
+            row["logp_sft"] = [lp - kl for lp in row["logp"]]
+        if gold:
+            row["gold"] = [v / 2 for v in r]
+        rows.append(row)
+    _write(
+        Path(f"data/eval/{policy}/seed-{seed}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    mean = float(np.mean(rewards))
+    metrics = {
+        "reward": mean,
+        "reward_lo": mean - 0.2,
+        "reward_hi": mean + 0.3,
         "entropy": entropy,
-        "nll": 20 * entropy,
+        "nll": 11.0,
         "kl": kl,
         "distinct_1": 0.3,
         "distinct_2": 0.7,
-        "length": 30.5,
-        "gold": reward / 2,
-        "gold_lo": reward / 2 - 0.1,
-        "gold_hi": reward / 2 + 0.1,
-        "n_prompts": 100,
-        "n_samples": 4,
+        "length": 3.5,
+        "gold": mean / 2 if gold else None,
+        "gold_lo": mean / 2 - 0.1 if gold else None,
+        "gold_hi": mean / 2 + 0.1 if gold else None,
+        "n_prompts": len(PROMPT_EFFECT),
+        "n_samples": len(SAMPLE_DEV),
     }
+    _write(Path(f"metrics/eval/{policy}/seed-{seed}.json"), json.dumps(metrics))
+    if policy != "sft":
+        align = {"variant": policy, "val_accuracy": 0.6 + 0.01 * seed_index}
+        _write(Path(f"metrics/align/{policy}/seed-{seed}.json"), json.dumps(align))
 
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "metrics/eval"
-    folder.mkdir(parents=True)
     for policy, point in POINTS.items():
-        (folder / f"{policy}.json").write_text(json.dumps(_metrics(*point)))
+        for i in range(len(SEEDS)):
+            write_run(policy, i, *point)
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     return tmp_path
 
@@ -76,42 +128,171 @@ def _invoke():
     return CliRunner().invoke(app, [])
 
 
+def _csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- the bootstrap
+
+
+def test_identical_seeds_reduce_to_the_prompt_bootstrap():
+    """Zero between-seed variance: every resample is the prompt bootstrap's (same draws)."""
+    x = np.random.default_rng(1).normal(size=40)
+    num, den = np.tile(x, (3, 1)), np.ones((3, 40))
+    draws = draw_resamples(3, 40, 500, seed=0)
+    prompt_only = draws.prompt_weights @ x / 40
+    np.testing.assert_allclose(replicates(num, den, draws), prompt_only, rtol=0, atol=1e-12)
+    assert interval(replicates(num, den, draws)) == pytest.approx(interval(prompt_only), abs=1e-12)
+    assert point_estimate(num, den) == pytest.approx(x.mean(), abs=1e-12)
+
+
+def test_identical_prompts_reduce_to_the_seed_bootstrap():
+    """Zero between-prompt variance: every resample is the mean of the resampled seeds."""
+    c = np.array([1.0, 2.0, 4.0])
+    num, den = np.repeat(c[:, None], 25, axis=1), np.ones((3, 25))
+    draws = draw_resamples(3, 25, 500, seed=0)
+    expected = c[draws.seeds].mean(1)
+    np.testing.assert_allclose(replicates(num, den, draws), expected, rtol=0, atol=1e-12)
+    lo, hi = interval(expected)
+    assert 1.0 <= lo < 7 / 3 < hi <= 4.0
+
+
+def test_the_interval_covers_seed_and_prompt_variation():
+    """Prompt half-width ~ 1.96 sd / sqrt(P) when seeds do not matter; a seed effect widens it."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=400)
+    draws = draw_resamples(3, 400, 4000, seed=3)
+    lo, hi = interval(replicates(np.tile(x, (3, 1)), np.ones((3, 400)), draws))
+    assert (hi - lo) / 2 == pytest.approx(1.96 * x.std() / np.sqrt(400), rel=0.1)
+    shifted = np.tile(x, (3, 1)) + np.array([[-0.5], [0.0], [0.5]])  # a seed effect
+    lo2, hi2 = interval(replicates(shifted, np.ones((3, 400)), draws))
+    assert hi2 - lo2 > 3 * (hi - lo)
+
+
+def test_ratio_estimates_are_token_weighted():
+    """Entropy: Σ num / Σ den over the (resampled) prompts of each seed, then the seed mean."""
+    num = np.array([[1.0, 9.0], [4.0, 4.0]])  # entropy sums per prompt
+    den = np.array([[1.0, 3.0], [2.0, 2.0]])  # generated tokens per prompt
+    assert point_estimate(num, den) == pytest.approx((10 / 4 + 8 / 4) / 2)
+    draws = draw_resamples(2, 2, 50, seed=0)
+    w, s = draws.prompt_weights, draws.seeds
+    by_seed = (w @ num.T) / (w @ den.T)
+    expected = np.array([by_seed[b, s[b]].mean() for b in range(50)])
+    np.testing.assert_allclose(replicates(num, den, draws), expected, rtol=0, atol=1e-12)
+
+
+def test_read_run_weights_entropy_by_generated_tokens(repo):
+    """A sample's entropy counts once per generated position (``n_generated``, EOS included)."""
+    run = read_run("dpo", SEEDS[0])
+    assert run.num["entropy"][0] == pytest.approx(2.0 * 3 + 2.0 * 5)
+    assert run.den["entropy"][0] == 8
+    rows = [
+        json.loads(line) for line in Path("data/eval/dpo/seed-0.jsonl").read_text().splitlines()
+    ]
+    rows[0]["entropy"], rows[0]["n_generated"] = [1.0, 3.0], [1, 3]
+    Path("data/eval/dpo/seed-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_run("dpo", SEEDS[0]).num["entropy"][0] / 4 == pytest.approx(2.5)  # not 2.0
+
+
+# --------------------------------------------------------------------------- the stage
+
+
 def test_params_yaml_covers_every_kind_of_point():
     assert set(POINTS) == {"sft", *PARAMS["align"]["variants"]}
+    assert PARAMS["report"]["baseline"] == "dpo" and len(SEEDS) == 3
 
 
-def test_report_writes_table_plots_and_plot_data(repo):
+def test_report_aggregates_over_seeds_and_prompts(repo):
     result = _invoke()
     assert result.exit_code == 0, result.output
-    reports = repo / "reports"
-    with (reports / "summary.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = _csv(repo / "reports/summary.csv")
     assert [r["policy"] for r in rows] == ["sft", *PARAMS["align"]["variants"]]
-    by_policy = {r["policy"]: r for r in rows}
-    hinge = by_policy["hinge"]
-    assert (hinge["loss"], hinge["divergence"]) == ("hinge", "reverse_kl")
-    assert float(hinge["reward"]) == 3.5 and float(hinge["reward_hi"]) == 3.8
-    assert by_policy["alpha-0_5"]["alpha"] == "0.5" and by_policy["sft"]["alpha"] == ""
-    assert by_policy["fkl"]["alpha"] == ""
+    by = {r["policy"]: r for r in rows}
+    for policy, (reward, entropy, kl) in POINTS.items():
+        r = by[policy]
+        assert float(r["reward"]) == pytest.approx(reward, abs=1e-6)  # mean over seeds
+        assert float(r["entropy"]) == pytest.approx(entropy, abs=1e-6)
+        assert float(r["kl"]) == pytest.approx(kl, abs=1e-6)
+        assert float(r["gold"]) == pytest.approx(reward / 2, abs=1e-6)
+        assert int(r["n_seeds"]) == 3
+        # seed and prompt effects make every policy's own interval wide ...
+        assert float(r["reward_lo"]) < reward - 0.2 and float(r["reward_hi"]) > reward + 0.2
+    hinge = by["hinge"]
+    assert (hinge["loss"], hinge["divergence"], hinge["alpha"]) == ("hinge", "reverse_kl", "")
+    assert by["alpha-0_5"]["alpha"] == "0.5" and by["sft"]["val_accuracy"] == ""
+    assert float(hinge["val_accuracy"]) == pytest.approx(0.61)
+    assert (hinge["val_accuracy_min"], hinge["val_accuracy_max"]) == ("0.6", "0.62")
+    # ... while the paired difference against dpo (same seeds, same prompts) is exact
+    assert float(hinge["d_reward"]) == pytest.approx(-0.5, abs=1e-6)
+    assert float(hinge["d_reward_lo"]) == pytest.approx(-0.5, abs=1e-6)
+    assert float(hinge["d_reward_hi"]) == pytest.approx(-0.5, abs=1e-6)
+    assert hinge["d_reward_excludes_0"] == "True" and hinge["d_entropy_excludes_0"] == "True"
+    dpo = by["dpo"]
+    assert [dpo[f"d_{m}{s}"] for m in ("reward", "kl") for s in ("", "_lo", "_hi")] == ["0.0"] * 6
+    assert dpo["d_reward_excludes_0"] == "False"
+
+
+def test_identical_policies_differ_by_exactly_zero(repo):
+    """A variant whose runs equal dpo's: paired difference 0 with a zero-width interval."""
+    params = copy.deepcopy(PARAMS)
+    params["align"]["variants"]["twin"] = dict(params["align"]["variants"]["dpo"])
+    for i in range(len(SEEDS)):
+        write_run("twin", i, *POINTS["dpo"])
+    rows = {r["policy"]: r for r in report(params)}
+    twin = rows["twin"]
+    for m in ("reward", "gold", "entropy", "kl"):
+        assert (twin[f"d_{m}"], twin[f"d_{m}_lo"], twin[f"d_{m}_hi"]) == (0.0, 0.0, 0.0), m
+        assert twin[f"d_{m}_excludes_0"] is False
+    assert (twin["reward_lo"], twin["reward_hi"]) == (
+        rows["dpo"]["reward_lo"],
+        rows["dpo"]["reward_hi"],
+    )
+
+
+def test_report_writes_tables_plots_and_metrics(repo):
+    report(PARAMS)
+    reports = repo / "reports"
     md = (reports / "summary.md").read_text()
-    assert "| hinge | hinge | reverse_kl | – | 3.500 [3.300, 3.800] | 2.200 |" in md
-    assert "| sft | – | – | – | 0.000 [-0.200, 0.300] | 3.000 |" in md
-    assert "over dpo, fkl, alpha-0_1, alpha-0_3, alpha-0_5, alpha-0_7, alpha-0_9" in md
+    assert "seeds 0, 1, 2" in md and "two-level bootstrap over seeds and prompts" in md
+    assert "| hinge | hinge | reverse_kl | – | 3.500 [" in md
+    assert "## Paired differences against dpo" in md
+    assert "| hinge | -0.500 [-0.500, -0.500] * |" in md
+    assert "\n| dpo |" not in md.split("## Paired differences")[1]  # the baseline itself
+    assert "Intervals that exclude 0: sft (reward, gold, entropy, kl); hinge (" in md
+    assert (
+        "through the means of dpo, fkl, alpha-0_1, alpha-0_3, alpha-0_5, alpha-0_7, alpha-0_9" in md
+    )
+    seeds = _csv(reports / "seeds.csv")
+    assert len(seeds) == len(POINTS) * 3
+    assert [(r["policy"], r["seed"]) for r in seeds[:4]] == [
+        ("sft", "0"),
+        ("sft", "1"),
+        ("sft", "2"),
+        ("dpo", "0"),
+    ]
+    assert float(seeds[3]["reward"]) == pytest.approx(4.0 + SEED_EFFECT[0])  # that run's own
+    assert seeds[3]["val_accuracy"] == "0.6"
     for png in ("frontier.png", "reward_vs_kl.png"):
         data = (reports / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     plot = json.loads((reports / "frontier.json").read_text())
-    assert [r["policy"] for r in plot] == [r["policy"] for r in rows]
-    assert {"policy", "reward", "reward_lo", "reward_hi", "entropy", "kl"} <= set(plot[1])
+    assert [r["policy"] for r in plot] == ["sft", *PARAMS["align"]["variants"]]
     fkl = next(r for r in plot if r["policy"] == "fkl")
-    assert fkl["kl"] == 6.0 and fkl["divergence"] == "forward_kl" and fkl["alpha"] is None
+    assert fkl["kl"] == pytest.approx(6.0) and fkl["divergence"] == "forward_kl"
+    assert {"entropy_lo", "entropy_hi", "kl_lo", "kl_hi", "reward_lo"} <= set(fkl)
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert set(summary) == set(POINTS)
+    assert summary["hinge"]["d_reward"] == pytest.approx(-0.5)
+    assert summary["sft"]["reward"] == pytest.approx(0.0, abs=1e-9)
+    assert all(isinstance(v, (int, float)) for m in summary.values() for v in m.values())
 
 
-def test_family_fit_through_alpha_family_with_kl_limits(repo):
-    rows = read_metrics(variant_info(PARAMS), repo / "metrics/eval")
+def test_family_fit_through_the_aggregated_alpha_family(repo):
+    rows = report(PARAMS)
     coef, names = family_fit(rows)
     assert names == list(FAMILY)  # hinge, ipo, jsd, sft not fitted
-    assert coef == pytest.approx([-1.0, 4.0, 0.0], abs=1e-9)  # 4 - (H - 2)^2
+    assert coef == pytest.approx([-1.0, 4.0, 0.0], abs=1e-6)  # 4 - (H - 2)^2
     assert family_fit(rows[:3]) is None  # too few family points
 
 
@@ -175,32 +356,89 @@ def test_bad_variants_are_one_line_errors_naming_the_key(edit, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_missing_metrics_file_is_one_line_error(repo):
-    (repo / "metrics/eval/fkl.json").unlink()
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        (
+            "metrics/eval/fkl/seed-2.json",
+            "error: metrics/eval/fkl/seed-2.json: not found (run `dvc repro evaluate@fkl-2`",
+        ),
+        (
+            "data/eval/sft/seed-1.jsonl",
+            "error: data/eval/sft/seed-1.jsonl: not found (run `dvc repro evaluate-sft@1`",
+        ),
+        (
+            "metrics/align/ipo/seed-0.json",
+            "error: metrics/align/ipo/seed-0.json: not found (run `dvc repro align@ipo-0`)",
+        ),
+    ],
+)
+def test_missing_seed_file_is_one_line_error(repo, missing, message):
+    (repo / missing).unlink()
     result = _invoke()
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert "metrics/eval/fkl.json: not found" in result.output
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(message), result.output
 
 
-def test_non_finite_metric_fails(repo):
-    bad = _metrics(1.0, 2.0, 3.0)
-    bad["entropy"] = None
-    (repo / "metrics/eval/dpo.json").write_text(json.dumps(bad))
-    with pytest.raises(ValueError, match="dpo.json: field 'entropy'"):
+def test_every_seed_of_seeds_is_required(repo):
+    params = {**PARAMS, "seeds": [*SEEDS, 7]}
+    with pytest.raises(FileNotFoundError, match=r"^metrics/eval/sft/seed-7\.json: not found"):
+        report(params)
+
+
+def test_runs_on_other_prompts_fail(repo):
+    path = repo / "data/eval/jsd/seed-1.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(ValueError, match=r"^data/eval/jsd/seed-1\.jsonl: mean reward"):
+        report(PARAMS)  # the metrics file no longer matches its samples
+    write_run("jsd", 1, *POINTS["jsd"])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["prompt_id"] = "test-other"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"^data/eval/jsd/seed-1\.jsonl: its 6 prompts differ"):
         report(PARAMS)
+
+
+def test_bad_rows_and_metrics_name_the_file(repo):
+    path = repo / "data/eval/dpo/seed-0.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    del rows[2]["n_generated"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"^data/eval/dpo/seed-0\.jsonl:3: missing field 'n_gen"):
+        report(PARAMS)
+    write_run("dpo", 0, *POINTS["dpo"])
+    bad = json.loads((repo / "metrics/eval/dpo/seed-0.json").read_text())
+    bad["entropy"] = None
+    (repo / "metrics/eval/dpo/seed-0.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"dpo/seed-0\.json: field 'entropy' missing"):
+        report(PARAMS)
+
+
+def test_baseline_must_be_a_variant(repo):
+    for bad in ("sft", "nope"):
+        params = {**PARAMS, "report": {**PARAMS["report"], "baseline": bad}}
+        with pytest.raises(ValueError, match=r"^params: report\.baseline: must be a variant of"):
+            report(params)
 
 
 def test_missing_gold_is_left_blank(repo):
     for policy, point in POINTS.items():
-        m = {**_metrics(*point), "gold": None, "gold_lo": None, "gold_hi": None}
-        (repo / f"metrics/eval/{policy}.json").write_text(json.dumps(m))
+        for i in range(len(SEEDS)):
+            write_run(policy, i, *point, gold=False)
     rows = report(PARAMS)
-    assert rows[0]["gold"] is None
-    assert (repo / "reports/summary.csv").read_text().splitlines()[1].split(",")[13] == ""
+    assert rows[0]["gold"] is None and rows[1]["d_gold"] is None
+    header, first = (repo / "reports/summary.csv").read_text().splitlines()[:2]
+    assert first.split(",")[header.split(",").index("gold")] == ""
 
 
-def test_extra_metrics_files_are_noted_not_reported(repo, capsys):
-    (repo / "metrics/eval/old-variant.json").write_text(json.dumps(_metrics(1.0, 2.0, 3.0)))
+def test_extra_files_are_noted_not_reported(repo, capsys):
+    write_run("old-variant", 0, 1.0, 2.0, 3.0)
+    _write(repo / "metrics/eval/dpo.json", "{}")  # the single-seed layout
     rows = report(PARAMS)
     assert "old-variant" not in [r["policy"] for r in rows]
-    assert "ignoring metrics/eval/{old-variant}.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: ignoring 2 file(s) not in align.variants x seeds: " in err
+    assert "metrics/eval/dpo.json" in err and "metrics/eval/old-variant/seed-0.json" in err

@@ -47,7 +47,7 @@ def test_sample_stage_writes_samples(tmp_path, monkeypatch, tiny_lm_dir):
     assert [r["prompt_id"] for r in rows] == [f"train-{i}" for i in range(4)]
     assert [r["prompt"] for r in rows] == PROMPTS
     assert all(len(r["completions"]) == 3 for r in rows)
-    assert list(rows[0]) == ["prompt_id", "prompt", "completions"]
+    assert list(rows[0]) == ["prompt_id", "prompt", "completions", "completion_ids", "finished"]
     assert summary["prompts"] == 4 and summary["completions"] == 12
     assert summary["tokens_per_second"] > 0 and 1 <= summary["mean_tokens"] <= 10
     first = Path("data/samples.jsonl").read_text()
@@ -71,10 +71,35 @@ def test_sample_rows_are_the_generations(tiny_lm_dir):
         max_new_tokens=10,
         batch_size=4,
         seed=seed,
+        stream="sample",
         progress=False,
     )
     assert out.token_ids == want.token_ids
     assert [r["completions"] for r in rows] == want.texts
+    assert [r["completion_ids"] for r in rows] == want.token_ids  # what the reference scores
+    assert [r["finished"] for r in rows] == want.finished
+
+
+def test_sample_rows_keep_the_eos_the_policy_emitted(tiny_lm):
+    """A policy that always stops: every completion is finished, its ids are [EOS] and its text
+    is empty (the text drops special tokens; the ids keep them)."""
+    import copy
+
+    import torch
+
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model)
+    eos = tokenizer.eos_token_id
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, i, o: o.index_add_(-1, torch.tensor([eos]), torch.full((*o.shape[:-1], 1), 1e4))
+    )
+    params = _params()
+    cfg, seed = read_section(params, "sample", SampleConfig), read_seed(params)
+    prompts = [{"prompt_id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS)]
+    rows, _ = sample_rows(model, tokenizer, prompts, cfg, seed, progress=False)
+    for row in rows:
+        assert row["completion_ids"] == [[eos]] * 3 and row["finished"] == [True] * 3
+        assert row["completions"] == [""] * 3
 
 
 @pytest.mark.parametrize(

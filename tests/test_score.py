@@ -31,6 +31,8 @@ def _samples(n: int = 5, k: int = 3) -> list[dict]:
             "prompt_id": f"train-{i}",
             "prompt": "The film was",
             "completions": [" great fun.", " not good.", " dull, but the acting was great."][:k],
+            "completion_ids": [[11, 12, 0], [13, 14], [15, 16, 17, 0]][:k],
+            "finished": [True, False, True][:k],
         }
         for i in range(n)
     ]
@@ -62,7 +64,16 @@ def test_score_rows_attaches_rewards_and_gold():
     ]
     assert out[0]["rewards"] == [float(len(t)) for t in seen[:3]]
     assert out[0]["gold"] == [1.0, -1.0, 1.0]
-    assert list(out[0]) == ["prompt_id", "prompt", "completions", "rewards", "gold"]
+    assert list(out[0]) == [
+        "prompt_id",
+        "prompt",
+        "completions",
+        "completion_ids",
+        "finished",
+        "rewards",
+        "gold",
+    ]
+    assert out[1]["completion_ids"] == _samples()[1]["completion_ids"]  # carried untouched
     assert "gold" not in score_rows(_samples(1), reward_fn)[0]
 
 
@@ -100,6 +111,8 @@ def test_score_stage(tmp_path, monkeypatch, fake_reward_model, source):
     rows = read_rows("data/scored.jsonl", SCORED)
     assert fake_reward_model == [("load", "models/reward"), ("score", "prob", 12)]
     assert rows[0]["rewards"] == [1.0, 0.0, 1.0] and summary["completions"] == 12
+    assert [r["completion_ids"] for r in rows] == [r["completion_ids"] for r in _samples(4)]
+    assert rows[0]["finished"] == [True, False, True]
     assert summary["mean_reward"] == pytest.approx(8 / 12)
     assert ("gold" in rows[0]) == (source == "synthetic") == ("mean_gold" in summary)
     if source == "synthetic":

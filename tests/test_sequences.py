@@ -1,15 +1,23 @@
-"""Tokenisation of (prompt, completion) pairs and their log-probs (:mod:`stages.lib.sequences`),
-checked against one unpadded sequence at a time."""
+"""Sequences of prompt + completion ids and their log-probs (:mod:`stages.lib.sequences`), checked
+against one unpadded sequence at a time; the float32 LM head under bf16 autocast."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
 from stages.lib.contracts import REFERENCE, check_row
 from stages.lib.sequences import (
+    check_completion_ids,
+    check_logits,
     completion_logprobs,
     encode_batch,
+    encode_ids,
+    final_hidden,
+    head_logits,
+    reference_autocast,
     reference_logprobs,
     reference_rows,
     right_pad,
@@ -19,18 +27,27 @@ from stages.lib.sequences import (
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 PROMPTS = ["the film was", "I loved this movie and", "bad", "the plot is not very good but"]
-COMPLETIONS = [" great fun.", " the acting was never boring, really.", "", " dull."]
+TEXTS = [" great fun.", " the acting was never boring, really.", "", " dull."]
+
+
+def _ids(tokenizer, texts: list[str], finished: list[bool] | None = None) -> list[list[int]]:
+    """Completion ids as sampling writes them: tokens, then EOS where ``finished``."""
+    finished = finished or [True] * len(texts)
+    eos = tokenizer.eos_token_id
+    toks = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [t + [eos] * done for t, done in zip(toks, finished)]
 
 
 def _naive_logprob(
-    model, tokenizer, prompt: str, completion: str, max_length: int
+    model, tokenizer, prompt: str, ids: list[int], max_length: int | None
 ) -> tuple[float, int]:
-    """One sequence at a time: full log-softmax, sum over the completion positions."""
+    """One sequence at a time: full float64 log-softmax of the model's logits, summed over the
+    completion positions (the completion cut to ``max_length``)."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"][: max_length - len(p)]
-    ids = torch.tensor([p + c])
+    c = ids if max_length is None else ids[: max_length - len(p)]
+    x = torch.tensor([p + c])
     with torch.no_grad():
-        logprobs = model(input_ids=ids).logits[0].log_softmax(-1)
+        logprobs = model(input_ids=x).logits[0].double().log_softmax(-1)
     total = sum(logprobs[len(p) + t - 1, tok].item() for t, tok in enumerate(c))
     return total, len(c)
 
@@ -44,35 +61,54 @@ def test_right_pad():
     assert ids.shape == (1, 1) and mask.tolist() == [[0]]
 
 
-def test_encode_batch_masks_and_truncation(tiny_lm):
+def test_encode_ids_masks_and_truncation():
+    batch = encode_ids([[5, 6], [7]], [[8, 9, 2], [3]], pad_id=1)
+    assert batch["input_ids"].tolist() == [[5, 6, 8, 9, 2], [7, 3, 1, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
+    cut = encode_ids([[5, 6], [7]], [[8, 9, 2], [3]], pad_id=1, max_length=3)
+    assert cut["input_ids"].tolist() == [[5, 6, 8], [7, 3, 1]]  # the completion is cut, EOS too
+    assert cut["completion_mask"].tolist() == [[0, 0, 1], [0, 1, 0]]
+    assert encode_ids([[5]], [[]], 0)["completion_mask"].tolist() == [[0]]  # empty: no token
+    with pytest.raises(ValueError, match="sequence 1 has an empty prompt"):
+        encode_ids([[5], []], [[1], [2]], 0)
+    with pytest.raises(ValueError, match="a prompt of 2 tokens leaves no room"):
+        encode_ids([[5, 6]], [[1]], 0, max_length=2)
+    with pytest.raises(TypeError, match="completions must be token-id lists"):
+        encode_ids([[5]], [" text"], 0)
+
+
+def test_encode_batch_uses_the_ids_not_the_text(tiny_lm):
     _, tokenizer = tiny_lm
     p = [tokenizer(x, add_special_tokens=False)["input_ids"] for x in PROMPTS[:2]]
-    c = [tokenizer(x, add_special_tokens=False)["input_ids"] for x in COMPLETIONS[:2]]
+    ids = _ids(tokenizer, TEXTS[:2], [True, False])
     max_length = len(p[1]) + 3
-    batch = encode_batch(tokenizer, PROMPTS[:2], COMPLETIONS[:2], max_length=max_length)
+    batch = encode_batch(tokenizer, PROMPTS[:2], ids, max_length=max_length)
     for i in range(2):
-        kept = c[i][: max_length - len(p[i])]  # the completion is cut, not the prompt
+        kept = ids[i][: max_length - len(p[i])]  # the completion is cut, not the prompt
         n = len(p[i]) + len(kept)
         assert batch["input_ids"][i, :n].tolist() == p[i] + kept
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (
             batch["input_ids"].shape[1] - n
         )
         assert batch["completion_mask"][i, :n].tolist() == [0] * len(p[i]) + [1] * len(kept)
-        assert batch["completion_mask"][i, n:].sum() == 0
         assert (batch["input_ids"][i, n:] == tokenizer.pad_token_id).all()
-    assert batch["input_ids"].shape[1] <= max_length
+    whole = encode_batch(tokenizer, PROMPTS[:1], ids[:1], max_length=64)
+    assert whole["input_ids"][0, -1] == tokenizer.eos_token_id  # the EOS is the last token
+    odd = [[7, 7, 7]]  # ids the text would never tokenise to are kept as they are
+    assert encode_batch(tokenizer, PROMPTS[:1], odd, 64)["input_ids"][0, -3:].tolist() == odd[0]
 
 
 def test_encode_batch_errors(tiny_lm):
     _, tokenizer = tiny_lm
     with pytest.raises(ValueError, match="differ in length"):
-        encode_batch(tokenizer, PROMPTS, COMPLETIONS[:2], max_length=64)
+        encode_batch(tokenizer, PROMPTS, [[1], [2]], max_length=64)
     n = len(tokenizer(PROMPTS[3], add_special_tokens=False)["input_ids"])
     with pytest.raises(
         ValueError,
         match=f"a prompt of {n} tokens leaves no room for a completion within max_length={n}",
     ):
-        encode_batch(tokenizer, PROMPTS[3:], COMPLETIONS[:1], max_length=n)
+        encode_batch(tokenizer, PROMPTS[3:], [[1]], max_length=n)
 
 
 def test_token_logprobs_is_log_softmax_gather():
@@ -85,50 +121,132 @@ def test_token_logprobs_is_log_softmax_gather():
 
 def test_completion_logprobs_matches_one_at_a_time(tiny_lm):
     model, tokenizer = tiny_lm
-    batch = encode_batch(tokenizer, PROMPTS, COMPLETIONS, max_length=64)
+    ids = _ids(tokenizer, TEXTS, [True, False, True, False])
+    batch = encode_batch(tokenizer, PROMPTS, ids, max_length=64)
     with torch.no_grad():
         logps, counts = completion_logprobs(model, batch)
-    for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS)):
-        want, want_n = _naive_logprob(model, tokenizer, p, c, 64)
-        assert int(counts[i]) == want_n and float(logps[i]) == pytest.approx(want, abs=1e-4)
+    assert logps.dtype == torch.float32
+    for i, p in enumerate(PROMPTS):
+        want, want_n = _naive_logprob(model, tokenizer, p, ids[i], 64)
+        assert int(counts[i]) == want_n == len(ids[i])  # the EOS counts
+        assert float(logps[i]) == pytest.approx(want, abs=1e-4)
+
+
+def test_head_runs_in_float32_under_bf16_autocast(tiny_lm):
+    """Under bf16 autocast the decoder may run in bf16, the head's logits stay float32 and equal
+    the head applied in float32 to the same hidden state (autocast's bf16 head does not)."""
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(15.0)  # logits of O(10): bf16 rounds them by ~0.03
+    batch = encode_batch(tokenizer, PROMPTS, _ids(tokenizer, TEXTS), max_length=64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])
+        ours = head_logits(model, hidden)
+        autocast_head = model.get_output_embeddings()(hidden)
+    exact = torch.nn.functional.linear(hidden.float(), model.get_output_embeddings().weight)
+    assert ours.dtype == torch.float32 and autocast_head.dtype == torch.bfloat16
+    assert torch.equal(ours, exact)
+    assert (autocast_head.float() - exact).abs().max() > 1e-2  # what the old path did
+
+
+def test_check_logits_accepts_gpt2_and_rejects_another_head(tiny_lm):
+    model, _ = tiny_lm
+    batch = encode_ids([[1, 2, 3]], [[4, 5]], 0)
+    check_logits(model, batch)  # lm_head(last hidden state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        check_logits(model, batch)  # compared without autocast
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kwargs):
+            out = self.inner(*args, **kwargs)
+            out.logits = out.logits + 1.0  # not what the head alone gives
+            return out
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+    with pytest.raises(ValueError, match="logits are not lm_head"):
+        check_logits(Shifted(model), batch)
 
 
 @pytest.mark.parametrize("batch_size, max_length", [(3, 128), (2, 9)])
 def test_reference_logprobs_matches_one_sequence_at_a_time(tiny_lm, batch_size, max_length):
     model, tokenizer = tiny_lm
     prompts = PROMPTS * 2
-    completions = COMPLETIONS + [
-        " a",
-        " the ending and the score were brilliant",
-        " not bad",
-        " I hated it.",
-    ]
+    texts = TEXTS + [" a", " the ending and the score were brilliant", " not bad", " I hated it."]
+    ids = _ids(tokenizer, texts, [True, False] * 4)
     logps, counts = reference_logprobs(
         model,
         tokenizer,
         prompts,
-        completions,
+        ids,
         batch_size=batch_size,
         max_length=max_length,
         progress=False,
     )
-    for p, c, lp, n in zip(prompts, completions, logps, counts):
+    for p, c, lp, n in zip(prompts, ids, logps, counts):
         want, want_n = _naive_logprob(model, tokenizer, p, c, max_length)
         assert n == want_n and lp == pytest.approx(want, abs=1e-4)
-    assert counts[2] == 0 and logps[2] == 0.0  # an empty completion has no tokens
+    assert counts[2] == 1  # an empty text that ended with EOS: the EOS is its one token
     assert max_length == 128 or max(counts) < 9  # truncated to the max_length budget
+    assert reference_logprobs(model, tokenizer, [], [], batch_size=2, max_length=9) == ([], [])
+
+
+def test_reference_autocast_follows_the_trainer():
+    with torch.autocast("cpu", dtype=torch.bfloat16), reference_autocast(torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu")  # an outer autocast stays on (the tests' CPU bf16)
+    with reference_autocast(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")  # CPU: no bf16 (use_bf16() is CUDA only)
+
+
+def _rows(tokenizer) -> list[dict]:
+    rows = []
+    for i, p in enumerate(PROMPTS):
+        texts = TEXTS[i:] or [" x"]
+        finished = [k % 2 == 0 for k in range(len(texts))]
+        rows.append(
+            {
+                "prompt_id": f"train-{i}",
+                "prompt": p,
+                "completions": texts,
+                "completion_ids": _ids(tokenizer, texts, finished),
+                "finished": finished,
+            }
+        )
+    return rows
 
 
 def test_reference_rows_follow_the_preference_rows(tiny_lm):
     model, tokenizer = tiny_lm
-    rows = [
-        {"prompt_id": f"train-{i}", "prompt": p, "completions": COMPLETIONS[i:] or [" x"]}
-        for i, p in enumerate(PROMPTS)
-    ]
+    rows = _rows(tokenizer)
     out = reference_rows(model, tokenizer, rows, batch_size=3, max_length=64, progress=False)
     assert [r["prompt_id"] for r in out] == [r["prompt_id"] for r in rows]
     assert [len(r["logps"]) for r in out] == [4, 3, 2, 1]
     assert all(check_row(r, REFERENCE, "row") is r for r in out)
     assert list(out[0]) == ["prompt_id", "logps", "n_tokens"]
-    want, want_n = _naive_logprob(model, tokenizer, PROMPTS[1], COMPLETIONS[2], 64)
+    c = rows[1]["completion_ids"][1]
+    want, want_n = _naive_logprob(model, tokenizer, PROMPTS[1], c, 64)
     assert out[1]["n_tokens"][1] == want_n and out[1]["logps"][1] == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"finished": [False, False, True, True]}, "completion 2: finished but its last id"),
+        ({"completion_ids": [[1, 0], [2], [3], [4]]}, "completion 0: EOS (0) before the end"),
+        ({"completion_ids": [[1], [2], [3], [10**6]]}, "completion 3: token id 1000000 is outside"),
+    ],
+)
+def test_check_completion_ids_needs_the_tokenizer(tiny_lm, change, message):
+    _, tokenizer = tiny_lm
+    assert tokenizer.eos_token_id == 0
+    row = {**_rows(tokenizer)[0], "finished": [False] * 4, "completion_ids": [[1], [2], [3], [4]]}
+    check_completion_ids(tokenizer, [row])
+    with pytest.raises(ValueError) as err:
+        check_completion_ids(tokenizer, [{**row, **change}])
+    assert str(err.value).startswith(f"row 'train-0', {message}"), str(err.value)

@@ -6,15 +6,20 @@ non-finite guard and the small helpers, on the shared tiny GPT-2 (``tiny_lm_dir`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import WARMUP_STEPS, assert_warms_up_over, lr_schedule
 
+from stages.lib import trainer as align_trainer
 from stages.lib.config import load_params, read_mapping
 from stages.lib.losses import LossConfig, preference_loss
+from stages.lib.modeling import use_bf16
 from stages.lib.sequences import completion_logprobs, encode_batch, reference_rows
 from stages.lib.trainer import (
     PreferenceTrainer,
@@ -32,14 +37,15 @@ WORDS = "the film was good bad great awful plot acting boring fun dull story".sp
 
 
 def common_config() -> TrainConfig:
-    """``align.common`` of the repository's params.yaml."""
-    return read_mapping(
-        load_params(ROOT / "params.yaml")["align"]["common"], "align.common", TrainConfig
-    )
+    """``align.common`` of the repository's params.yaml, with run seed 0 (align adds the run's
+    seed, ``--seed``)."""
+    common = load_params(ROOT / "params.yaml")["align"]["common"]
+    return read_mapping({**common, "seed": 0}, "align.common", TrainConfig)
 
 
-def _rows(n_prompts: int = 16, k: int = 4, seed: int = 0) -> list[dict]:
-    """Preference rows: k word-soup completions, two disjoint pairs, every 4th prompt 'val'."""
+def _rows(n_prompts: int = 16, k: int = 4, seed: int = 0, tokenizer=None) -> list[dict]:
+    """Preference rows: k word-soup completions, two disjoint pairs, every 4th prompt 'val';
+    with a tokenizer, their ids as sampling writes them (every other one finished with EOS)."""
     rng = random.Random(seed)
     rows = []
     for i in range(n_prompts):
@@ -47,12 +53,20 @@ def _rows(n_prompts: int = 16, k: int = 4, seed: int = 0) -> list[dict]:
             " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))) + "."
             for _ in range(k)
         ]
+        finished = [(i + j) % 2 == 0 for j in range(k)]
+        if tokenizer is None:
+            ids = [[j + 1] * (j + 1) for j in range(k)]
+        else:
+            toks = tokenizer(completions, add_special_tokens=False)["input_ids"]
+            ids = [t + [tokenizer.eos_token_id] * f for t, f in zip(toks, finished)]
         pairs = [[0, 1], [3, 2]] if i % 2 else [[1, 0], [2, 3]]
         rows.append(
             {
                 "prompt_id": f"p{i}",
                 "prompt": "the film was",
                 "completions": completions,
+                "completion_ids": ids,
+                "finished": finished,
                 "rewards": [0.0] * k,
                 "pairs": pairs,
                 "split": "val" if i % 4 == 3 else "train",
@@ -73,7 +87,7 @@ def lm(tiny_lm_dir):
 def items(lm) -> list[dict]:
     """Prompt items with the tiny LM's own reference log-probs (what the reference stage writes)."""
     model, tokenizer = lm
-    rows = _rows()
+    rows = _rows(tokenizer=tokenizer)
     refs = reference_rows(model, tokenizer, rows, batch_size=16, max_length=64, progress=False)
     return build_items(rows, refs)
 
@@ -153,6 +167,7 @@ def test_build_items_joins_rows_and_drops_prompts_without_pairs():
     assert [i["prompt_id"] for i in items] == ["p0", "p2", "p3"]
     assert items[0]["ref_logps"] == [-1.0, -2.0, -3.0, -4.0]
     assert all(isinstance(v, float) for v in items[0]["ref_logps"])
+    assert items[0]["completion_ids"] == rows[0]["completion_ids"]
     assert items[0]["pairs"] == rows[0]["pairs"] and items[2]["split"] == "val"
     items[0]["pairs"].append([2, 1])  # copies: the rows are untouched
     assert rows[0]["pairs"] == [[1, 0], [2, 3]]
@@ -173,6 +188,11 @@ def test_collator_encodes_each_completion_once(lm, items):
     ]
     assert len(batch["chosen"]) == sum(len(i["pairs"]) for i in items)
     assert batch["ref_logps"].tolist() == pytest.approx([v for i in items for v in i["ref_logps"]])
+    prompt = tokenizer(items[0]["prompt"], add_special_tokens=False)["input_ids"]
+    for row, ids in enumerate(c for i in items for c in i["completion_ids"]):  # the sampled ids
+        n = len(prompt) + len(ids)
+        assert batch["input_ids"][row, :n].tolist() == prompt + ids
+        assert batch["completion_mask"][row].sum() == len(ids)
 
 
 def test_disable_dropout_zeroes_every_dropout():
@@ -226,7 +246,7 @@ def test_grouped_forward_matches_pairwise_forward(tiny_lm_dir, lm, items, torch_
                 batch = encode_batch(
                     tokenizer,
                     [item["prompt"]] * 2,
-                    [item["completions"][w], item["completions"][l]],
+                    [item["completion_ids"][w], item["completion_ids"][l]],
                     64,
                 )
                 logps, n = completion_logprobs(model, batch)
@@ -252,6 +272,7 @@ def test_ipo_with_an_empty_completion_stays_finite(tiny_lm_dir, lm):
     item = {
         "prompt": "the film was",
         "completions": [" great fun.", ""],
+        "completion_ids": [tokenizer(" great fun.", add_special_tokens=False)["input_ids"], []],
         "pairs": [[0, 1]],
         "ref_logps": [-9.0, 0.0],
     }
@@ -282,6 +303,91 @@ def test_pair_sums_counts_pairs_and_correct_ones():
     )
 
 
+# ------------------------------------------------------------------------------ step 0 under bf16
+
+
+def _sharp(model):
+    """A dropout-free copy of ``model`` with logits of O(10) (ln_f scaled by 15): bf16 rounding of
+    its logits and hidden states is visible in the log-probs."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(15.0)
+    disable_dropout(model)
+    return model
+
+
+def _step0(model, tokenizer, refs_rows, rows, device_type: str, prompts_per_batch: int = 4):
+    """What the trainer's first steps compute under bf16 autocast, batch by batch: the loss and
+    r = log π - log π_ref of every completion (in train mode, dropout off, as align runs it)."""
+    items = build_items(rows, refs_rows)
+    collator, losses, r = PromptCollator(tokenizer, 64), [], []
+    model.train()
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16):
+        for s in range(0, len(items), prompts_per_batch):
+            batch = collator(items[s : s + prompts_per_batch])
+            cfg = LossConfig("sigmoid", "reverse_kl", 0.1)
+            losses.append(grouped_preference_loss(model, batch, cfg).loss.item())
+            logps, _ = completion_logprobs(model, batch)
+            r.append(logps.float().cpu() - batch["ref_logps"])
+    model.eval()
+    return losses, torch.cat(r)
+
+
+@pytest.mark.parametrize("reference_batch, r_tol", [(64, 1e-5), (5, 5e-3)])
+def test_untrained_policy_reproduces_the_reference_under_bf16(lm, reference_batch, r_tol):
+    """Step 0 under CPU bf16 autocast, for the reference pass (``bf16=True``: what the reference
+    stage does where the trainer runs bf16) and the trainer's forward: the sigmoid loss is log 2
+    and r = 0 for every sequence. With the reference batched like the trainer's forward (same
+    padding, same attention kernel) r agrees to float32 precision; batched differently, bf16
+    rounding inside the decoder's attention differs by kernel (masked or not, batch size), which
+    leaves ~1e-3 nats. The old reference pass ran in float32 (no autocast): it misses by more."""
+    model, tokenizer = lm
+    model = _sharp(model)
+    rows = _rows(tokenizer=tokenizer)
+    kw = {"batch_size": reference_batch, "max_length": 64, "progress": False}
+    refs = reference_rows(model, tokenizer, rows, bf16=True, **kw)
+    losses, r = _step0(model, tokenizer, refs, rows, "cpu")
+    assert all(loss == pytest.approx(math.log(2), abs=1e-4) for loss in losses)
+    assert r.abs().max() < r_tol, r.abs().max()
+    old = reference_rows(model, tokenizer, rows, bf16=False, **kw)  # float32, as before
+    _, r_old = _step0(model, tokenizer, old, rows, "cpu")
+    assert r_old.abs().max() > max(2 * r_tol, 5e-3)
+
+
+@pytest.mark.skipif(not use_bf16(), reason="needs a CUDA device with bf16")
+def test_untrained_policy_reproduces_the_reference_on_a_bf16_gpu(lm, tmp_path):
+    """The same on a GPU, as the stages run there: the reference pass with its default autocast
+    (bf16 on this device) and the trainer's own (``training_arguments``: bf16); the first logged
+    step of a real PreferenceTrainer has loss log 2 and zero rewards."""
+    model, tokenizer = lm
+    model = _sharp(model).cuda()
+    rows = _rows(tokenizer=tokenizer)
+    refs = reference_rows(model, tokenizer, rows, batch_size=16, max_length=64, progress=False)
+    losses, r = _step0(model, tokenizer, refs, rows, "cuda")
+    print(
+        f"cuda bf16 step 0: max |r| {r.abs().max():.2e}, max |loss - log 2| "
+        f"{max(abs(x - math.log(2)) for x in losses):.2e}"
+    )
+    assert all(loss == pytest.approx(math.log(2), abs=1e-4) for loss in losses)
+    assert r.abs().max() < 5e-3
+    cfg = dataclasses.replace(common_config(), epochs=1.0, batch_prompts=4, logging_steps=1)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=training_arguments(cfg, tmp_path / "out", "dpo", False),
+        train_dataset=[i for i in build_items(rows, refs) if i["split"] == "train"],
+        data_collator=PromptCollator(tokenizer, 64),
+        processing_class=tokenizer,
+        loss_config=LossConfig("sigmoid", "reverse_kl", 0.1),
+        variant="dpo",
+    )
+    assert trainer.args.bf16
+    trainer.train()
+    first = next(h for h in trainer.state.log_history if "train_loss" in h)
+    print(f"cuda bf16 first logged step: {first}")
+    assert first["train_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert abs(first["train_chosen_reward"]) < 1e-3 and abs(first["train_margin"]) < 1e-3
+
+
 # ------------------------------------------------------------------------------ non-finite guard
 
 
@@ -310,3 +416,18 @@ def test_nan_reference_logp_stops_with_variant_and_step(
         r"\(loss=sigmoid, divergence=reverse_kl, beta=0.1",
     ):
         trainer.train()
+
+
+def test_alignment_warmup_ratio_is_a_share_of_the_steps(tmp_path):
+    keys = {f.name for f in dataclasses.fields(align_trainer.TrainConfig)}
+    settings = {
+        **load_params(ROOT / "params.yaml")["align"]["common"],
+        "seed": 0,
+    }  # the seed may come from elsewhere
+    settings.update(warmup_ratio=0.1, learning_rate=1e-3, lr_scheduler="cosine")
+    cfg = read_mapping(
+        {k: v for k, v in settings.items() if k in keys}, "align.common", align_trainer.TrainConfig
+    )
+    args = align_trainer.training_arguments(cfg, tmp_path, "dpo", has_eval=False)
+    assert args.get_warmup_steps(WARMUP_STEPS) == 10
+    assert_warms_up_over(lr_schedule(args), 1e-3, 10)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
+from conftest import WARMUP_STEPS, assert_warms_up_over, lr_schedule
 from transformers import (
     DataCollatorWithPadding,
     Trainer,
@@ -19,6 +20,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from stages.lib import training
 from stages.lib.config import (
     RewardConfig,
     TinyClassifierConfig,
@@ -248,3 +250,13 @@ def test_finish_keeps_timings_out_of_the_metrics(tmp_path, monkeypatch):
     assert json.loads(Path("logs/timings/reward.json").read_text()) == timings
     assert set(timings) == {"train_seconds", "wall_seconds"} and timings["train_seconds"] == 1.23
     assert (tmp_path / "models/reward/config.json").is_file()
+
+
+def test_supervised_warmup_ratio_is_a_share_of_the_steps(tmp_path):
+    section = {**load_params(ROOT / "params.yaml")["reward"], "warmup": 0.1, "learning_rate": 1e-3}
+    cfg = read_section({"reward": section}, "reward", RewardConfig)
+    kwargs = training.training_arguments(cfg, 0, str(tmp_path))
+    kwargs.update(bf16=False, use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(**kwargs)
+    assert args.get_warmup_steps(WARMUP_STEPS) == 10
+    assert_warms_up_over(lr_schedule(args), 1e-3, 10)

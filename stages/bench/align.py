@@ -3,10 +3,14 @@
 Both train the same model (a fresh load of the SFT policy) on the same pairs, in the same order
 (sequential sampling on both sides, so step ``i`` of ours and of trl sees the same pairs), with
 the same optimizer, learning rate, β and number of pairs per step, for one epoch over the bench
-prompts; trl runs with ``precompute_ref_log_probs=True``. Prompts whose last token would merge
-with a completion's first are left out (:func:`clean_boundary`): trl moves the boundary there.
-trl appends EOS to every completion, so ours gets the EOS text appended too: both score exactly the same tokens, and their per-step
-losses agree to float tolerance::
+prompts; trl runs with ``precompute_ref_log_probs=True``. Both score exactly the same tokens,
+so their per-step losses agree to float tolerance: trl tokenises the completion *text* itself
+and appends EOS to every completion, so ours is given exactly those ids as its
+``completion_ids`` (:func:`trl_completion_ids`: the text's tokens + EOS) instead of the sampled
+ids the pipeline trains on (which differ where a completion was cut at ``max_new_tokens``, with
+no EOS, or where the text does not re-tokenise to the sampled ids). Prompts whose last token
+would merge with a completion's first are left out (:func:`clean_boundary`): trl moves the
+boundary there::
 
     from stages.bench.align import align_throughput
     result = align_throughput("models/sft", scored_rows, pairing="all", prompts_per_step=8, steps=12)
@@ -46,6 +50,12 @@ def clean_boundary(tokenizer, prompt: str, completions: list[str]) -> bool:
     cs = tokenizer(completions, add_special_tokens=False)["input_ids"]
     joined = tokenizer([prompt + c for c in completions], add_special_tokens=False)["input_ids"]
     return all(j == p + c for j, c in zip(joined, cs))
+
+
+def trl_completion_ids(tokenizer, completions: list[str]) -> list[list[int]]:
+    """The completion tokens trl's DPOTrainer scores: the text tokenised on its own + EOS."""
+    ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    return [c + [tokenizer.eos_token_id] for c in ids]
 
 
 def bench_rows(
@@ -141,8 +151,14 @@ def _ours(
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
     disable_dropout(model)
-    eos = tokenizer.eos_token
-    rows = [{**r, "completions": [c + eos for c in r["completions"]]} for r in rows]
+    rows = [
+        {
+            **r,
+            "completion_ids": trl_completion_ids(tokenizer, r["completions"]),
+            "finished": [True] * len(r["completions"]),
+        }
+        for r in rows
+    ]
     start = time.perf_counter()
     refs = reference_rows(
         model, tokenizer, rows, batch_size=128, max_length=max_length, progress=False

@@ -93,6 +93,7 @@ def sampling_throughput(
             max_new_tokens=4,
             batch_size=batch_size,
             seed=seed,
+            stream="sample",
             progress=False,
         )
         ours = generate_completions(
@@ -104,6 +105,7 @@ def sampling_throughput(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             seed=seed,
+            stream="sample",
             progress=False,
         )
         runs = {

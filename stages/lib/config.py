@@ -7,7 +7,8 @@ that names the dotted key (``params: sft.epochs: must be >= 0, got -1``)::
     from stages.lib.config import SftConfig, load_params, read_section, read_seed
     params = load_params("params.yaml")
     cfg = read_section(params, "sft", SftConfig)          # cfg.learning_rate, cfg.tiny.n_layer
-    seed = read_seed(params)
+    seed = read_seed(params)                                # fixes the data
+    seed = run_seed(params, None)                           # a run's seed: the first of `seeds`
 
 The alignment settings live next to the code they configure: ``LossConfig`` in
 :mod:`stages.lib.losses`, ``TrainConfig`` in :mod:`stages.lib.trainer`; they use the same reader.
@@ -144,6 +145,36 @@ def read_seed(params: dict) -> int:
     seed = _coerce(params["seed"], int, "seed")
     if seed < 0:
         raise ValueError(f"params: seed: must be >= 0, got {seed!r}")
+    return seed
+
+
+def read_seeds(params: dict) -> list[int]:
+    """The run seeds ``seeds``: each (variant, seed) is one align + evaluate run."""
+    if "seeds" not in params:
+        raise ValueError(
+            "params: seeds: is missing (the run seeds, a non-empty list of distinct integers >= 0)"
+        )
+    seeds = params["seeds"]
+    ok = (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    )
+    if not ok:
+        raise ValueError(
+            f"params: seeds: must be a non-empty list of distinct integers >= 0, got {seeds!r}"
+        )
+    return list(seeds)
+
+
+def run_seed(params: dict, seed: int | None) -> int:
+    """The seed of one run: ``seed`` when given (``--seed``; any integer >= 0, also one not in
+    ``seeds``), else the first of ``seeds``."""
+    if seed is None:
+        return read_seeds(params)[0]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed: must be an integer >= 0, got {seed!r}")
     return seed
 
 
@@ -417,4 +448,25 @@ class EvaluateConfig:
     )
     logit_chunk: int = param(
         "LM-head rows per slice in the scoring pass", 512, check=positive_int, must=">= 1"
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``report``: aggregate every policy over seeds and prompts."""
+
+    baseline: str = param(
+        "policy the paired differences are taken against (a variant name)",
+        "dpo",
+        check=lambda v: v.strip() != "",
+        must="a non-empty string",
+    )
+    bootstrap: int = param(
+        "resamples of the two-level (seeds, prompts) bootstrap",
+        2000,
+        check=positive_int,
+        must=">= 1",
     )

@@ -60,10 +60,36 @@ def _floats(row: dict, key: str, n: int) -> str | None:
     return None
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _generated(row: dict) -> str | None:
+    """``completion_ids`` (one list of token ids >= 0 per completion) and ``finished`` (one bool
+    per completion; a finished completion holds at least its EOS). That the last id of a finished
+    completion is the tokenizer's EOS is checked where the tokenizer is known
+    (:func:`stages.lib.sequences.check_completion_ids`)."""
+    n, ids, finished = len(row["completions"]), row["completion_ids"], row["finished"]
+    if len(ids) != n:
+        return f"completion_ids has {len(ids)} entries for {n} completions"
+    if not all(isinstance(c, list) and all(_is_int(t) and t >= 0 for t in c) for c in ids):
+        return "completion_ids must hold one list of token ids (integers >= 0) per completion"
+    if len(finished) != n or not all(isinstance(f, bool) for f in finished):
+        return f"finished must hold {n} booleans, one per completion"
+    for k, (c, done) in enumerate(zip(ids, finished)):
+        if done and not c:
+            return f"completion {k} is finished but has no token ids (its EOS is missing)"
+    return None
+
+
+def _samples(row: dict) -> str | None:
+    return _strings(row, "completions") or _generated(row)
+
+
 def _scored(row: dict) -> str | None:
     n = len(row["completions"])
     return (
-        _strings(row, "completions")
+        _samples(row)
         or _floats(row, "rewards", n)
         or (_floats(row, "gold", n) if "gold" in row else None)
     )
@@ -94,7 +120,7 @@ def _reference(row: dict) -> str | None:
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in logps
     ):
         return "logps must hold finite numbers"
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in n_tokens):
+    if not all(_is_int(n) and n >= 0 for n in n_tokens):
         return "n_tokens must hold integers >= 0"
     return None
 
@@ -103,35 +129,33 @@ def _reference(row: dict) -> str | None:
 PREPARED = Contract("prepared review", {"text": str, "label": int}, _label)
 #: ``data/prompts/{train,eval}.jsonl``: a prompt (first words of a review) and its stable id.
 PROMPTS = Contract("prompt", {"prompt_id": str, "prompt": str})
-#: ``data/samples.jsonl``: K completions (without the prompt text) per prompt.
-SAMPLES = Contract(
-    "samples",
-    {"prompt_id": str, "prompt": str, "completions": list},
-    lambda r: _strings(r, "completions"),
-)
+#: The fields of a sample row: K completions of a prompt, each as its decoded text (special
+#: tokens dropped; what the reward model reads), the token ids the policy generated
+#: (``completion_ids``, EOS last when it emitted one; what training and the reference score) and
+#: whether it ended with EOS (``finished``).
+_SAMPLE_FIELDS = {
+    "prompt_id": str,
+    "prompt": str,
+    "completions": list,
+    "completion_ids": list,
+    "finished": list,
+}
+#: ``data/samples.jsonl``: K sampled completions (without the prompt) per prompt.
+SAMPLES = Contract("samples", _SAMPLE_FIELDS, _samples)
 #: ``data/scored.jsonl``: samples plus one reward (and gold score, if any) per completion.
 SCORED = Contract(
-    "scored samples",
-    {"prompt_id": str, "prompt": str, "completions": list, "rewards": list},
-    _scored,
-    optional={"gold": list},
+    "scored samples", {**_SAMPLE_FIELDS, "rewards": list}, _scored, optional={"gold": list}
 )
 #: ``data/preferences.jsonl``: scored samples plus ``pairs`` [[w, l], ...], w preferred.
 PREFERENCES = Contract(
     "preferences",
-    {
-        "prompt_id": str,
-        "prompt": str,
-        "completions": list,
-        "rewards": list,
-        "pairs": list,
-        "split": str,
-    },
+    {**_SAMPLE_FIELDS, "rewards": list, "pairs": list, "split": str},
     _preferences,
     optional={"gold": list},
 )
 #: ``data/reference.jsonl``: per preferences row, the SFT log-prob (summed over completion
-#: tokens) and token count of each of its K completions, in the preferences order.
+#: tokens, EOS included when generated) and token count of each of its K completions, in the
+#: preferences order.
 REFERENCE = Contract(
     "reference log-probs", {"prompt_id": str, "logps": list, "n_tokens": list}, _reference
 )

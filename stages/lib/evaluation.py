@@ -10,9 +10,15 @@ benchmark (:mod:`stages.bench.generate`), so both run the same code::
 
 Definitions (DESIGN.md §6): the *generated positions* of a sample are those of its generated
 tokens, the EOS included when the policy emitted it; position t is scored with the distribution
-it was sampled from. One decoder pass per batch gives both log-probs and entropies: the LM head
-runs only at the positions that predict generated tokens, ``chunk`` rows at a time, so the
-float32 logits held at once are ``chunk × vocab``, never [B, T, V].
+it was sampled from. The sequences and log π(y|x) are those of :mod:`stages.lib.sequences` (the
+reference stage's and the trainer's): prompt ids + generated ids, EOS counted, the LM head and
+log-softmax in float32; nothing is cut (``max_length=None``: prompt + ``max_new_tokens`` fits
+the context, checked at sampling). One decoder pass per batch gives both log-probs and
+entropies: the LM head runs only at the positions that predict generated tokens, ``chunk`` rows
+at a time, so the float32 logits held at once are ``chunk × vocab``, never [B, T, V].
+
+Policies sample from the random stream ``evaluate`` (:func:`stages.lib.generation.batch_seed`),
+never the ``sample`` stage's draws, at temperature 1 (:data:`TEMPERATURE`), no top-k, no top-p.
 """
 
 from __future__ import annotations
@@ -27,8 +33,13 @@ from stages.lib.config import EvaluateConfig
 from stages.lib.generation import Generations, generate_completions
 from stages.lib.modeling import load_causal_lm
 from stages.lib.scoring import load_reward_model, score_texts
-from stages.lib.sequences import right_pad
+from stages.lib.sequences import check_logits, encode_ids, final_hidden, head_logits
 from stages.lib.synthetic import gold_score
+
+#: Evaluation samples the policy itself: temperature 1, no top-k, no top-p.
+TEMPERATURE = 1.0
+#: The random stream of evaluation samples (the ``sample`` stage draws from ``sample``).
+STREAM = "evaluate"
 
 #: The keys of :func:`summarize`'s metrics (``metrics/eval/<policy>.json``).
 METRIC_KEYS = (
@@ -53,16 +64,9 @@ def pack(
     prompt_ids: list[list[int]], gen_ids: list[list[int]], pad_id: int = 0
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask`` of prompt + generated tokens and
-    ``gen_mask`` (1 at the positions of generated tokens, EOS included)."""
-    for i, p in enumerate(prompt_ids):
-        if len(p) < 1:
-            raise ValueError(f"sequence {i} has an empty prompt")
-    rows = [p + g for p, g in zip(prompt_ids, gen_ids)]
-    input_ids, attention_mask = right_pad(rows, pad_id)
-    gen_mask = torch.zeros_like(attention_mask)
-    for i, (ids, p) in enumerate(zip(rows, prompt_ids)):
-        gen_mask[i, len(p) : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "gen_mask": gen_mask}
+    ``completion_mask`` (1 at the positions of generated tokens, EOS included), nothing cut:
+    :func:`stages.lib.sequences.encode_ids` with ``max_length=None``."""
+    return encode_ids(prompt_ids, gen_ids, pad_id, max_length=None)
 
 
 @torch.inference_mode()
@@ -75,17 +79,14 @@ def generated_stats(
     One decoder pass; the LM head runs on ``chunk`` predicting positions at a time."""
     device = next(model.parameters()).device
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    hidden = model.get_decoder()(
-        input_ids=ids, attention_mask=mask, use_cache=False
-    ).last_hidden_state
-    target = batch["gen_mask"][:, 1:].to(device).bool()  # token t+1 generated
+    hidden = final_hidden(model, ids, mask)
+    target = batch["completion_mask"][:, 1:].to(device).bool()  # token t+1 generated
     rows, cols = target.nonzero(as_tuple=True)  # predicted from position cols
     states, tokens = hidden[rows, cols], ids[rows, cols + 1]
-    head = model.get_output_embeddings()
     logp_tok = torch.empty(len(rows), device=device)
     ent_tok = torch.zeros(len(rows), device=device)
     for s in range(0, len(rows), chunk):
-        logp = torch.log_softmax(head(states[s : s + chunk]).float(), dim=-1)
+        logp = torch.log_softmax(head_logits(model, states[s : s + chunk]), dim=-1)
         logp_tok[s : s + chunk] = logp.gather(-1, tokens[s : s + chunk, None]).squeeze(-1)
         if entropy:
             ent_tok[s : s + chunk] = -(logp.exp() * logp).sum(-1)
@@ -123,24 +124,6 @@ def sequence_stats(
             n.numpy(),
         )
     return out
-
-
-def check_logits(model, batch: dict[str, torch.Tensor]) -> None:
-    """Guard for :func:`generated_stats`: the LM head on the decoder's last hidden state must
-    give the model's own logits (true for GPT-2, Llama, ...); checked on one sequence."""
-    device = next(model.parameters()).device
-    one = {k: v[:1].to(device) for k, v in batch.items()}
-    with torch.inference_mode():
-        full = model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits
-        hidden = model.get_decoder()(
-            input_ids=one["input_ids"], use_cache=False, attention_mask=one["attention_mask"]
-        ).last_hidden_state
-        mine = model.get_output_embeddings()(hidden)
-    if not torch.allclose(full.float(), mine.float(), atol=1e-3, rtol=1e-3):
-        raise ValueError(
-            f"{type(model).__name__}: logits are not lm_head(last hidden state); "
-            f"chunked evaluation does not support this architecture"
-        )
 
 
 def distinct_n(token_lists: list[list[int]], n: int) -> float:
@@ -213,10 +196,10 @@ def load_policy(path: Path):
 def sample_and_score_tokens(
     path: Path, prompts: list[str], cfg: EvaluateConfig, *, seed: int
 ) -> tuple[Generations, dict[str, np.ndarray], np.ndarray | None, int | None]:
-    """Sample ``cfg.n_samples`` completions per prompt from the policy at ``path`` (temperature
-    1, sampling seeded by ``seed``), then its log-probs and entropies (one pass) and, unless it
-    is the SFT policy, the SFT log-probs of the same tokens. Returns (generations, stats,
-    sft_logp or None, the tokenizer's EOS id)."""
+    """Sample ``cfg.n_samples`` completions per prompt from the policy at ``path``
+    (:data:`TEMPERATURE`, random stream :data:`STREAM` seeded by ``seed``), then its log-probs
+    and entropies (one pass) and, unless it is the SFT policy, the SFT log-probs of the same
+    tokens. Returns (generations, stats, sft_logp or None, the tokenizer's EOS id)."""
     path = Path(path)
     k = cfg.n_samples
     model, tokenizer = load_policy(path)
@@ -225,10 +208,11 @@ def sample_and_score_tokens(
         tokenizer,
         prompts,
         n_per_prompt=k,
-        temperature=1.0,
+        temperature=TEMPERATURE,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         seed=seed,
+        stream=STREAM,
         desc=f"evaluate {path.name}",
     )
     prompt_ids = [

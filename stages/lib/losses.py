@@ -14,6 +14,34 @@ References (equation numbers where we are sure of them, otherwise the named obje
   RSO — Liu et al. 2023, arXiv 2309.06657 ("hinge-norm" loss on log π/π_sft).
 * IPO   — Azar et al. 2023, arXiv 2310.12036, Eq. 17 (sampled IPO loss, τ ≡ β).
 
+What each loss converges to (population optimum; checked in ``tests/test_losses_theory.py`` on a
+tabular policy π over N responses of one prompt, labels from Bradley-Terry P(i ≻ j) = σ(r*_i -
+r*_j), each pair {i, j} drawn with a weight w_ij > 0). Write ρ = log π/π_ref per response.
+
+* sigmoid, any divergence — the expected loss of a pair, p·softplus(-d) + (1 - p)·softplus(d) in
+  d = β(s(ρ_i) - s(ρ_j)), is strictly convex with its minimum at σ(d) = p, i.e. d = r*_i - r*_j
+  (a proper scoring rule). All pairs reach their minimum at once, so the minimiser is the unique π
+  with β·s(ρ) = r* + const and Σπ = 1, whatever w. Since s = f′ up to an additive constant
+  (reverse KL drops +1, JSD drops log 2; the α score (1 - u^(-α))/α is f′ of
+  f(u) = (u^(1-α) - (1-α)u - α)/(α(α-1)), i.e. -u^(-α)/α up to 1/α), this is f-DPO's optimum
+  β·f′(π/π_ref) = r* + const of max E_π[r*] - β·D_f(π‖π_ref) (its KKT argument); reverse KL
+  gives π ∝ π_ref·exp(r*/β) (DPO Eq. 4). The solution exists and is unique for each divergence
+  here: s rises from -∞ (r → -∞) to its supremum (r → ∞), so Σπ runs from 0 to ∞ with the const.
+* ipo — a pair's expected squared loss is w·[(h - (2p - 1)/(2β))² + const] in the per-token
+  mean margin h = ρ̄_i - ρ̄_j: weighted least squares of h onto (p_ij - 1/2)/β, solved by the
+  Laplacian system Σ_j w_ij (ρ̄_i - ρ̄_j) = Σ_j w_ij (p_ij - 1/2)/β. For pairs drawn independently
+  from a behaviour policy μ (w_ij = μ_i μ_j) it is Azar et al.'s IPO optimum (Section 5: the
+  ΨPO optimum with Ψ = identity) π ∝ π_ref·exp(p*(y ≻ μ)/τ), per token: with equal lengths |y| = n
+  the summed log-ratio gets the n-fold target, i.e. τ_eff = β/n. Not Bradley-Terry-calibrated:
+  it targets preference probabilities, not r*.
+* hinge — a pair's expected loss p·max(0, 1 - d) + (1 - p)·max(0, 1 + d) is minimal at d = 1
+  (margin 1/β) for every p > 1/2: the optimum keeps the order of r* but not its size (not
+  calibrated). With deterministic labels any π whose preferred pairs all have β·Δ ≥ 1 has zero
+  loss, so there is no unique minimiser: training stops wherever the margins first reach 1/β.
+  With Bradley-Terry labels over N ≥ 3 responses the pairwise optima d_ij = 1 cannot hold
+  together (d_ik = d_ij + d_jk); the minimiser (for reverse KL that of a linear program in ρ)
+  depends on p and w, not on r* itself.
+
 Numerical stability. Every value and gradient is finite in float32 for |r| up to 1e4: log σ and
 softplus are used in log space, and the exponentials of the forward-KL and α scores go through
 :func:`safe_exp`, which equals exp(x) for x ≤ :data:`SAFE_EXP_CAP` and continues linearly (same
@@ -168,7 +196,9 @@ def ipo_loss(delta_mean: Tensor, beta: float) -> Tensor:
 
 @dataclass(frozen=True)
 class PreferenceLossOutput:
-    """Per-pair losses [P] (with grad) and detached implicit rewards β·r (DPO Eq. 5) for logging."""
+    """Per-pair losses [P] (with grad) and the detached implicit rewards the loss acts on, for
+    logging (margin = chosen - rejected, accuracy = margin > 0): β·r (DPO Eq. 5) for sigmoid and
+    hinge, β·r/|y| (per-token mean log-ratio, the quantity IPO's loss regresses) for ipo."""
 
     losses: Tensor
     chosen_rewards: Tensor
@@ -273,8 +303,11 @@ def preference_loss(
 
     ``policy_*`` carry the gradient, ``ref_*`` are the (no-grad) SFT log-probs, ``len_*`` the
     completion token counts (only IPO uses them; clamped to ≥ 1). Half-precision inputs are
-    computed in float32. Rewards are β·r from the summed log-ratios for every loss. ``config``
-    was validated when it was built: nothing is re-checked here, once per step.
+    computed in float32. Rewards are β·r from the summed log-ratios for sigmoid and hinge, and
+    β·r/|y| for IPO, whose loss sees only per-token means, so that the logged margin and accuracy
+    are the loss's (the IPO margin's target is β·1/(2β) = 1/2; τ·log π/π_ref is also the scale of
+    the paper's optimum π ∝ π_ref·exp(p*(y ≻ μ)/τ)). trl logs summed β·r for IPO: ours differ
+    there on purpose. ``config`` was validated when it was built: nothing is re-checked here.
     """
     loss, divergence, beta, alpha = config.loss, config.divergence, config.beta, config.alpha
     dtype = torch.promote_types(policy_w.dtype, torch.float32)
@@ -282,7 +315,8 @@ def preference_loss(
     r_l = policy_l.to(dtype) - ref_l.to(dtype)
     if loss == "ipo":
         n_w, n_l = len_w.to(dtype).clamp(min=1.0), len_l.to(dtype).clamp(min=1.0)  # as trl
-        losses = ipo_loss(r_w / n_w - r_l / n_l, beta)
+        r_w, r_l = r_w / n_w, r_l / n_l  # per-token means: the loss's and the logged rewards
+        losses = ipo_loss(r_w - r_l, beta)
     else:
         delta = divergence_score(r_w, divergence, alpha) - divergence_score(r_l, divergence, alpha)
         losses = sigmoid_loss(delta, beta) if loss == "sigmoid" else hinge_loss(delta, beta)

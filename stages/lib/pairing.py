@@ -18,8 +18,9 @@ Strategies (``pairs.strategy``):
   among equal highest (lowest) rewards one is drawn at random.
 * ``all`` — every pair of completions with different rewards (K (K - 1) / 2 at most).
 * ``rso`` — statistical rejection sampling (RSO, Liu et al. 2023, arXiv 2309.06657, Algorithm 1)
-  picks ``pairs.rso.n_select`` of the K candidates, approximately distributed as the policy
-  tilted by exp(r / beta); the picked ones are then paired first-round.
+  picks ``pairs.rso.n_select`` < K of the K candidates, approximately distributed as the policy
+  tilted by exp(r / beta); the picked ones are then paired first-round. n_select = K would
+  accept every candidate (no selection: first_round in disguise), so it is an error.
 
 In every strategy a pair of equal rewards is skipped.
 """
@@ -128,7 +129,16 @@ def rso_select(
 def rso_pairs(
     rewards: Sequence[float], rng: random.Random, n_select: int, beta: float
 ) -> tuple[list[Pair], list[int]]:
-    """First-round pairs among the ``rso_select`` picks; returns (pairs, picked indices)."""
+    """First-round pairs among the ``rso_select`` picks; returns (pairs, picked indices).
+
+    ``n_select`` must be below K = len(rewards): picking all K selects nothing."""
+    k = len(rewards)
+    if n_select >= k:
+        raise ValueError(
+            f"params: pairs.rso.n_select: must be < the K = {k} completions per prompt "
+            f"(sample.n_per_prompt), got {n_select}: rso would accept every candidate and select "
+            "nothing; raise sample.n_per_prompt or lower pairs.rso.n_select"
+        )
     picked = rso_select(rewards, n_select, beta, rng)
     return first_round_pairs(rewards, rng, picked), picked
 

@@ -5,7 +5,10 @@ Paths are relative to the repository root (the working directory of every stage,
 
     from stages.lib import paths
     rows = read_rows(paths.PREFERENCES, PREFERENCES)
-    paths.aligned_model("dpo")          # models/aligned/dpo
+    paths.aligned_model("dpo", 1)       # models/aligned/dpo/seed-1
+
+``align`` and ``evaluate`` run once per (variant, seed) and ``evaluate`` once per seed for
+``sft``: their artifacts sit under ``<variant>/seed-<s>`` (:func:`run_name`).
 """
 
 from __future__ import annotations
@@ -40,24 +43,46 @@ def stage_logs(stage: str) -> Path:
     return LOGS_DIR / stage
 
 
-def aligned_model(variant: str) -> Path:
-    """``models/aligned/<variant>``."""
-    return ALIGNED_DIR / variant
+def run_name(seed: int) -> str:
+    """``seed-<s>``: the folder or file stem of one run's artifacts."""
+    return f"seed-{seed}"
 
 
-def policy_model(policy: str) -> Path:
-    """``models/sft`` for ``sft``, else ``models/aligned/<policy>``."""
-    return SFT_DIR if policy == "sft" else aligned_model(policy)
+def aligned_model(variant: str, seed: int) -> Path:
+    """``models/aligned/<variant>/seed-<s>``: the policy trained by one align run."""
+    return ALIGNED_DIR / variant / run_name(seed)
 
 
-def eval_metrics(policy: str) -> Path:
-    """``metrics/eval/<policy>.json``: the evaluation metrics of one policy."""
-    return METRICS_DIR / "eval" / f"{policy}.json"
+def policy_model(policy: str, seed: int) -> Path:
+    """``models/sft`` for ``sft`` (one SFT policy for every seed), else
+    ``models/aligned/<policy>/seed-<s>``."""
+    return SFT_DIR if policy == "sft" else aligned_model(policy, seed)
 
 
-def eval_samples(policy: str) -> Path:
-    """``data/eval/<policy>.jsonl``: the evaluation samples of one policy, with their scores."""
-    return EVAL_DIR / f"{policy}.jsonl"
+def align_metrics(variant: str, seed: int) -> Path:
+    """``metrics/align/<variant>/seed-<s>.json``: the training metrics of one align run."""
+    return METRICS_DIR / "align" / variant / f"{run_name(seed)}.json"
+
+
+def align_logs(variant: str, seed: int) -> Path:
+    """``logs/align/<variant>/seed-<s>``: the DVCLive logs of one align run (curves under
+    ``plots/metrics``)."""
+    return LOGS_DIR / "align" / variant / run_name(seed)
+
+
+def eval_metrics(policy: str, seed: int) -> Path:
+    """``metrics/eval/<policy>/seed-<s>.json``: the evaluation metrics of one policy and seed."""
+    return METRICS_DIR / "eval" / policy / f"{run_name(seed)}.json"
+
+
+def eval_samples(policy: str, seed: int) -> Path:
+    """``data/eval/<policy>/seed-<s>.jsonl``: the evaluation samples of one policy and seed,
+    with their per-sample scores."""
+    return EVAL_DIR / policy / f"{run_name(seed)}.jsonl"
+
+
+#: ``metrics/summary.json``: the report's aggregates over seeds (what ``dvc metrics diff`` shows).
+SUMMARY_METRICS = METRICS_DIR / "summary.json"
 
 
 def timings_file(stage: str) -> Path:

@@ -1,46 +1,70 @@
-"""Tokenisation of (prompt, completion) pairs and their log-probabilities under a causal LM.
+"""Sequences of (prompt, completion) token ids and their log-probabilities under a causal LM.
 
-The one place where a completion's tokens are defined: the ``reference`` stage and the alignment
-trainer both call :func:`encode_batch` and :func:`completion_logprobs`, so the reference
-log-probs and the policy log-probs always cover exactly the same tokens::
+The one place where a completion's tokens and log π(y|x) are defined; the ``reference`` stage,
+the alignment trainer and ``evaluate`` all call it, so r(y) = log π(y|x) - log π_sft(y|x) covers
+the same tokens, computed the same way, everywhere::
 
-    batch = encode_batch(tokenizer, ["The film was"], [" a delight."], max_length=128)
+    batch = encode_batch(tokenizer, ["The film was"], [[262, 3621, 13, 50256]], max_length=64)
     logps, n_tokens = completion_logprobs(model, batch)
     rows = reference_rows(model, tokenizer, preferences, batch_size=64, max_length=64)
 
-Prompt and completion are tokenised separately (no special tokens) and concatenated, so the
-prompt/completion boundary is exact whatever the tokenizer merges; no EOS is appended. When
-prompt + completion exceed ``max_length`` the completion is truncated (the prompt is kept).
+* **Prompt**: ``tokenizer(prompt, add_special_tokens=False)``, exactly as
+  :mod:`stages.lib.generation` tokenised it for sampling.
+* **Completion**: the token ids the policy generated (``completion_ids`` of the SAMPLES rows),
+  never the decoded text re-tokenised: a finished completion ends with its EOS, which is scored
+  like any other token (the stop decision is part of y); a completion cut at ``max_new_tokens``
+  has no EOS.
+* **Truncation**: when prompt + completion exceed ``max_length`` the completion is cut to
+  ``max_length - len(prompt)`` tokens (its EOS with it) and the prompt kept; a prompt that
+  leaves no room is an error. ``evaluate`` passes ``max_length=None``: its sequences are at most
+  prompt + ``evaluate.max_new_tokens`` long, which sampling already checked against the model's
+  context, so nothing is cut there. Keep ``reference.max_length`` >= the longest prompt +
+  ``sample.max_new_tokens`` for training to see whole completions (the reference stage counts
+  the cut ones).
+* **Precision**: the decoder runs under whatever autocast is active (bf16 on a capable GPU for
+  the reference pass, :func:`reference_autocast`, as for the trainer); the LM head and the
+  log-softmax always run in float32 with autocast off (:func:`head_logits`), so the policy at
+  step 0 and the reference give the same log-probs to float32 precision instead of differing by
+  bf16 rounding of the logits (O(1) nat per sequence with a 50k vocabulary).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from tqdm.auto import tqdm
 
 from stages.lib.contracts import REFERENCE, check_row
+from stages.lib.modeling import use_bf16
 
 
-def encode_batch(
-    tokenizer, prompts: list[str], completions: list[str], max_length: int
+def encode_ids(
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    pad_id: int,
+    max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` (1 on the
-    completion tokens) for each (prompt, completion)."""
-    if len(prompts) != len(completions):
+    completion tokens) of prompt + completion ids, the completion cut to ``max_length`` (None:
+    nothing is cut)."""
+    if len(prompt_ids) != len(completion_ids):
         raise ValueError("prompts and completions differ in length")
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
     rows = []
-    for p, c in zip(prompt_ids, completion_ids):
-        if len(p) >= max_length:
-            raise ValueError(
-                f"a prompt of {len(p)} tokens leaves no room for a completion "
-                f"within max_length={max_length}"
-            )
-        c = c[: max_length - len(p)]
-        rows.append((p + c, len(p)))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids, attention_mask = right_pad([ids for ids, _ in rows], pad)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        if isinstance(c, str):
+            raise TypeError("completions must be token-id lists (the SAMPLES completion_ids)")
+        if not p:
+            raise ValueError(f"sequence {i} has an empty prompt")
+        if max_length is not None:
+            if len(p) >= max_length:
+                raise ValueError(
+                    f"a prompt of {len(p)} tokens leaves no room for a completion "
+                    f"within max_length={max_length}"
+                )
+            c = c[: max_length - len(p)]
+        rows.append((list(p) + list(c), len(p)))
+    input_ids, attention_mask = right_pad([ids for ids, _ in rows], pad_id)
     completion_mask = torch.zeros_like(attention_mask)
     for i, (ids, n_prompt) in enumerate(rows):
         completion_mask[i, n_prompt : len(ids)] = 1
@@ -49,6 +73,17 @@ def encode_batch(
         "attention_mask": attention_mask,
         "completion_mask": completion_mask,
     }
+
+
+def encode_batch(
+    tokenizer, prompts: list[str], completion_ids: list[list[int]], max_length: int
+) -> dict[str, torch.Tensor]:
+    """:func:`encode_ids` of the tokenised prompts and the completions' generated ids."""
+    if len(prompts) != len(completion_ids):
+        raise ValueError("prompts and completions differ in length")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return encode_ids(prompt_ids, completion_ids, pad, max_length)
 
 
 def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,52 +100,129 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log π(x_t | x_<t) for t >= 1, shape [B, T-1], without materialising a full
-    log-softmax over the vocabulary (gather minus logsumexp)."""
+    log-softmax over the vocabulary (gather minus logsumexp), in float32."""
     logits = logits[:, :-1].float()
     targets = input_ids[:, 1:].unsqueeze(-1)
     return torch.gather(logits, -1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden state [B, T, H] (after the final norm: what the LM head reads),
+    from one forward call of ``model`` itself (so a wrapper such as DDP or accelerate's autocast
+    sees it) that computes no logits (``logits_to_keep`` is empty)."""
+    none = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=none,
+    )
+    return out.hidden_states[-1]
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on ``hidden`` with autocast off, in the head's weight dtype (float32, as every
+    stage loads models), returned as float32 logits."""
+    head = getattr(model, "module", model).get_output_embeddings()
+    with torch.autocast(hidden.device.type, enabled=False):
+        return head(hidden.to(head.weight.dtype)).float()
+
+
 def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs [B] and completion token counts [B] for an encoded batch."""
+    """Summed completion log-probs [B] (float32) and completion token counts [B] of an encoded
+    batch: decoder under the active autocast, head and log-softmax in float32."""
     device = next(model.parameters()).device
     input_ids = batch["input_ids"].to(device)
-    out = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device))
+    hidden = final_hidden(model, input_ids, batch["attention_mask"].to(device))
     mask = batch["completion_mask"][:, 1:].to(device)
-    logps = token_logprobs(out.logits, input_ids)
+    logps = token_logprobs(head_logits(model, hidden), input_ids)
     return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def check_logits(model, batch: dict[str, torch.Tensor]) -> None:
+    """Guard for :func:`final_hidden` + :func:`head_logits`: they must give the model's own
+    logits (true for GPT-2, Llama, ...; not for a model that scales or caps its logits after
+    the head); checked on the first sequence of ``batch``."""
+    device = next(model.parameters()).device
+    one = {k: v[:1].to(device) for k, v in batch.items()}
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False):  # exact comparison
+        full = model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits
+        mine = head_logits(model, final_hidden(model, one["input_ids"], one["attention_mask"]))
+    if not torch.allclose(full.float(), mine, atol=1e-3, rtol=1e-3):
+        raise ValueError(
+            f"{type(model).__name__}: logits are not lm_head(last hidden state); "
+            f"log-probs from the hidden states do not support this architecture"
+        )
+
+
+def reference_autocast(
+    device: torch.device, bf16: bool | None = None
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``bf16``; by default (None) what the trainer uses there:
+    transformers' ``bf16=use_bf16()``, i.e. bf16 on a CUDA device that supports it. Without
+    bf16 nothing changes (an autocast already active, as in a test, stays active)."""
+    if bf16 is None:
+        bf16 = device.type == "cuda" and use_bf16()
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_completion_ids(tokenizer, rows: list[dict]) -> None:
+    """What the SAMPLES contract cannot check without the tokenizer: ids inside the vocabulary,
+    a finished completion's last id is EOS, and no EOS before the end."""
+    eos, vocab = tokenizer.eos_token_id, len(tokenizer)
+    for row in rows:
+        for k, (ids, done) in enumerate(zip(row["completion_ids"], row["finished"])):
+            where = f"row {row['prompt_id']!r}, completion {k}"
+            if any(t >= vocab for t in ids):
+                raise ValueError(
+                    f"{where}: token id {max(ids)} is outside the {vocab}-token vocabulary"
+                )
+            if done and ids[-1] != eos:
+                raise ValueError(f"{where}: finished but its last id {ids[-1]} is not EOS ({eos})")
+            body = ids[:-1] if done else ids
+            if eos is not None and eos in body:
+                raise ValueError(f"{where}: EOS ({eos}) before the end of the completion")
 
 
 def reference_logprobs(
     model,
     tokenizer,
     prompts: list[str],
-    completions: list[str],
+    completion_ids: list[list[int]],
     *,
     batch_size: int,
     max_length: int,
     progress: bool = True,
+    bf16: bool | None = None,
 ) -> tuple[list[float], list[int]]:
-    """Summed completion log-probs and completion token counts for each (prompt, completion),
-    in input order, via :func:`encode_batch` / :func:`completion_logprobs`, sorted by length
-    (characters) into batches of ``batch_size``."""
+    """Summed completion log-probs and completion token counts for each (prompt, completion
+    ids), in input order, via :func:`encode_batch`'s encoding and :func:`completion_logprobs`,
+    sorted by length (longest first) into batches of ``batch_size``, under
+    :func:`reference_autocast` (``bf16``: None = the trainer's choice on this device)."""
     n = len(prompts)
-    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]  # characters: a cheap proxy
-    order = sorted(range(n), key=lambda i: -lengths[i])
+    if len(completion_ids) != n:
+        raise ValueError("prompts and completions differ in length")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if n else []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(n), key=lambda i: -(len(prompt_ids[i]) + len(completion_ids[i])))
     logps, counts = [0.0] * n, [0] * n
     model.eval()
+    device = next(model.parameters()).device
     with (
         torch.inference_mode(),
+        reference_autocast(device, bf16),
         tqdm(total=n, desc="reference", unit="seq", disable=not progress) as bar,
     ):
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            batch = encode_batch(
-                tokenizer,
-                [prompts[i] for i in idx],
-                [completions[i] for i in idx],
-                max_length=max_length,
+            batch = encode_ids(
+                [prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], pad, max_length
             )
+            if start == 0:
+                check_logits(model, batch)
             lp, nt = completion_logprobs(model, batch)
             for i, v, c in zip(idx, lp.float().cpu().tolist(), nt.cpu().tolist()):
                 logps[i], counts[i] = float(v), int(c)
@@ -119,11 +231,20 @@ def reference_logprobs(
 
 
 def reference_rows(
-    model, tokenizer, rows: list[dict], *, batch_size: int, max_length: int, progress: bool = True
+    model,
+    tokenizer,
+    rows: list[dict],
+    *,
+    batch_size: int,
+    max_length: int,
+    progress: bool = True,
+    bf16: bool | None = None,
 ) -> list[dict]:
-    """REFERENCE rows for PREFERENCES rows, in the same order."""
-    prompts = [row["prompt"] for row in rows for _ in row["completions"]]
-    completions = [c for row in rows for c in row["completions"]]
+    """REFERENCE rows for PREFERENCES rows (their ``completion_ids``), in the same order
+    (``bf16``: see :func:`reference_autocast`)."""
+    check_completion_ids(tokenizer, rows)
+    prompts = [row["prompt"] for row in rows for _ in row["completion_ids"]]
+    completions = [c for row in rows for c in row["completion_ids"]]
     logps, counts = reference_logprobs(
         model,
         tokenizer,
@@ -132,10 +253,11 @@ def reference_rows(
         batch_size=batch_size,
         max_length=max_length,
         progress=progress,
+        bf16=bf16,
     )
     out, start = [], 0
     for row in rows:
-        stop = start + len(row["completions"])
+        stop = start + len(row["completion_ids"])
         new = {
             "prompt_id": row["prompt_id"],
             "logps": logps[start:stop],

@@ -1,11 +1,13 @@
 """Offline preference trainer: a transformers ``Trainer`` whose dataset items are prompts.
 
-An item is one prompt with all K of its completions, the preference pairs drawn from them and
-their reference log-probs (from the ``reference`` stage, so no reference model is run). The
-collator encodes every completion of every prompt in the batch once with
-:func:`stages.lib.sequences.encode_batch`; a step forwards each completion once, gathers the pair
-indices from the per-sequence log-probs and averages :func:`stages.lib.losses.preference_loss` over
-the pairs of the batch::
+An item is one prompt with all K of its completions (the token ids the policy sampled, EOS last
+when it emitted one), the preference pairs drawn from them and their reference log-probs (from
+the ``reference`` stage, so no reference model is run). The collator encodes every completion of
+every prompt in the batch once with :func:`stages.lib.sequences.encode_batch` (prompt ids + the
+completion's sampled ids, never its re-tokenised text); a step forwards each completion once
+(:func:`stages.lib.sequences.completion_logprobs`: LM head and log-softmax in float32 under bf16
+autocast, as the reference pass), gathers the pair indices from the per-sequence log-probs and
+averages :func:`stages.lib.losses.preference_loss` over the pairs of the batch::
 
     items = build_items(preference_rows, reference_rows)            # one dict per prompt
     trainer = PreferenceTrainer(
@@ -48,6 +50,7 @@ from transformers.training_args import OptimizerNames
 
 from stages.lib.config import non_negative, param, positive_finite, positive_int, unit_interval
 from stages.lib.losses import LossConfig, PreferenceLossOutput, preference_loss
+from stages.lib.modeling import use_bf16
 from stages.lib.sequences import completion_logprobs, encode_batch
 
 #: Order of the per-pair sums kept on the device: loss, margin, chosen, rejected, correct, pairs.
@@ -114,7 +117,10 @@ class TrainConfig:
         must=">= 1",
     )
     seed: int = param(
-        "seeds data order and everything random in training", check=non_negative, must=">= 0"
+        "seeds data order and everything random in training (align sets the run's seed)",
+        0,
+        check=non_negative,
+        must=">= 0",
     )
 
 
@@ -150,7 +156,7 @@ def training_arguments(
         eval_steps=cfg.eval_steps if has_eval else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=use_bf16(),  # the reference stage's autocast (stages.lib.sequences.reference_autocast)
         remove_unused_columns=False,
         label_names=[],
         dataloader_num_workers=0,
@@ -170,6 +176,7 @@ def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
                 "prompt_id": pref["prompt_id"],
                 "prompt": pref["prompt"],
                 "completions": list(pref["completions"]),
+                "completion_ids": [list(ids) for ids in pref["completion_ids"]],
                 "pairs": [list(p) for p in pref["pairs"]],
                 "ref_logps": [float(x) for x in ref["logps"]],
                 "split": pref["split"],
@@ -179,7 +186,8 @@ def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
 
 
 class PromptCollator:
-    """Encode every completion of every prompt in a batch once; map pairs to flat row indices.
+    """Encode every completion of every prompt in a batch once (prompt ids + sampled ids, cut
+    to ``max_length``); map pairs to flat row indices.
 
     Returns ``input_ids``/``attention_mask``/``completion_mask`` [N, T] (N = all completions),
     ``ref_logps`` [N] and ``chosen``/``rejected`` [P] (rows of the winner and loser of each pair).
@@ -193,8 +201,8 @@ class PromptCollator:
         prompts, completions, ref_logps, chosen, rejected = [], [], [], [], []
         for item in items:
             offset = len(completions)
-            prompts += [item["prompt"]] * len(item["completions"])
-            completions += item["completions"]
+            prompts += [item["prompt"]] * len(item["completion_ids"])
+            completions += item["completion_ids"]
             ref_logps += item["ref_logps"]
             chosen += [offset + w for w, _ in item["pairs"]]
             rejected += [offset + l for _, l in item["pairs"]]
