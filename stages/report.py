@@ -68,7 +68,7 @@ import typer
 from stages.lib import paths
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
-from stages.lib.contracts import Contract, read_rows
+from stages.lib.contracts import EVALUATION, read_rows
 from stages.lib.losses import LOSS_KEYS, LossConfig, read_loss_config
 
 REPORTS = paths.REPORTS_DIR
@@ -106,39 +106,6 @@ SEED_COLUMNS = (
     "val_accuracy",
 )
 FAMILY_DIVERGENCES = ("reverse_kl", "alpha", "forward_kl")
-
-
-def _finite_list(row: dict, key: str, n: int) -> str | None:
-    values = row[key]
-    if len(values) != n:
-        return f"{key} has {len(values)} values for {n} samples"
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    if not ok or not all(math.isfinite(v) for v in values):
-        return f"{key} must hold finite numbers"
-    return None
-
-
-def _eval_row(row: dict) -> str | None:
-    n = len(row["rewards"])
-    if n < 1:
-        return "rewards must hold at least one sample"
-    for key in ("rewards", "entropy", "logp", "logp_sft", "gold"):
-        err = _finite_list(row, key, n) if key in row else None
-        if err:
-            return err
-    counts = row["n_generated"]
-    if len(counts) != n or not all(isinstance(c, int) and c >= 0 for c in counts):
-        return f"n_generated must hold {n} integers >= 0"
-    return None
-
-
-#: ``data/eval/<policy>/seed-<s>.jsonl`` (written by ``evaluate``): the fields the report reads.
-EVAL_SAMPLES = Contract(
-    "evaluation samples",
-    {"prompt_id": str, "rewards": list, "entropy": list, "n_generated": list, "logp": list},
-    _eval_row,
-    optional={"gold": list, "logp_sft": list},
-)
 
 
 # --------------------------------------------------------------------------- labels
@@ -242,7 +209,7 @@ def read_run(policy: str, seed: int) -> Run:
     samples_path = paths.eval_samples(policy, seed)
     if not samples_path.is_file():
         raise FileNotFoundError(f"{samples_path}: not found ({what})")
-    rows = read_rows(samples_path, EVAL_SAMPLES)
+    rows = read_rows(samples_path, EVALUATION)
     num, den = _per_prompt(rows, samples_path, policy == "sft")
     reward = num["reward"].mean()
     if abs(reward - metrics["reward"]) > 1e-4 * max(1.0, abs(reward)):

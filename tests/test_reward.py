@@ -205,7 +205,7 @@ def test_context_shorter_than_max_length_names_the_parameter(workdir):
             r"params: reward\.score: must be one of logit, margin, prob, "
             r"got 'softmax'",
         ),
-        ({"lr": 1e-3}, r"params: reward\.lr: not a known key \(known: model, score, "),
+        ({"lr": 1e-3}, r"params: reward\.lr: not a known key \(known: model, epochs, "),
         ({"tiny": None}, r"params: reward\.tiny: is missing"),
     ],
 )

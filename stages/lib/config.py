@@ -23,7 +23,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -285,8 +285,11 @@ def _check_trained(section: str, model: str, epochs: int, tiny: Any) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SftConfig:
-    """``sft``: the SFT policy, a causal LM trained on the train reviews (stage ``sft``)."""
+class SupervisedConfig:
+    """The keys ``sft`` and ``reward`` share: which model, and how it is trained (transformers
+    ``Trainer``: AdamW, cosine decay after a linear warm-up)."""
+
+    SECTION: ClassVar[str] = ""
 
     model: str = param(
         "`tiny`, a hub id or a local save_pretrained folder",
@@ -294,10 +297,9 @@ class SftConfig:
         must="a non-empty string",
     )
     epochs: int = param(
-        "passes over the train texts (0 = copy a pretrained model)", check=non_negative, must=">= 0"
-    )
-    max_length: int = param(
-        "tokens per training text (text + EOS)", check=positive_int, must=">= 1"
+        "passes over the train texts (0 = keep a pretrained model as loaded)",
+        check=non_negative,
+        must=">= 0",
     )
     max_train_texts: int | None = param(
         "seeded subset of train texts (null = all)", None, check=positive_int, must="null or >= 1"
@@ -310,59 +312,47 @@ class SftConfig:
     weight_decay: float = param("AdamW weight decay", 0.0, check=non_negative, must=">= 0")
     logging_steps: int = param(
         "optimizer steps between logged losses", 20, check=positive_int, must=">= 1"
+    )
+
+    def __post_init__(self) -> None:
+        _check_trained(self.SECTION, self.model, self.epochs, getattr(self, "tiny", None))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SftConfig(SupervisedConfig):
+    """``sft``: the SFT policy, a causal LM trained on the train reviews (stage ``sft``)."""
+
+    SECTION: ClassVar[str] = "sft"
+
+    max_length: int = param(
+        "tokens per training text (text + EOS)", check=positive_int, must=">= 1"
     )
     eval_texts: int = param(
         "test texts for the held-out perplexity", 200, check=positive_int, must=">= 1"
     )
     tiny: TinyGPT2Config | None = param("architecture of `model: tiny`", None)
 
-    def __post_init__(self) -> None:
-        _check_trained("sft", self.model, self.epochs, self.tiny)
-
 
 @dataclass(frozen=True, kw_only=True)
-class RewardConfig:
+class RewardConfig(SupervisedConfig):
     """``reward``: the two-label sentiment classifier (stage ``reward``; ``score`` is read by
     the scoring stages)."""
 
-    model: str = param(
-        "`tiny`, a hub id or a local save_pretrained folder",
-        check=lambda v: v.strip() != "",
-        must="a non-empty string",
-    )
+    SECTION: ClassVar[str] = "reward"
+
     score: str = param(
         "reward of a text: logit | margin | prob",
         "logit",
         check=lambda v: v in ("logit", "margin", "prob"),
         must="one of logit, margin, prob",
     )
-    epochs: int = param(
-        "passes over the train texts (0 = copy a trained classifier)",
-        check=non_negative,
-        must=">= 0",
-    )
     max_length: int = param(
         "tokens per text, for training and scoring", check=lambda v: v >= 2, must=">= 2"
-    )
-    max_train_texts: int | None = param(
-        "seeded subset of train texts (null = all)", None, check=positive_int, must="null or >= 1"
-    )
-    batch_size: int = param("texts per optimizer step", check=positive_int, must=">= 1")
-    learning_rate: float = param("AdamW peak rate, cosine decay", check=positive_finite, must="> 0")
-    warmup: float = param(
-        "share of the steps with a linear warm-up", 0.0, check=unit_interval, must="in [0, 1)"
-    )
-    weight_decay: float = param("AdamW weight decay", 0.0, check=non_negative, must=">= 0")
-    logging_steps: int = param(
-        "optimizer steps between logged losses", 20, check=positive_int, must=">= 1"
     )
     eval_texts: int = param(
         "test texts for the test accuracy", 1000, check=positive_int, must=">= 1"
     )
     tiny: TinyClassifierConfig | None = param("architecture of `model: tiny`", None)
-
-    def __post_init__(self) -> None:
-        _check_trained("reward", self.model, self.epochs, self.tiny)
 
 
 # --------------------------------------------------------------------------- sample .. reference

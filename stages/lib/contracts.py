@@ -112,6 +112,19 @@ def _preferences(row: dict) -> str | None:
     return None
 
 
+def _evaluation(row: dict) -> str | None:
+    n = len(row["rewards"])
+    if n < 1:
+        return "rewards must hold at least one sample"
+    for key in ("rewards", "entropy", "logp", "logp_sft", "gold"):
+        err = _floats(row, key, n) if key in row else None
+        if err:
+            return err
+    if len(row["n_generated"]) != n or not all(_is_int(c) and c >= 0 for c in row["n_generated"]):
+        return f"n_generated must hold {n} integers >= 0"
+    return None
+
+
 def _reference(row: dict) -> str | None:
     logps, n_tokens = row["logps"], row["n_tokens"]
     if not logps or len(logps) != len(n_tokens):
@@ -152,6 +165,15 @@ PREFERENCES = Contract(
     {**_SAMPLE_FIELDS, "rewards": list, "pairs": list, "split": str},
     _preferences,
     optional={"gold": list},
+)
+#: ``data/eval/<policy>/seed-<s>.jsonl`` (written by ``evaluate``, read by ``report``): per eval
+#: prompt, each sample's reward (and gold), mean entropy per generated token, generated
+#: positions (EOS included) and log-prob under the policy (and under the SFT policy).
+EVALUATION = Contract(
+    "evaluation samples",
+    {"prompt_id": str, "rewards": list, "entropy": list, "n_generated": list, "logp": list},
+    _evaluation,
+    optional={"gold": list, "logp_sft": list},
 )
 #: ``data/reference.jsonl``: per preferences row, the SFT log-prob (summed over completion
 #: tokens, EOS included when generated) and token count of each of its K completions, in the
