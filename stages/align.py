@@ -42,7 +42,7 @@ from stages.lib import paths
 from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
 from stages.lib.config import load_params, read_mapping, run_seed
 from stages.lib.contracts import PREFERENCES, read_reference, read_rows
-from stages.lib.losses import LOSS_KEYS, LossConfig, read_loss_config
+from stages.lib.losses import LOSS_KEYS, LossConfig, read_variant_loss, variant_where
 from stages.lib.modeling import load_causal_lm
 from stages.lib.trainer import (
     TRAIN_KEYS,
@@ -101,11 +101,7 @@ def variant_config(
     if not isinstance(variant, dict):
         raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
 
-    def where(key: str) -> str:  # where a key is set, or where it belongs when missing
-        if key in variant or (key not in common and key not in TRAIN_KEYS):
-            return f"align.variants.{name}.{key}"
-        return f"align.common.{key}"
-
+    where = variant_where(name, common, variant, TRAIN_KEYS)
     for section, keys in (("align.common", common), (f"align.variants.{name}", variant)):
         if "seed" in keys:
             raise ValueError(
@@ -124,8 +120,7 @@ def variant_config(
         TrainConfig,
         where=where,
     )
-    loss = read_loss_config({k: v for k, v in merged.items() if k in LOSS_KEYS}, where)
-    return train, loss
+    return train, read_variant_loss(name, common, variant)
 
 
 def check_inputs(prefs: list[dict], pref_path: Path) -> None:

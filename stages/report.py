@@ -69,7 +69,7 @@ from stages.lib import paths
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
 from stages.lib.contracts import EVALUATION, read_rows
-from stages.lib.losses import LOSS_KEYS, LossConfig, read_loss_config
+from stages.lib.losses import LossConfig, read_variant_loss
 
 REPORTS = paths.REPORTS_DIR
 #: The metrics aggregated with a bootstrap interval and a paired difference.
@@ -120,15 +120,7 @@ def variant_loss(align: dict, name: str) -> LossConfig:
     variant = align["variants"][name] or {}
     if not isinstance(variant, dict):
         raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
-
-    def where(key: str) -> str:
-        section = (
-            f"align.variants.{name}" if key in variant or key not in common else "align.common"
-        )
-        return f"{section}.{key}"
-
-    merged = {k: v for k, v in {**common, **variant}.items() if k in LOSS_KEYS}
-    return read_loss_config(merged, where)
+    return read_variant_loss(name, common, variant)
 
 
 def variant_info(params: dict) -> dict[str, dict]:

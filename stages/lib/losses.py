@@ -290,6 +290,29 @@ def read_loss_config(mapping: dict, where: Callable[[str], str]) -> LossConfig:
         raise
 
 
+def variant_where(
+    name: str, common: dict, variant: dict, common_keys: tuple[str, ...] = ()
+) -> Callable[[str], str]:
+    """Where a key of alignment variant ``name`` lives, for error messages: ``align.variants.
+    <name>.<key>`` when the variant sets it (or it is set nowhere and is not one of
+    ``common_keys``), else ``align.common.<key>`` (the variant's settings are ``align.common``
+    overridden by ``align.variants.<name>``)."""
+
+    def where(key: str) -> str:
+        if key in variant or (key not in common and key not in common_keys):
+            return f"align.variants.{name}.{key}"
+        return f"align.common.{key}"
+
+    return where
+
+
+def read_variant_loss(name: str, common: dict, variant: dict) -> LossConfig:
+    """The pair loss of variant ``name``: its loss keys over those of ``align.common``, with
+    errors naming the key where it was set (see :func:`variant_where`)."""
+    merged = {k: v for k, v in {**common, **variant}.items() if k in LOSS_KEYS}
+    return read_loss_config(merged, variant_where(name, common, variant))
+
+
 def preference_loss(
     policy_w: Tensor,
     policy_l: Tensor,

@@ -52,6 +52,7 @@ from stages.lib.config import non_negative, param, positive_finite, positive_int
 from stages.lib.losses import LossConfig, PreferenceLossOutput, preference_loss
 from stages.lib.modeling import use_bf16
 from stages.lib.sequences import completion_logprobs, encode_batch
+from stages.lib.training import is_timing
 
 #: Order of the per-pair sums kept on the device: loss, margin, chosen, rejected, correct, pairs.
 _STATS = ("loss", "margin", "chosen_reward", "rejected_reward", "accuracy")
@@ -412,8 +413,8 @@ class _StepAlignedDVCLive(DVCLiveCallback):
             return
         self.live.step = state.global_step
         if "train_runtime" in (logs or {}):
-            for key, value in logs.items():  # timings stay in metrics/align: logs/ is deterministic
-                if Metric.could_log(value) and "runtime" not in key and "per_second" not in key:
+            for key, value in logs.items():  # timings go to logs/timings: logs/ is deterministic
+                if Metric.could_log(value) and not is_timing(key):
                     self.live.log_metric(
                         standardize_metric_name(key, "dvclive.huggingface"), value, plot=False
                     )
