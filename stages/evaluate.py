@@ -45,7 +45,6 @@ timings.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -71,19 +70,24 @@ def policy_dir(policy: str, seed: int) -> Path:
     return paths.policy_model(policy, seed)
 
 
-def check_held_out(eval_rows: list[dict], train_rows: list[dict]) -> int:
-    """Fail if an eval prompt_id is also a train prompt_id; return how many eval prompt *texts*
-    also occur among the train prompts (a shared opening of two different reviews, reported)."""
+def check_held_out(eval_rows: list[dict], train_rows: list[dict]) -> None:
+    """Fail if an eval prompt shares its prompt_id or its text (whitespace-normalised,
+    case-sensitive) with a train prompt: the policies were trained on the train prompts."""
     train_ids = {r["prompt_id"] for r in train_rows}
-    shared = [r["prompt_id"] for r in eval_rows if r["prompt_id"] in train_ids]
-    if shared:
-        raise ValueError(
-            f"{paths.EVAL_PROMPTS}: {len(shared)} eval prompt_id(s) also in "
-            f"{paths.TRAIN_PROMPTS} (first: {shared[0]!r}); eval prompts must be "
-            f"held out"
-        )
-    train_texts = {r["prompt"] for r in train_rows}
-    return sum(r["prompt"] in train_texts for r in eval_rows)
+    train_texts = {" ".join(r["prompt"].split()) for r in train_rows}
+    for field, shared in (
+        ("prompt_id", [r["prompt_id"] for r in eval_rows if r["prompt_id"] in train_ids]),
+        (
+            "text",
+            [r["prompt_id"] for r in eval_rows if " ".join(r["prompt"].split()) in train_texts],
+        ),
+    ):
+        if shared:
+            raise ValueError(
+                f"{paths.EVAL_PROMPTS}: {len(shared)} eval prompt(s) share their {field} with "
+                f"a prompt of {paths.TRAIN_PROMPTS} (first: {shared[0]!r}); eval prompts must "
+                f"be held out (re-run prepare)"
+            )
 
 
 def _r(values) -> list[float]:
@@ -130,7 +134,7 @@ def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
     path = policy_dir(policy, seed)
     eval_rows = read_rows(paths.EVAL_PROMPTS, PROMPTS)
     train_rows = read_rows(paths.TRAIN_PROMPTS, PROMPTS)
-    shared_text = check_held_out(eval_rows, train_rows)
+    check_held_out(eval_rows, train_rows)
     if cfg.n_prompts > len(eval_rows):
         raise ValueError(
             f"params: evaluate.n_prompts: must be <= the {len(eval_rows)} prompts "
@@ -160,12 +164,6 @@ def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
         generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens),
     )
     write_json(paths.eval_metrics(policy, seed), metrics)
-    if shared_text:
-        print(
-            f"note: {shared_text} of the eval prompt texts also open a train review (different "
-            f"reviews, disjoint prompt ids)",
-            file=sys.stderr,
-        )
     return metrics
 
 

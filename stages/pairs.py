@@ -15,7 +15,10 @@ functions in :mod:`stages.lib.pairing`, one ``random.Random`` per prompt seeded 
 In every strategy a pair of equal rewards is skipped. Prompts left without any pair are kept out
 of the output and counted in the metrics. ``pairs.val_fraction`` of the prompts (drawn by
 prompt, seeded, before any prompt is dropped, so the same prompts are held out whatever the
-strategy or reward model) get ``split: "val"``; all their pairs go with them.
+strategy or reward model) get ``split: "val"``; all their pairs go with them. The draw is by
+prompt *text*: prompts that share a text (two reviews with the same opening) fall on the same
+side, so no validation prompt text is a training prompt text (``val_texts_in_train`` in the
+metrics is 0).
 """
 
 from __future__ import annotations
@@ -34,22 +37,34 @@ from stages.lib.contracts import PREFERENCES, SCORED, check_row, read_rows
 from stages.lib.pairing import make_pairs
 
 
-def validation_ids(prompt_ids: Sequence[str], val_fraction: float, seed: int) -> set[str]:
-    """A seeded draw of ``round(val_fraction * n)`` prompt ids (at least one when
-    ``val_fraction`` > 0) held out for validation."""
-    n = len(prompt_ids)
+def validation_ids(prompts: Sequence[tuple[str, str]], val_fraction: float, seed: int) -> set[str]:
+    """The ids of about ``round(val_fraction * n)`` of the ``(prompt_id, prompt)`` pairs (at
+    least one when ``val_fraction`` > 0), held out for validation *by text*: the distinct
+    prompt texts (whitespace-normalised, case-sensitive) in a seeded order, each taken with all
+    its prompts until the count is reached, so no validation text is also a training text."""
+    groups: dict[str, list[str]] = {}
+    for prompt_id, text in prompts:
+        groups.setdefault(" ".join(text.split()), []).append(prompt_id)
+    n = len(prompts)
     n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
-    if n_val >= n and n_val > 0:
+    texts = sorted(groups)
+    random.Random(f"{seed}-pairs-val").shuffle(texts)
+    val: list[str] = []
+    for text in texts:
+        if len(val) >= n_val:
+            break
+        val.extend(groups[text])
+    if val and len(val) >= n:
         raise ValueError(
-            f"params: pairs.val_fraction: must leave a train prompt among {n} "
-            f"prompts, got {val_fraction}"
+            f"params: pairs.val_fraction: must leave a train prompt among {n} prompts "
+            f"({len(groups)} distinct texts), got {val_fraction}"
         )
-    return set(random.Random(f"{seed}-pairs-val").sample(list(prompt_ids), n_val))
+    return set(val)
 
 
 def build_preferences(rows: list[dict], cfg: PairsConfig, seed: int) -> tuple[list[dict], dict]:
     """PREFERENCES rows (scored rows in order, prompts without pairs left out) and metrics."""
-    val = validation_ids([r["prompt_id"] for r in rows], cfg.val_fraction, seed)
+    val = validation_ids([(r["prompt_id"], r["prompt"]) for r in rows], cfg.val_fraction, seed)
     out, picked_rewards, margins, gold_agree, gold_ties = [], [], [], [], []
     chosen, rejected = [], []
     for n, row in enumerate(rows, start=1):
@@ -93,6 +108,14 @@ def build_preferences(rows: list[dict], cfg: PairsConfig, seed: int) -> tuple[li
             }
             for split in ("train", "val")
         },
+        "prompt_texts": {
+            split: len({" ".join(r["prompt"].split()) for r in out if r["split"] == split})
+            for split in ("train", "val")
+        },
+        "val_texts_in_train": len(
+            {" ".join(r["prompt"].split()) for r in out if r["split"] == "val"}
+            & {" ".join(r["prompt"].split()) for r in out if r["split"] == "train"}
+        ),
         "mean_reward_margin": round(fmean(margins), 6) if margins else 0.0,
         "mean_reward_chosen": round(fmean(chosen), 6) if chosen else 0.0,
         "mean_reward_rejected": round(fmean(rejected), 6) if rejected else 0.0,

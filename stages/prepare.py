@@ -9,13 +9,21 @@ Reads ``data.*`` and ``seed`` from params.yaml; writes ``data/prepared/{train,te
 ``data.source`` is ``synthetic`` (the built-in corpus, :mod:`stages.lib.synthetic`), a local folder
 with ``train`` and ``test`` files (jsonl, csv or parquet; columns ``text`` and ``label``), or a
 Hugging Face dataset id such as ``stanfordnlp/imdb``. Folders and hub ids go through the same
-``datasets.load_dataset`` call.
+``datasets.load_dataset`` call; a local file is first checked by :func:`stages.lib.tables.check_table`
+(an empty file, a broken JSON line, a csv row missing a column or an unreadable parquet file
+fails with the file and line).
+
+Eval prompts are held out by *text*: a test review whose prompt (its first ``data.prompt_words``
+words, single-spaced, case-sensitive) is also a train prompt is never drawn, so no policy is
+evaluated on a prompt it was trained on. ``metrics/prepare.json`` counts the test reviews passed
+over for that and the distinct prompt texts of each set.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import datasets
@@ -33,8 +41,8 @@ from stages.lib.common import (
 from stages.lib.config import DataConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREPARED, check_row
 from stages.lib.synthetic import generate_splits
+from stages.lib.tables import FORMATS, check_table
 
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SPLITS = ("train", "test")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
@@ -59,6 +67,7 @@ def _local_files(folder: Path) -> dict[str, str]:
                 f"data.source: {folder} has several {split} files "
                 f"({', '.join(p.name for p in found)}); keep one"
             )
+        check_table(found[0], ("text", "label"), "data.source")
         files[split] = str(found[0])
     kinds = {FORMATS[Path(f).suffix] for f in files.values()}
     if len(kinds) > 1:
@@ -131,26 +140,41 @@ def clean_rows(
     return seeded_subset(out, limit, f"{seed}-{split}-rows"), empty
 
 
-def make_prompts(
-    rows: list[dict], n: int, words: int, seed: int, prefix: str, parameter: str
-) -> tuple[list[dict], int]:
-    """Draw ``n`` prompts (first ``words`` words) from reviews long enough to leave a completion.
+def prompt_text(text: str, words: int) -> str:
+    """The prompt of a review: its first ``words`` whitespace-separated words, single-spaced."""
+    return " ".join(text.split()[:words])
 
-    Returns the prompts and the number of reviews too short to qualify. Prompt ids are
-    ``<prefix>-<row index>`` so a prompt can be traced to its review."""
-    eligible = [i for i, row in enumerate(rows) if len(row["text"].split()) > words]
-    dropped = len(rows) - len(eligible)
+
+def make_prompts(
+    rows: list[dict],
+    n: int,
+    words: int,
+    seed: int,
+    prefix: str,
+    parameter: str,
+    exclude: Collection[str] = frozenset(),
+) -> tuple[list[dict], int, int]:
+    """Draw ``n`` prompts (first ``words`` words) from reviews long enough to leave a completion
+    and whose prompt text is not in ``exclude`` (held-out prompts exclude the train prompts).
+
+    Returns the prompts, the number of reviews too short to qualify and the number left out
+    because their prompt text is excluded. Prompt ids are ``<prefix>-<row index>`` so a
+    prompt can be traced to its review."""
+    long_enough = [i for i, row in enumerate(rows) if len(row["text"].split()) > words]
+    eligible = [i for i in long_enough if prompt_text(rows[i]["text"], words) not in exclude]
+    short, excluded = len(rows) - len(long_enough), len(long_enough) - len(eligible)
     if n > len(eligible):
+        unseen = " whose prompt text is not a train prompt" if exclude else ""
         raise ValueError(
             f"params: {parameter}: must be <= {len(eligible)} (the {prefix} "
-            f"reviews with more than {words} words), got {n}"
+            f"reviews with more than {words} words{unseen}), got {n}"
         )
     picked = random.Random(f"{seed}-{prefix}-prompts").sample(eligible, n)
     prompts = [
-        {"prompt_id": f"{prefix}-{i}", "prompt": " ".join(rows[i]["text"].split()[:words])}
+        {"prompt_id": f"{prefix}-{i}", "prompt": prompt_text(rows[i]["text"], words)}
         for i in picked
     ]
-    return prompts, dropped
+    return prompts, short, excluded
 
 
 def _split_stats(rows: list[dict], raw: int, empty: int, short: int) -> dict:
@@ -170,7 +194,7 @@ def prepare(params: dict) -> dict:
     raw = load_source(data, seed)
     cleaned = {s: clean_rows(raw[s], s, limits[s], seed) for s in SPLITS}
     split_rows = {s: rows for s, (rows, _) in cleaned.items()}
-    train_prompts, short_train = make_prompts(
+    train_prompts, short_train, _ = make_prompts(
         split_rows["train"],
         data.n_train_prompts,
         data.prompt_words,
@@ -178,13 +202,14 @@ def prepare(params: dict) -> dict:
         "train",
         "data.n_train_prompts",
     )
-    eval_prompts, short_test = make_prompts(
+    eval_prompts, short_test, overlap = make_prompts(
         split_rows["test"],
         data.n_eval_prompts,
         data.prompt_words,
         seed,
         "test",
         "data.n_eval_prompts",
+        exclude={p["prompt"] for p in train_prompts},
     )
     write_jsonl(paths.PREPARED_TRAIN, split_rows["train"])
     write_jsonl(paths.PREPARED_TEST, split_rows["test"])
@@ -193,7 +218,14 @@ def prepare(params: dict) -> dict:
     short = {"train": short_train, "test": short_test}
     metrics = {
         **{s: _split_stats(split_rows[s], len(raw[s]), cleaned[s][1], short[s]) for s in SPLITS},
-        "prompts": {"train": len(train_prompts), "eval": len(eval_prompts)},
+        "prompts": {
+            "train": len(train_prompts),
+            "train_distinct_texts": len({p["prompt"] for p in train_prompts}),
+            "eval": len(eval_prompts),
+            "eval_distinct_texts": len({p["prompt"] for p in eval_prompts}),
+            # test reviews passed over because their prompt text is a train prompt
+            "test_reviews_sharing_a_train_prompt": overlap,
+        },
     }
     write_json(paths.metrics_file("prepare"), metrics)
     return metrics

@@ -39,9 +39,19 @@ TINY_GPT2 = TinyGPT2Config(vocab_size=300, n_layer=2, n_embd=32, n_head=2, n_pos
 
 def test_held_out_check():
     train = [{"prompt_id": "train-1", "prompt": "The film was"}]
-    assert check_held_out([{"prompt_id": "test-1", "prompt": "The film was"}], train) == 1
-    with pytest.raises(ValueError, match="train-1"):
+    check_held_out([{"prompt_id": "test-1", "prompt": "The film is"}], train)  # held out
+    check_held_out([{"prompt_id": "test-1", "prompt": "the film was"}], train)  # case counts
+    with pytest.raises(ValueError, match="share their prompt_id .*first: 'train-1'"):
         check_held_out([{"prompt_id": "train-1", "prompt": "Other words here"}], train)
+    for text in ("The film was", " The  film was "):  # whitespace-normalised text
+        with pytest.raises(ValueError, match="share their text .*first: 'test-2'"):
+            check_held_out(
+                [
+                    {"prompt_id": "test-1", "prompt": "Other words"},
+                    {"prompt_id": "test-2", "prompt": text},
+                ],
+                train,
+            )
 
 
 def test_policy_dir():
@@ -208,4 +218,7 @@ def test_eval_prompt_also_in_train_fails(workspace, monkeypatch, tmp_path):
     eval_rows = (root / "data/prompts/eval.jsonl").read_text()
     (root / "data/prompts/train.jsonl").write_text(eval_rows.splitlines()[0] + "\n")
     result = _run(root, monkeypatch, "sft")
-    assert result.exit_code == 1 and "also in data/prompts/train.jsonl" in result.output
+    assert (
+        result.exit_code == 1
+        and "share their prompt_id with a prompt of data/prompts/train.jsonl" in result.output
+    )

@@ -79,7 +79,7 @@ def test_build_preferences_counts_and_metrics():
 
 
 def test_validation_split_by_prompt_seeded():
-    ids = [f"p{i}" for i in range(100)]
+    ids = [(f"p{i}", f"text {i}") for i in range(100)]
     val = validation_ids(ids, 0.1, seed=0)
     assert len(val) == 10 and val == validation_ids(ids, 0.1, seed=0)
     assert val != validation_ids(ids, 0.1, seed=1)
@@ -142,9 +142,32 @@ def test_val_fraction_leaving_no_train_prompt():
     with pytest.raises(
         ValueError,
         match=r"^params: pairs\.val_fraction: must leave a train "
-        r"prompt among 3 prompts, got 0\.9$",
+        r"prompt among 3 prompts \(3 distinct texts\), got 0\.9$",
     ):
-        validation_ids(["a", "b", "c"], 0.9, seed=0)
+        validation_ids([("a", "x"), ("b", "y"), ("c", "z")], 0.9, seed=0)
+    # two prompts sharing a text go together: holding one out holds out both
+    with pytest.raises(ValueError, match=r"among 2 prompts \(1 distinct texts\)"):
+        validation_ids([("a", "y"), ("b", " y ")], 0.5, seed=0)
+
+
+def test_validation_split_holds_out_texts_not_ids():
+    # 60 prompts over 20 texts (three reviews open alike): val takes whole texts
+    prompts = [(f"p{i}", f"opening {i % 20}") for i in range(60)]
+    for seed in range(5):
+        val = validation_ids(prompts, 0.1, seed=seed)
+        val_texts = {t for pid, t in prompts if pid in val}
+        train_texts = {t for pid, t in prompts if pid not in val}
+        assert not val_texts & train_texts
+        assert len(val) == 6 and len(val_texts) == 2  # round(0.1 * 60) = 6 = two whole texts
+    rows = _scored_rows(40)
+    for i, row in enumerate(rows):
+        row["prompt"] = f"same {i % 8}" + " " * (i % 3)  # trailing spaces do not split a text
+    out, metrics = build_preferences(rows, _cfg("first_round"), SEED)
+    val = {r["prompt"].strip() for r in out if r["split"] == "val"}
+    train = {r["prompt"].strip() for r in out if r["split"] == "train"}
+    assert val and train and not val & train
+    assert metrics["val_texts_in_train"] == 0
+    assert metrics["prompt_texts"] == {"train": len(train), "val": len(val)}
 
 
 def test_rso_n_select_above_k_names_row():

@@ -85,7 +85,10 @@ def _check_outputs(metrics: dict, n_train: int, n_eval: int) -> None:
         index = int(p["prompt_id"].split("-")[1])
         assert p["prompt_id"].startswith("test-") and test_texts[index].startswith(p["prompt"])
     assert metrics == json.loads(Path("metrics/prepare.json").read_text())
-    assert metrics["prompts"] == {"train": n_train, "eval": n_eval}
+    assert metrics["prompts"]["train"] == n_train and metrics["prompts"]["eval"] == n_eval
+    assert not {p["prompt"] for p in prompts} & {p["prompt"] for p in evals}  # held out by text
+    assert metrics["prompts"]["train_distinct_texts"] == len({p["prompt"] for p in prompts})
+    assert metrics["prompts"]["eval_distinct_texts"] == len({p["prompt"] for p in evals})
     assert metrics["train"]["rows"] == len(train)
 
 
@@ -97,16 +100,32 @@ def test_make_prompts_drops_short_reviews_and_is_seeded():
     rows = [{"text": "one two three", "label": 1}] + [
         {"text": f"a b c d e{i}", "label": 0} for i in range(5)
     ]
-    prompts, dropped = make_prompts(rows, 3, 4, 0, "train", "data.n_train_prompts")
-    assert dropped == 1 and len(prompts) == 3
+    prompts, dropped, excluded = make_prompts(rows, 3, 4, 0, "train", "data.n_train_prompts")
+    assert dropped == 1 and excluded == 0 and len(prompts) == 3
     assert all(p["prompt"] == "a b c d" and p["prompt_id"] != "train-0" for p in prompts)
     assert prompts == make_prompts(rows, 3, 4, 0, "train", "data.n_train_prompts")[0]
+
+
+def test_make_prompts_excludes_texts():
+    rows = [{"text": f"a b c d{i % 3} e", "label": 0} for i in range(9)]
+    prompts, _, excluded = make_prompts(
+        rows, 3, 4, 0, "test", "data.n_eval_prompts", exclude={"a b c d0", "a b c d1"}
+    )
+    assert excluded == 6 and {p["prompt"] for p in prompts} == {"a b c d2"}
+    with pytest.raises(
+        ValueError,
+        match=r"^params: data\.n_eval_prompts: must be <= 3 \(the test reviews with more than 4 "
+        r"words whose prompt text is not a train prompt\), got 4$",
+    ):
+        make_prompts(rows, 4, 4, 0, "test", "data.n_eval_prompts", exclude={"a b c d0", "a b c d1"})
 
 
 def test_prepare_synthetic(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     metrics = prepare(_params())
     _check_outputs(metrics, 50, 20)
+    # the synthetic reviews open with templates: some test reviews share a train prompt's text
+    assert metrics["prompts"]["test_reviews_sharing_a_train_prompt"] > 0
     assert 0.4 <= metrics["train"]["positive_share"] <= 0.6
     first = Path("data/prompts/train.jsonl").read_text()
     prepare(_params())
@@ -175,11 +194,26 @@ def test_bad_params(tmp_path, monkeypatch, change, message):
     assert not any(Path(p).exists() for p in OUTPUTS)
 
 
+def test_eval_prompts_cannot_avoid_train_texts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    same = [{"text": f"The same opening words, review {i}.", "label": i % 2} for i in range(10)]
+    source = _write(tmp_path / "src", "jsonl", same, same[:3] + _rows(2))
+    with pytest.raises(
+        ValueError,
+        match=r"^params: data\.n_eval_prompts: must be <= 2 \(the test reviews with more than "
+        r"4 words whose prompt text is not a train prompt\), got 3$",
+    ):
+        prepare(_params(str(source), n_train_prompts=1, n_eval_prompts=3))
+    assert not any(Path(p).exists() for p in OUTPUTS)
+    metrics = prepare(_params(str(source), n_train_prompts=1, n_eval_prompts=2))
+    assert metrics["prompts"]["test_reviews_sharing_a_train_prompt"] == 3
+
+
 @pytest.mark.parametrize(
     "train, test, message",
     [
-        ([{"txt": "a b c d e", "label": 1}], _rows(3), "has no 'text' column"),
-        ([{"text": "a b c d e", "y": 1}], _rows(3), "has no 'label' column"),
+        ([{"txt": "a b c d e", "label": 1}], _rows(3), r"train\.jsonl:1: no 'text' field"),
+        ([{"text": "a b c d e", "y": 1}], _rows(3), r"train\.jsonl:1: no 'label' field"),
         ([{"text": "a b c d e", "label": 2}], _rows(3), "row 1: label must be 0 or 1"),
         ([{"text": "<br />", "label": 1}], _rows(3), "split 'train' is empty"),
     ],
@@ -231,3 +265,53 @@ def test_cli_error_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.output.strip() == "error: params: data.prompt_words: must be >= 1, got 0"
     assert not Path("data").exists()
+
+
+def _bad_source(folder: Path, name: str, content: bytes) -> Path:
+    """A source folder with a valid test.jsonl and ``name`` holding ``content``."""
+    _write(folder, "jsonl", _rows(3), _rows(3))
+    (folder / "train.jsonl").unlink()
+    (folder / name).write_bytes(content)
+    if name.endswith((".csv", ".parquet")):  # train and test share one format
+        test = pd.DataFrame(_rows(3))
+        (folder / "test.jsonl").unlink()
+        if name.endswith(".csv"):
+            test.to_csv(folder / "test.csv", index=False)
+        else:
+            test.to_parquet(folder / "test.parquet")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("train.jsonl", b"", "train.jsonl is empty$"),
+        ("train.jsonl", b"\n  \n", "train.jsonl is empty$"),
+        (
+            "train.jsonl",
+            b'{"text": "a b c d e", "label": 1}\n{"text": "a b c d e", "label": 1\n',
+            r"train\.jsonl:2: not valid JSON \(Expecting ',' delimiter",
+        ),
+        ("train.jsonl", b'{"text": "a b c d e", "label": 1}\n[1, 2]\n', "train.jsonl:2: a row"),
+        ("train.jsonl", b'{"text": "caf\xe9 b c d", "label": 1}\n', r"train\.jsonl:1: not UTF-8"),
+        ("train.csv", b"text,label\n", r"train\.csv is empty \(a header, no rows\)"),
+        (
+            "train.csv",
+            b'text,label\n"a b c d e",1\n"a b c d e"\n',
+            r"train\.csv:3: 1 field\(s\) where the header has 2 \(no 'label'\)",
+        ),
+        ("train.csv", b"review,label\nx,1\n", r"train\.csv: no 'text' column \(header: review"),
+        ("train.parquet", b"PAR1 not really parquet", r"train\.parquet: not a readable parquet"),
+        ("train.parquet", b"", r"train\.parquet is empty$"),
+    ],
+)
+def test_bad_source_file_is_located(tmp_path, monkeypatch, name, content, message):
+    monkeypatch.chdir(tmp_path)
+    source = _bad_source(tmp_path / "src", name, content)
+    with pytest.raises(ValueError) as err:
+        prepare(_params(str(source), n_train_prompts=1, n_eval_prompts=1))
+    text = str(err.value)
+    assert text.startswith(f"data.source: {source / name}") and "\n" not in text
+    assert re.search(message, text), text
+    assert not any(Path(p).exists() for p in OUTPUTS)
+    assert not Path("data").exists() and not Path("metrics").exists()
