@@ -13,7 +13,9 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.bench.align import align_throughput, bench_rows, clean_boundary, trl_completion_ids
-from stages.bench.cli import align_optimizer, alignment_flops, markdown, step_flops
+from stages.bench.cli import align_optimizer, markdown
+from stages.bench.flops import alignment_flops, step_flops
+from stages.bench.runs import INPUTS, side_by_side, timed_run, workspace
 from stages.cli import build_app
 from stages.lib.config import load_params
 
@@ -124,6 +126,79 @@ def test_alignment_flops_times_real_trainer_steps(tiny_lm, torch_one_thread):
     assert f["ratio"] == pytest.approx(f["achieved_flops"] / f["matmul_flops"])
 
 
+def test_step_flops_counts_the_head_on_the_given_positions():
+    from transformers import GPT2Config
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=500, n_positions=32)
+    full, packed = step_flops(config, 4, 10), step_flops(config, 4, 10, head_tokens=25)
+    assert full - packed == pytest.approx(6 * (40 - 25) * 500 * 64)
+    assert step_flops(config, 4, 10, head_tokens=40) == full
+
+
+def test_alignment_flops_on_a_saved_policy_fast_and_plain(tiny_lm_dir, tiny_lm, torch_one_thread):
+    from stages.lib.trainer import build_items
+
+    _, tokenizer = tiny_lm
+    rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(6)]
+    items = build_items(rows, [{"logps": [-50.0] * 4} for _ in rows])
+    runs = {
+        fast: alignment_flops(
+            items, tokenizer, model_dir=tiny_lm_dir, batch_prompts=2, steps=2, fast=fast, peak=1e9
+        )
+        for fast in (False, True)
+    }
+    plain, fast = runs[False], runs[True]
+    assert plain["path"] == "plain" and fast["path"] == "fast"
+    assert "demo SFT policy" in fast["model"] and fast["matmul_flops"] == 1e9
+    assert plain["step_flops"] == fast["step_flops"]  # the same padded shapes, same numerator
+    assert plain["useful_flops"] == pytest.approx(plain["achieved_flops"])
+    assert fast["useful_flops"] < fast["achieved_flops"]  # the head skips prompt and padding
+    assert fast["ratio"] == pytest.approx(fast["achieved_flops"] / 1e9)
+
+
+def _fake_code(root: Path) -> Path:
+    """A code tree whose ``python -m stages <stage> <variant> --seed <s>`` records its call in
+    the working folder, fails for variant ``bad`` and checks the thread setting it was given."""
+    (root / "stages").mkdir(parents=True)
+    (root / "stages/__init__.py").write_text("")
+    (root / "stages/__main__.py").write_text(
+        "import os, sys, pathlib\n"
+        "stage, variant, seed = sys.argv[1], sys.argv[2], sys.argv[4]\n"
+        "if variant == 'bad':\n"
+        "    sys.exit('error: no such variant')\n"
+        "threads = os.environ.get('OMP_NUM_THREADS', 'all')\n"
+        "pathlib.Path(f'{stage}-{variant}-{seed}-{threads}').write_text(str(pathlib.Path.cwd()))\n"
+    )
+    (root / "params.yaml").write_text("seed: 0\n")
+    return root
+
+
+def test_runs_work_in_a_scratch_workspace_with_the_given_code(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # sequential runs inherit the setting
+    repo = tmp_path / "repo"
+    for rel in INPUTS:
+        target = repo / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir() if "." not in target.name else target.write_text("{}\n")
+    code = _fake_code(tmp_path / "code")
+    with pytest.raises(FileNotFoundError, match="models/sft not found"):
+        workspace(tmp_path / "empty", code, tmp_path / "ws0")
+    folder = workspace(repo, code, tmp_path / "ws")
+    assert all((folder / rel).is_symlink() for rel in INPUTS)
+    assert (folder / "params.yaml").read_text() == "seed: 0\n"
+    t = timed_run(code, folder, "dpo", 3)
+    assert t["total_s"] == pytest.approx(t["align_s"] + t["evaluate_s"])
+    assert (folder / "align-dpo-3-all").is_file() and (folder / "evaluate-dpo-3-all").is_file()
+    with pytest.raises(ValueError, match=r"^bench runs: align failed: error: no such variant$"):
+        timed_run(code, folder, "bad", 0)
+    both = side_by_side(code, folder, "ipo", (0, 1))
+    for seed in (0, 1):  # sequential with every core, then side by side with one thread each
+        assert (folder / f"evaluate-ipo-{seed}-all").is_file()
+        assert (folder / f"evaluate-ipo-{seed}-1").is_file()
+    assert both["speedup"] == pytest.approx(both["sequential_s"] / both["parallel_one_thread_s"])
+    assert not any((repo / "models").glob("aligned*"))  # the repository is never written
+
+
 def test_bench_command_writes_json_and_markdown(
     tiny_lm_dir, tmp_path, monkeypatch, torch_one_thread
 ):
@@ -161,7 +236,7 @@ def test_bench_command_errors_are_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert (
         result.output.strip() == "error: --only: unknown item 'nope' (items: align, sample, "
-        "eval, flops, sweep)"
+        "eval, flops, runs, sweep)"
     )
     result = CliRunner().invoke(app, ["bench", "--only", "align"])
     assert result.exit_code == 1

@@ -6,6 +6,7 @@ hub id uses; nothing reaches the network.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from stages.lib.modeling import (
     build_model,
     check_context,
     context_length,
+    fuse_activations,
     load_causal_lm,
     load_pretrained,
     open_live,
@@ -199,3 +201,34 @@ def test_training_curves_are_logged_in_a_git_repo_without_commits(tmp_path, monk
     live.next_step()
     live.end()
     assert (tmp_path / "logs/sft/plots/metrics/loss.tsv").is_file()
+
+
+def test_fuse_activations_same_function_one_kernel(tiny_lm):
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    base, _ = tiny_lm
+    fused = fuse_activations(copy.deepcopy(base))
+    kinds = [type(m) for m in fused.modules()]
+    assert GELUTanh in kinds and NewGELUActivation not in kinds
+    assert NewGELUActivation in [type(m) for m in base.modules()]  # the input model was a copy
+    assert fused.config.activation_function == base.config.activation_function == "gelu_new"
+    x = torch.tensor([[5, 9, 30, 2, 17, 11]])
+    plain, fast = base(x).logits, fused(x).logits
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-5)
+    plain.square().sum().backward()
+    fast.square().sum().backward()
+    for (name, p), q in zip(base.named_parameters(), fused.parameters()):
+        assert torch.allclose(q.grad, p.grad, rtol=1e-4, atol=1e-5), name
+    base.zero_grad(set_to_none=True)
+
+
+def test_loaded_and_tiny_policies_use_the_fused_activation(tmp_path):
+    from transformers.activations import GELUTanh
+
+    tokenizer = train_bpe_tokenizer(TEXTS, 280, model_max_length=64)
+    model = tiny_gpt2(tokenizer, GPT2)
+    save_pretrained(model, tokenizer, tmp_path / "m")
+    loaded, _ = load_causal_lm(tmp_path / "m")
+    built, _ = build_model("tiny", "causal", "sft.model", texts=TEXTS, tiny=GPT2, seed=0)
+    for m in (loaded, built):
+        assert any(isinstance(x, GELUTanh) for x in m.modules())

@@ -146,7 +146,9 @@ def test_repro_writes_every_output(repo):
         for p in (path / "metrics").rglob("*.json")
     }
     assert {"prepare.json", "sft.json", "reward.json", "pairs.json"} <= set(metrics)
-    assert metrics["prepare.json"]["prompts"] == {"train": 48, "eval": 12}
+    prompts = metrics["prepare.json"]["prompts"]
+    assert prompts["train"] == 48 and prompts["eval"] == 12
+    assert metrics["pairs.json"]["val_texts_in_train"] == 0
     assert 0.0 <= metrics["reward.json"]["accuracy"] <= 1.0
     assert metrics["sft.json"]["perplexity"] > 1.0
     for policy in policies:

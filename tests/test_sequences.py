@@ -12,6 +12,7 @@ from stages.lib.contracts import REFERENCE, check_row
 from stages.lib.sequences import (
     check_completion_ids,
     check_logits,
+    completion_index,
     completion_logprobs,
     encode_batch,
     encode_ids,
@@ -130,6 +131,43 @@ def test_completion_logprobs_matches_one_at_a_time(tiny_lm):
         want, want_n = _naive_logprob(model, tokenizer, p, ids[i], 64)
         assert int(counts[i]) == want_n == len(ids[i])  # the EOS counts
         assert float(logps[i]) == pytest.approx(want, abs=1e-4)
+
+
+def test_completion_index_points_at_the_positions_predicting_completion_tokens():
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    # next-token grid [3, 4]: row 0 predicts completion tokens at t = 1, 2 (tokens 2, 3)
+    assert completion_index(mask).tolist() == [1, 2, 4, 5, 6, 7]
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_path_matches_the_plain_path_values_and_gradients(tiny_lm):
+    """The fast path (head on completion positions only, target logit as a dot product) and the
+    plain path (head on every position, gather) compute the same log-probs and gradients."""
+    base, tokenizer = tiny_lm
+    ids = _ids(tokenizer, TEXTS, [True, False, True, False])
+    batch = encode_batch(tokenizer, PROMPTS, ids, max_length=12)  # cuts one completion
+    weights = torch.tensor([0.7, -1.3, 2.0, 0.4])
+    results = {}
+    for packed in (False, True):
+        model = copy.deepcopy(base)  # eval mode: no dropout, gradients all the same
+        logps, counts = completion_logprobs(model, batch, packed=packed)
+        (weights * logps).sum().backward()
+        results[packed] = logps.detach(), counts, _grads(model)
+    (plain, n_plain, g_plain), (fast, n_fast, g_fast) = results[False], results[True]
+    assert torch.equal(n_plain, n_fast) and int(n_fast[2]) == 1  # an empty text still has EOS
+    assert torch.allclose(fast, plain, rtol=1e-6, atol=1e-5)
+    assert g_plain.keys() == g_fast.keys() and len(g_fast) > 0
+    for name, g in g_plain.items():
+        assert torch.allclose(g_fast[name], g, rtol=1e-4, atol=1e-6), name
+    # a precomputed index (the collator's) gives the very same numbers
+    with torch.no_grad():
+        given = completion_logprobs(
+            base, {**batch, "completion_index": completion_index(batch["completion_mask"])}
+        )[0]
+        assert torch.equal(given, completion_logprobs(base, batch)[0])
 
 
 def test_head_runs_in_float32_under_bf16_autocast(tiny_lm):

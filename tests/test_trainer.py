@@ -97,7 +97,7 @@ def items(lm) -> list[dict]:
 
 def test_params_align_common_is_a_train_config():
     cfg = common_config()
-    assert cfg.optimizer == "adamw_torch" and cfg.lr_scheduler == "cosine"
+    assert cfg.optimizer == "adamw_torch_fused" and cfg.lr_scheduler == "cosine"
     assert isinstance(cfg.epochs, float) and isinstance(cfg.learning_rate, float)
     assert cfg.max_length == load_params(ROOT / "params.yaml")["reference"]["max_length"]
 
@@ -220,6 +220,39 @@ def test_disable_dropout_zeroes_every_dropout():
 
 
 # ------------------------------------------------------------------------------ grouped loss
+
+
+def test_fast_path_matches_the_plain_path(tiny_lm_dir, lm, items, torch_one_thread):
+    """The fast step (fused GELU, head on completion positions, collator-built index) computes
+    the plain step's per-pair losses and gradients to float32 rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from stages.lib.modeling import fuse_activations
+
+    _, tokenizer = lm
+    batch = PromptCollator(tokenizer, 64)(items[:6])
+    cfg = LossConfig("sigmoid", "jsd", 0.3)
+    out = {}
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
+        disable_dropout(model)
+        with torch.no_grad():  # away from the reference: non-zero log-ratios
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        if fast:
+            fuse_activations(model)
+        result = grouped_preference_loss(model, batch, cfg, packed=fast)
+        result.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        out[fast] = result.losses.detach(), grads, model
+    (plain, g_plain, m_plain), (fast, g_fast, m_fast) = out[False], out[True]
+    assert type(m_plain.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"
+    assert type(m_fast.transformer.h[0].mlp.act).__name__ == "GELUTanh"
+    assert len(plain) == sum(len(i["pairs"]) for i in items[:6])
+    assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    for name, g in g_plain.items():
+        assert torch.allclose(g_fast[name], g, rtol=1e-4, atol=1e-6), name
 
 
 def test_grouped_forward_matches_pairwise_forward(tiny_lm_dir, lm, items, torch_one_thread):

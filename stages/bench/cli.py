@@ -1,7 +1,8 @@
 """Benchmarks, side by side in one run on one machine; writes reports/bench.{json,md}.
 
     dvc repro                                   # the demo outputs the benchmarks read
-    python -m stages bench                      # items 1, 2, 3, 5 (about 5 minutes on 2 cores)
+    python -m stages bench                      # items 1, 2, 3, 5, 6 (about 10 minutes on 2 cores)
+    python -m stages bench --baseline 05687a1   # item 6 also runs that commit's code, side by side
     python -m stages bench --sweep              # + item 4: `dvc repro` of a fresh clone, per stage
     python -m stages bench --only align,flops --threads 1
 
@@ -12,9 +13,14 @@
    unsorted batches, generated tokens/s (:mod:`stages.bench.generate`).
 3. ``eval``: seconds per 1,000 generated tokens of the ``evaluate`` compute.
 4. ``sweep``: wall time of each stage of ``dvc repro`` in a fresh ``git clone`` of HEAD.
-5. ``flops``: achieved FLOP/s of our alignment step on GPT-2 124M (random weights, dropout off
-   as in ``align``) over the FLOP/s of a large float32 matmul, with ``align.common.optimizer``
-   and with fused AdamW.
+5. ``flops``: achieved FLOP/s of our alignment step over the FLOP/s of a large float32 matmul
+   measured in the same run (:mod:`stages.bench.flops`), on the demo SFT policy with the demo's
+   batch (``align.common.batch_prompts`` prompts x K completions) and on GPT-2 124M (random
+   weights), each with the plain path and unfused AdamW (the code before the performance work)
+   and with the fast path and ``align.common.optimizer`` (and fused AdamW).
+6. ``runs``: wall time of one demo run, ``align`` + ``evaluate`` of one variant and seed, each
+   process from start to metrics written, of this tree and of ``--baseline``'s code, and of two
+   runs side by side with one thread each (:mod:`stages.bench.runs`).
 
 Benchmarks are not tests: nothing here asserts a time. Thread count, torch version and CPU are
 recorded with the figures.
@@ -38,15 +44,13 @@ import typer
 from datasets.utils.logging import disable_progress_bar
 from transformers import (
     AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    TrainerCallback,
-    TrainingArguments,
 )
 from transformers.utils import logging as hf_logging
 
-from stages.bench.align import SequentialOrder, align_throughput, quiet_trainer
+from stages.bench.align import align_throughput
+from stages.bench.flops import alignment_flops, matmul_flops
 from stages.bench.generate import evaluation_cost, sampling_throughput
+from stages.bench.runs import run_wall_times
 from stages.lib import paths
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import (
@@ -60,125 +64,14 @@ from stages.lib.config import (
     read_seed,
 )
 from stages.lib.contracts import PREFERENCES, PROMPTS, SCORED, read_rows
-from stages.lib.losses import LossConfig
 from stages.lib.modeling import load_causal_lm
 from stages.lib.trainer import (
     TRAIN_KEYS,
-    PreferenceTrainer,
-    PromptCollator,
     TrainConfig,
     build_items,
-    disable_dropout,
 )
 
-ITEMS = ("align", "sample", "eval", "flops", "sweep")
-
-
-def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an n x n float32 matmul (best of ``repeats`` after a warm-up)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def step_flops(config, batch_seqs: int, seq_len: int) -> float:
-    """Matmul FLOPs of one training step (forward + backward = 3 x forward) of a GPT-2 model on
-    a [batch_seqs, seq_len] batch: 2 per multiply-add, attention scores and values included."""
-    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
-    tokens = batch_seqs * seq_len
-    per_token = layers * (12 * d * d) + vocab * d  # qkv 3d², out d², mlp 8d²; LM head
-    attention = layers * 2 * batch_seqs * seq_len * seq_len * d  # QKᵀ and AV
-    return 3 * (2 * tokens * per_token + 2 * attention)
-
-
-def alignment_flops(
-    items: list[dict],
-    tokenizer,
-    *,
-    optimizer: str = "adamw_torch",
-    batch_prompts: int = 4,
-    steps: int = 3,
-    max_length: int = 64,
-    config=None,
-) -> dict:
-    """Achieved FLOP/s of :class:`stages.lib.trainer.PreferenceTrainer` steps on GPT-2 124M
-    (``GPT2Config()``, random weights, dropout off as in ``align``) with the transformers
-    ``optimizer``; the first step is a warm-up and is not timed. ``config``: another
-    ``GPT2Config`` (tests use a tiny one)."""
-    config = config or GPT2Config()
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
-    disable_dropout(model)
-    collator = PromptCollator(tokenizer, max_length)
-    shapes = [
-        tuple(collator(items[s : s + batch_prompts])["input_ids"].shape)
-        for s in range(0, batch_prompts * (steps + 1), batch_prompts)
-    ]
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            self.times.append(time.perf_counter() - self.t)
-
-    clock = Clock()
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            per_device_train_batch_size=batch_prompts,
-            max_steps=steps + 1,
-            learning_rate=1e-5,
-            optim=optimizer,
-            max_grad_norm=1.0,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=steps + 1,
-            disable_tqdm=True,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-        )
-
-        class Sequential(SequentialOrder, PreferenceTrainer):
-            pass
-
-        trainer = Sequential(
-            model=model,
-            args=args,
-            train_dataset=items[: batch_prompts * (steps + 1)],
-            data_collator=collator,
-            processing_class=tokenizer,
-            callbacks=[clock],
-            loss_config=LossConfig("sigmoid", "reverse_kl", 0.1),
-            variant="flops",
-        )
-        quiet_trainer(trainer)
-        trainer.train()
-    flops = sum(step_flops(config, b, t) for b, t in shapes[1:])
-    seconds = sum(clock.times[1:])
-    achieved, peak = flops / seconds, matmul_flops()
-    size = sum(p.numel() for p in model.parameters())
-    name = f"GPT-2 {size / 1e6:.1f}M (random weights)"
-    return {
-        "model": name,
-        "optimizer": optimizer,
-        "params": size,
-        "batch_shapes": shapes[1:],
-        "timed_steps": steps,
-        "step_s": seconds / steps,
-        "step_flops": flops / steps,
-        "achieved_flops": achieved,
-        "matmul_flops": peak,
-        "ratio": achieved / peak,
-    }
+ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep")
 
 
 def repro_sweep(repo: Path) -> dict:
@@ -260,6 +153,8 @@ def run(
     align_steps: int,
     sample_prompts: int,
     eval_prompts: int,
+    baseline: str | None = None,
+    run_variant: str = "dpo",
 ) -> dict:
     """Run the chosen benchmark items; returns the ``reports/bench.json`` dict."""
     torch.set_num_threads(threads)
@@ -268,6 +163,7 @@ def run(
         "sample": [paths.SFT_DIR, paths.TRAIN_PROMPTS],
         "eval": [paths.SFT_DIR, paths.REWARD_DIR, paths.EVAL_PROMPTS],
         "flops": [paths.SFT_DIR, paths.PREFERENCES],
+        "runs": [paths.SFT_DIR, paths.REWARD_DIR, paths.PREFERENCES, paths.REFERENCE],
     }
     for item in items:
         for path in needs.get(item, []):
@@ -329,19 +225,44 @@ def run(
             )
     if "flops" in items:
         configured = align_optimizer(params)
+        batch = read_mapping(
+            {k: v for k, v in params["align"]["common"].items() if k in TRAIN_KEYS},
+            "align.common",
+            TrainConfig,
+        ).batch_prompts
         prefs = read_rows(paths.PREFERENCES, PREFERENCES)
         refs = [{"logps": [-100.0] * len(p["completions"])} for p in prefs]  # any fixed values
+        items_ = [i for i in build_items(prefs, refs) if i["split"] == "train"]
         tokenizer = AutoTokenizer.from_pretrained(paths.SFT_DIR)
+        peak = matmul_flops()
+        demo = dict(model_dir=paths.SFT_DIR, batch_prompts=batch, steps=align_steps, peak=peak)
         out["flops"] = [
-            alignment_flops(build_items(prefs, refs), tokenizer, optimizer=o)
-            for o in dict.fromkeys([configured, "adamw_torch_fused"])
+            # the demo policy, as align trains it: the commit before (plain path, unfused AdamW)
+            # and now (fused GELU, packed head, the configured optimizer)
+            alignment_flops(items_, tokenizer, optimizer="adamw_torch", fast=False, **demo),
+            alignment_flops(items_, tokenizer, optimizer=configured, **demo),
+            # GPT-2 124M (the paper profile's shape), the same two, and fused AdamW
+            alignment_flops(items_, tokenizer, optimizer="adamw_torch", fast=False, peak=peak),
+            *(
+                alignment_flops(items_, tokenizer, optimizer=o, peak=peak)
+                for o in dict.fromkeys([configured, "adamw_torch_fused"])
+            ),
         ]
         for f in out["flops"]:
             print(
-                f"flops ({f['optimizer']}): {f['achieved_flops'] / 1e9:.1f} GFLOP/s vs matmul "
+                f"flops {f['model']} {f['path']} ({f['optimizer']}): "
+                f"{f['achieved_flops'] / 1e9:.1f} GFLOP/s vs matmul "
                 f"{f['matmul_flops'] / 1e9:.1f} GFLOP/s = {f['ratio']:.2f}",
                 file=sys.stderr,
             )
+    if "runs" in items:
+        out["runs"] = run_wall_times(Path("."), variant=run_variant, baseline=baseline)
+        r = out["runs"]
+        print(
+            f"runs: align + evaluate {r['head']['total_s']:.1f} s"
+            + (f", baseline {r['baseline']['total_s']:.1f} s" if baseline else ""),
+            file=sys.stderr,
+        )
     if "sweep" in items:
         out["sweep"] = repro_sweep(Path("."))
         print(f"sweep: dvc repro {out['sweep']['total_s']:.0f} s", file=sys.stderr)
@@ -404,17 +325,43 @@ def markdown(b: dict) -> str:
         lines.append("")
     if "flops" in b:
         lines += [
-            "| Training efficiency | optimizer | step (s) | GFLOP/step | achieved GFLOP/s | "
-            "fp32 matmul GFLOP/s | ratio |",
-            "|---|---|---|---|---|---|---|",
+            "| Training efficiency | path | optimizer | step (s) | GFLOP/step (padded) | "
+            "achieved GFLOP/s | fp32 matmul GFLOP/s | ratio | useful ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for f in b["flops"]:
             lines.append(
-                f"| {f['model']}, batch {f['batch_shapes'][0][0]} seqs | `{f['optimizer']}` | "
-                f"{f['step_s']:.2f} | {f['step_flops'] / 1e9:.0f} | {f['achieved_flops'] / 1e9:.1f} "
-                f"| {f['matmul_flops'] / 1e9:.1f} | {f['ratio']:.2f} |"
+                f"| {f['model']}, batch {f['batch_shapes'][0][0]} seqs | {f['path']} | "
+                f"`{f['optimizer']}` | {f['step_s']:.3f} | {f['step_flops'] / 1e9:.1f} | "
+                f"{f['achieved_flops'] / 1e9:.1f} | {f['matmul_flops'] / 1e9:.1f} | "
+                f"{f['ratio']:.2f} | {f['useful_ratio']:.2f} |"
             )
         lines.append("")
+    if "runs" in b:
+        r = b["runs"]
+        lines += [
+            f"| One demo run ({r['variant']}, seed {r['seed']}; best of {r['repeats']}) | "
+            "align (s) | evaluate (s) | total (s) |",
+            "|---|---|---|---|",
+        ]
+        for name in ("baseline", "head"):
+            if name in r:
+                label = f"commit {r['baseline_commit']}" if name == "baseline" else "this tree"
+                t = r[name]
+                lines.append(
+                    f"| {label} | {t['align_s']:.1f} | {t['evaluate_s']:.1f} | {t['total_s']:.1f} |"
+                )
+        if "speedup" in r:
+            lines.append(f"| speedup | | | {r['speedup']:.2f}x |")
+        lines.append("")
+        if "side_by_side" in r:
+            p = r["side_by_side"]
+            lines += [
+                f"Two runs one after the other (every core): {p['sequential_s']:.1f} s; started "
+                f"together with one thread each: {p['parallel_one_thread_s']:.1f} s "
+                f"({p['speedup']:.2f}x).",
+                "",
+            ]
     if "sweep" in b:
         w = b["sweep"]
         lines += [
@@ -424,6 +371,14 @@ def markdown(b: dict) -> str:
             "|---|---|",
         ]
         lines += [f"| {name} | {sec:.1f} |" for name, sec in w["stages"].items()]
+        lines.append("")
+        for kind in ("align", "evaluate"):
+            times = [sec for name, sec in w["stages"].items() if name.startswith(f"{kind}@")]
+            if times:
+                lines.append(
+                    f"`{kind}@*`: {len(times)} stages, {sum(times):.0f} s in all, "
+                    f"{sum(times) / len(times):.1f} s each on average."
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -443,6 +398,10 @@ def main(
     align_steps: int = typer.Option(20, help="Alignment steps (one epoch over that many batches)."),
     sample_prompts: int = typer.Option(128, help="Train prompts for the sampling benchmark."),
     eval_prompts: int = typer.Option(100, help="Eval prompts for the evaluation benchmark."),
+    baseline: str = typer.Option(
+        None, help="Commit whose align + evaluate the `runs` item also times, side by side."
+    ),
+    run_variant: str = typer.Option("dpo", help="Variant of align.variants the `runs` item runs."),
     out: Path = typer.Option(Path("reports/bench.json"), help="JSON output; Markdown beside it."),
     params: Path = typer.Option(
         Path("params.yaml"), help="Params file (sample and evaluate settings)."
@@ -468,6 +427,8 @@ def main(
         align_steps=align_steps,
         sample_prompts=sample_prompts,
         eval_prompts=eval_prompts,
+        baseline=baseline,
+        run_variant=run_variant,
     )
     write_json(out, result)
     md = markdown(result)

@@ -51,7 +51,7 @@ from transformers.training_args import OptimizerNames
 from stages.lib.config import non_negative, param, positive_finite, positive_int, unit_interval
 from stages.lib.losses import LossConfig, PreferenceLossOutput, preference_loss
 from stages.lib.modeling import use_bf16
-from stages.lib.sequences import completion_logprobs, encode_batch
+from stages.lib.sequences import completion_index, completion_logprobs, encode_batch
 from stages.lib.training import is_timing
 
 #: Order of the per-pair sums kept on the device: loss, margin, chosen, rejected, correct, pairs.
@@ -191,6 +191,7 @@ class PromptCollator:
     to ``max_length``); map pairs to flat row indices.
 
     Returns ``input_ids``/``attention_mask``/``completion_mask`` [N, T] (N = all completions),
+    ``completion_index`` (:func:`stages.lib.sequences.completion_index`, built here on the CPU),
     ``ref_logps`` [N] and ``chosen``/``rejected`` [P] (rows of the winner and loser of each pair).
     """
 
@@ -208,6 +209,7 @@ class PromptCollator:
             chosen += [offset + w for w, _ in item["pairs"]]
             rejected += [offset + l for _, l in item["pairs"]]
         batch = encode_batch(self.tokenizer, prompts, completions, self.max_length)
+        batch["completion_index"] = completion_index(batch["completion_mask"])
         batch["ref_logps"] = torch.tensor(ref_logps, dtype=torch.float32)
         batch["chosen"] = torch.tensor(chosen, dtype=torch.long)
         batch["rejected"] = torch.tensor(rejected, dtype=torch.long)
@@ -215,10 +217,11 @@ class PromptCollator:
 
 
 def grouped_preference_loss(
-    model, batch: dict[str, torch.Tensor], config: LossConfig
+    model, batch: dict[str, torch.Tensor], config: LossConfig, *, packed: bool = True
 ) -> PreferenceLossOutput:
-    """Forward each completion of the batch once, gather the pairs, return per-pair losses."""
-    logps, n_tokens = completion_logprobs(model, batch)
+    """Forward each completion of the batch once, gather the pairs, return per-pair losses
+    (``packed``: see :func:`stages.lib.sequences.completion_logprobs`)."""
+    logps, n_tokens = completion_logprobs(model, batch, packed=packed)
     n_tokens = n_tokens.clamp(min=1)  # an empty completion has r = 0: its per-token mean is 0 too
     ref = batch["ref_logps"].to(logps.device)
     w, l = batch["chosen"].to(logps.device), batch["rejected"].to(logps.device)
@@ -252,10 +255,17 @@ class PreferenceTrainer(Trainer):
     """``Trainer`` for prompt items (see module docstring); ``loss_config`` picks the variant."""
 
     def __init__(
-        self, *args, loss_config: LossConfig, variant: str, live_dir: str | None = None, **kwargs
+        self,
+        *args,
+        loss_config: LossConfig,
+        variant: str,
+        live_dir: str | None = None,
+        packed: bool = True,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
+        self.packed = packed  # False: the plain log-prob path (benchmarks compare the two)
         self.variant = variant
         self.model_accepts_loss_kwargs = (
             False  # our loss is a per-batch mean: Trainer scales for GA
@@ -285,7 +295,7 @@ class PreferenceTrainer(Trainer):
     # ------------------------------------------------------------------ loss and statistics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = grouped_preference_loss(model, inputs, self.loss_config)
+        out = grouped_preference_loss(model, inputs, self.loss_config, packed=self.packed)
         loss = out.loss
         split = "train" if model.training else "eval"
         with torch.no_grad():

@@ -1,0 +1,140 @@
+"""Benchmark: the wall time of whole demo runs, process start to metrics written.
+
+A *run* is what the pipeline does for one (variant, seed): ``python -m stages align <variant>
+--seed <s>`` then ``python -m stages evaluate <variant> --seed <s>``, each a fresh process, as
+``dvc repro`` starts them. Runs execute in a scratch workspace holding links to the demo's
+inputs (``models/sft``, ``models/reward``, ``data/preferences.jsonl``, ``data/reference.jsonl``,
+``data/prompts``) and the code's own ``params.yaml``, so the repository's outputs are never
+touched. ``baseline`` names a commit whose code runs the same way from a clone, side by side in
+the same benchmark run::
+
+    from stages.bench.runs import run_wall_times
+    result = run_wall_times(Path("."), variant="dpo", seed=0, baseline="05687a1")
+    result["speedup"]                      # baseline total / this tree's total
+
+``side_by_side`` also times two runs (seeds ``seed`` and ``seed + 1``) one after the other with
+every core, against the same two started together with one thread each (``OMP_NUM_THREADS=1``),
+which is what ``dvc queue start -j 2`` does with queued experiments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: What one run reads, relative to the repository root.
+INPUTS = (
+    "models/sft",
+    "models/reward",
+    "data/preferences.jsonl",
+    "data/reference.jsonl",
+    "data/prompts",
+)
+
+
+def workspace(repo: Path, code: Path, folder: Path) -> Path:
+    """A scratch folder with links to ``repo``'s run inputs and a copy of ``code``'s params."""
+    missing = [p for p in INPUTS if not (repo / p).exists()]
+    if missing:
+        raise FileNotFoundError(f"bench runs: {repo / missing[0]} not found (run `dvc repro`)")
+    folder.mkdir(parents=True)
+    for rel in INPUTS:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).symlink_to((repo / rel).resolve())
+    shutil.copy(code / "params.yaml", folder / "params.yaml")
+    return folder
+
+
+def _start(code: Path, folder: Path, args: list[str], threads: int | None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(code.resolve()), "TQDM_DISABLE": "1"}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages", *args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait(proc: subprocess.Popen, what: str) -> None:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        tail = (err or "").strip().splitlines()[-1:] or ["no output"]
+        raise ValueError(f"bench runs: {what} failed: {tail[0]}")
+
+
+def timed_run(
+    code: Path, folder: Path, variant: str, seed: int, threads: int | None = None
+) -> dict:
+    """Seconds of ``align`` and of ``evaluate`` for one run, each from process start to exit."""
+    out = {}
+    for stage in ("align", "evaluate"):
+        start = time.perf_counter()
+        _wait(_start(code, folder, [stage, variant, "--seed", str(seed)], threads), stage)
+        out[f"{stage}_s"] = time.perf_counter() - start
+    out["total_s"] = out["align_s"] + out["evaluate_s"]
+    return out
+
+
+def side_by_side(code: Path, folder: Path, variant: str, seeds: tuple[int, int]) -> dict:
+    """Two runs one after the other with every core, and the same two started together with
+    one thread each; wall seconds of both."""
+    start = time.perf_counter()
+    for seed in seeds:
+        timed_run(code, folder, variant, seed)
+    sequential = time.perf_counter() - start
+    start = time.perf_counter()
+    for stage in ("align", "evaluate"):
+        procs = [_start(code, folder, [stage, variant, "--seed", str(s)], 1) for s in seeds]
+        for proc in procs:
+            _wait(proc, stage)
+    parallel = time.perf_counter() - start
+    return {
+        "sequential_s": sequential,
+        "parallel_one_thread_s": parallel,
+        "speedup": sequential / parallel,
+    }
+
+
+def run_wall_times(
+    repo: Path,
+    *,
+    variant: str = "dpo",
+    seed: int = 0,
+    baseline: str | None = None,
+    repeats: int = 2,
+    parallel: bool = True,
+) -> dict:
+    """Wall times of one run of this tree (and of ``baseline``'s code, alternating with it),
+    best of ``repeats``; with ``parallel``, :func:`side_by_side` for this tree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        codes = {"head": repo}
+        if baseline:
+            clone = tmp / "baseline-code"
+            subprocess.run(["git", "clone", "-q", str(repo.resolve()), str(clone)], check=True)
+            subprocess.run(["git", "-C", str(clone), "checkout", "-q", baseline], check=True)
+            codes["baseline"] = clone
+        spaces = {name: workspace(repo, code, tmp / f"run-{name}") for name, code in codes.items()}
+        best: dict[str, dict] = {}
+        for _ in range(repeats):
+            for name, code in codes.items():
+                t = timed_run(code, spaces[name], variant, seed)
+                if name not in best or t["total_s"] < best[name]["total_s"]:
+                    best[name] = t
+        out = {"variant": variant, "seed": seed, "repeats": repeats, **best}
+        if baseline:
+            out["baseline_commit"] = baseline
+            out["speedup"] = best["baseline"]["total_s"] / best["head"]["total_s"]
+        if parallel:
+            out["side_by_side"] = side_by_side(repo, spaces["head"], variant, (seed, seed + 1))
+    return out
