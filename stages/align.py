@@ -135,6 +135,19 @@ def check_inputs(prefs: list[dict], pref_path: Path) -> None:
         raise ValueError(f"{pref_path}: no preference pairs in split 'train' (see pairs.*)")
 
 
+def check_listwise(prefs: list[dict], pref_path: Path, loss: LossConfig, key: str) -> None:
+    """A listwise loss ranks all completions of a prompt: every prompt needs K >= 2 (``key``:
+    where the loss was set, for the message)."""
+    if not loss.listwise:
+        return
+    for i, p in enumerate(prefs, start=1):
+        if len(p["completions"]) < 2:
+            raise ValueError(
+                f"params: {key}: listwise loss {loss.loss!r} needs >= 2 completions per prompt, "
+                f"{pref_path} row {i} has {len(p['completions'])} (see sample.n_per_prompt)"
+            )
+
+
 def check_token_counts(
     items: list[dict], refs_by_id: dict, collator, key: str = "align.common.max_length"
 ) -> None:
@@ -183,6 +196,9 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
     with _naming(run):
         cfg, loss_config = variant_config(params, name, seed)
         prefs = read_rows(paths.PREFERENCES, PREFERENCES)
+        align_params = params["align"]
+        loss_key = variant_where(name, align_params["common"], align_params["variants"][name] or {})
+        check_listwise(prefs, paths.PREFERENCES, loss_config, loss_key("loss"))
         check_inputs(prefs, paths.PREFERENCES)
         refs = read_reference(paths.REFERENCE, prefs)
         seed_everything(cfg.seed)  # before the model load, as always: same numbers

@@ -284,7 +284,8 @@ def _set(params: dict, dotted: str, value) -> dict:
             "dpo",
             "align.variants.dpo.loss",
             "logistic",
-            "params: align.variants.dpo.loss: must be one of sigmoid, hinge, ipo, got 'logistic'",
+            "params: align.variants.dpo.loss: must be one of sigmoid, hinge, ipo, robust, "
+            "sigmoid_norm, apo_zero, plackett_luce, rrhf, got 'logistic'",
         ),
         ("jsd", "align.variants.jsd.divergence", "tv", "params: align.variants.jsd.divergence: "),
         (
@@ -570,3 +571,110 @@ def test_seed_picks_the_run_and_its_files(project):
     first = align("jsd", params)  # default: the first of `seeds`
     assert Path("metrics/align/jsd/seed-0.json").is_file()
     assert first["train_loss"] != seeded["train_loss"]  # another data order, another run
+
+
+# ------------------------------------------------------------------------------ the newer losses
+
+NEW_VARIANTS = {
+    "pl": {"loss": "plackett_luce", "divergence": "reverse_kl", "beta": 0.3},
+    "rrhf": {"loss": "rrhf", "sft_weight": 1.0},
+    "slic": {"loss": "hinge", "divergence": "reverse_kl", "beta": 0.3, "sft_weight": 0.5},
+    "robust": {"loss": "robust", "divergence": "jsd", "beta": 0.3, "label_smoothing": 0.1},
+}
+
+
+def _new_params(**common) -> dict:
+    params = _params(**common)
+    params["align"]["variants"].update(copy.deepcopy(NEW_VARIANTS))
+    return params
+
+
+@pytest.mark.parametrize("variant", list(NEW_VARIANTS))
+def test_new_loss_variants_train_and_lower_their_loss(project, variant):
+    params = _new_params()
+    metrics = align(variant, params)
+    _, loss_cfg = variant_config(params, variant)
+    assert loss_cfg.listwise == (variant in ("pl", "rrhf"))
+    items = build_items(
+        _read_jsonl(Path("data/preferences.jsonl")), _read_jsonl(Path("data/reference.jsonl"))
+    )
+    train = [i for i in items if i["split"] == "train"]
+    before = _dataset_loss(Path("models/sft"), train, loss_cfg)
+    after = _dataset_loss(Path(f"models/aligned/{variant}/seed-0"), train, loss_cfg)
+    assert math.isfinite(after) and after < before, (variant, before, after)
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_margin"):
+        assert math.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+
+
+def _one_completion(rows: list[dict], index: int) -> list[dict]:
+    row = rows[index]
+    for key in ("completions", "rewards", "completion_ids", "finished"):
+        row[key] = row[key][:1]
+    row["pairs"] = []
+    return rows
+
+
+@pytest.mark.parametrize(
+    "variant, dotted, value, expected",
+    [
+        (
+            "rrhf",
+            "align.variants.rrhf.divergence",
+            "reverse_kl",
+            "params: align.variants.rrhf.divergence: not used by loss 'rrhf' (it ranks "
+            "length-normalised policy log-probs, without reference or score): remove it",
+        ),
+        (
+            "rrhf",
+            "align.variants.rrhf.sft_weight",
+            -1,
+            "params: align.variants.rrhf.sft_weight: must be a finite number >= 0, got -1.0",
+        ),
+        (
+            "robust",
+            "align.variants.robust.label_smoothing",
+            0.5,
+            "params: align.variants.robust.label_smoothing: must be in [0, 0.5), got 0.5",
+        ),
+        (
+            "slic",
+            "align.variants.slic.label_smoothing",
+            0.1,
+            "params: align.variants.slic.label_smoothing: only used by losses sigmoid, robust, "
+            "not 'hinge': remove it, got 0.1",
+        ),
+        (
+            "pl",
+            "align.variants.pl.loss",
+            "listmle",
+            "params: align.variants.pl.loss: must be one of sigmoid, hinge, ipo, robust, ",
+        ),
+        (
+            "pl",
+            "align.common.sft_weight",
+            "a lot",
+            "params: align.common.sft_weight: must be float, got 'a lot'",
+        ),
+    ],
+)
+def test_bad_new_loss_params_fail_before_training(project, variant, dotted, value, expected):
+    with pytest.raises(ValueError) as err:
+        align(variant, _set(_new_params(), dotted, value))
+    assert str(err.value).startswith(f"align@{variant}-0: {expected}"), str(err.value)
+    assert "\n" not in str(err.value)
+    assert not Path("logs").exists() and not Path("models/aligned").exists()
+
+
+@pytest.mark.parametrize("variant", ("pl", "rrhf"))
+def test_listwise_loss_needs_two_completions_per_prompt(project, variant):
+    rows = _one_completion(_read_jsonl(Path("data/preferences.jsonl")), 2)
+    _write_jsonl(Path("data/preferences.jsonl"), rows)
+    with pytest.raises(ValueError) as err:
+        align(variant, _new_params())
+    assert str(err.value) == (
+        f"align@{variant}-0: params: align.variants.{variant}.loss: listwise loss "
+        f"'{NEW_VARIANTS[variant]['loss']}' needs >= 2 completions per prompt, "
+        "data/preferences.jsonl row 3 has 1 (see sample.n_per_prompt)"
+    )
+    assert not Path("logs").exists() and not Path("models/aligned").exists()

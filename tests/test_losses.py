@@ -424,7 +424,8 @@ def _where(key: str) -> str:
         ),
         (
             {"loss": "dpo", "divergence": "reverse_kl", "beta": 0.1},
-            "params: align.common.loss: must be one of sigmoid, hinge, ipo, got 'dpo'",
+            "params: align.common.loss: must be one of sigmoid, hinge, ipo, robust, sigmoid_norm, "
+            "apo_zero, plackett_luce, rrhf, got 'dpo'",
         ),
         (
             {"loss": "sigmoid", "beta": 0.1},
@@ -452,7 +453,8 @@ def _where(key: str) -> str:
         ),
         (
             {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.1, "tau": 1},
-            "params: align.variants.dpo.tau: not a known key (known: loss, divergence, beta, alpha)",
+            "params: align.variants.dpo.tau: not a known key (known: loss, divergence, beta, alpha, "
+            "sft_weight, label_smoothing)",
         ),
     ],
 )
@@ -496,7 +498,8 @@ class _StubPolicy:
 
 @pytest.fixture(scope="module")
 def trl_trainer(tmp_path_factory):
-    """make(loss_type, f_divergence_type, f_alpha_divergence_coef, beta) -> a real DPOTrainer."""
+    """make(loss_type, f_divergence_type, f_alpha_divergence_coef, beta, **DPOConfig extras)
+    -> a real DPOTrainer (``loss_type`` a name or a list of names, e.g. ["sigmoid", "sft"])."""
     pytest.importorskip("trl")
     from datasets import Dataset
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -514,8 +517,15 @@ def trl_trainer(tmp_path_factory):
     )
     cache = {}
 
-    def make(loss_type, f_divergence_type, coef=0.5, beta=0.1):
-        key = (loss_type, f_divergence_type, coef, beta)
+    def make(loss_type, f_divergence_type, coef=0.5, beta=0.1, **extra):
+        loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+        key = (
+            tuple(loss_types),
+            f_divergence_type,
+            coef,
+            beta,
+            tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(extra.items())),
+        )
         if key not in cache:
             torch.manual_seed(0)
             model = GPT2LMHeadModel(
@@ -536,7 +546,7 @@ def trl_trainer(tmp_path_factory):
                     output_dir=str(tmp_path_factory.mktemp("dpo")),
                     report_to="none",
                     use_cpu=True,
-                    loss_type=[loss_type],
+                    loss_type=loss_types,
                     f_divergence_type=f_divergence_type,
                     f_alpha_divergence_coef=coef,
                     beta=beta,
@@ -544,6 +554,7 @@ def trl_trainer(tmp_path_factory):
                     per_device_train_batch_size=2,
                     save_strategy="no",
                     disable_tqdm=True,
+                    **extra,
                 )
                 cache[key] = DPOTrainer(
                     model=model, args=args, train_dataset=dataset, processing_class=tokenizer

@@ -13,16 +13,36 @@ module docstring, built here independently:
 * ipo: the weighted least-squares solution of log-ratio margins onto (p_ij - 1/2)/β (a linear
   system), and for pairs drawn from μ⊗μ the paper's π ∝ π_ref·exp(p*(y ≻ μ)/β).
 * hinge: no calibrated optimum; the properties that hold are tested.
+* plackett_luce, every divergence: full rankings of the N responses drawn from the
+  Plackett-Luce model of r* (all N! orders, weighted by their probability) give the sigmoid
+  loss's optimum β·s(ρ) = r* + const (PL is Bradley-Terry's listwise form; DPO appendix A.3).
+* robust (rDPO): Bradley-Terry labels flipped with probability ε; the minimiser is the clean
+  f-DPO optimum of r* (its unbiasedness), where sigmoid on the same noisy labels is not.
+* sigmoid with label smoothing (cDPO): two responses, P(0 ≻ 1) = p; the minimiser has
+  β·Δ = logit(p′) with the smoothed label p′ = (1-ε)p + ε(1-p), also for p = 1 (finite).
+* sigmoid_norm: equal lengths n give DPO's optimum with β/n: π ∝ π_ref·exp(n·r*/β).
+* SFT term (λ·NLL of the best response, SLiC-HF / RPO / RRHF): no closed form; λ = 0 is the
+  f-DPO optimum, π(best) rises with λ towards 1 (tested), the KL anchor giving way.
+* rrhf: deterministic rankings; the ranking loss is exactly 0 on every π ordered like r*
+  (no unique minimiser, no reference: nothing ties π to π_ref); with the SFT term π(best) → 1.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from stages.lib.losses import LossConfig, divergence_score, preference_loss
+from stages.lib.losses import (
+    LossConfig,
+    batch_loss,
+    divergence_score,
+    plackett_luce_loss,
+    preference_loss,
+    rrhf_rank_loss,
+)
 
 N = 5
 R_STAR = torch.tensor([0.9, -0.4, 0.3, -1.0, 0.1], dtype=torch.float64)
@@ -68,13 +88,15 @@ def expected_loss(theta, config, weights, probs, length=1.0):
 def minimise(config, weights, probs, length=1.0) -> torch.Tensor:
     """log π at the minimiser of the expected loss: L-BFGS from π = π_ref, then Newton steps
     (pseudo-inverse: θ + const is the same policy) until the gradient is below 1e-12."""
-    theta = LOG_REF.clone().requires_grad_()
+    return minimise_value(lambda t: expected_loss(t, config, weights, probs, length))
+
+
+def minimise_value(value, start: torch.Tensor = LOG_REF) -> torch.Tensor:
+    """log π at the minimiser of ``value(θ)`` (π = softmax(θ)), as :func:`minimise`."""
+    theta = start.clone().requires_grad_()
     opt = torch.optim.LBFGS(
         [theta], max_iter=500, tolerance_grad=1e-10, history_size=20, line_search_fn="strong_wolfe"
     )
-
-    def value(t):
-        return expected_loss(t, config, weights, probs, length)
 
     def closure():
         opt.zero_grad()
@@ -254,3 +276,207 @@ def test_hinge_one_pair_optimum_is_margin_one_over_beta_whatever_p(divergence, a
     assert float(expected[k]) == pytest.approx(2 * (1 - p), abs=step)
     calibrated = math.log(p / (1 - p))
     assert abs(calibrated - 1.0) > 2 * step  # so the optimum is not where a BT loss puts it
+
+
+# --------------------------------------------------------------------------- Plackett-Luce
+
+PERMS = torch.tensor(list(itertools.permutations(range(N))))  # [N!, N]: best first
+
+
+def pl_probs(r_star: torch.Tensor) -> torch.Tensor:
+    """Probability of each full ranking under the Plackett-Luce model with utilities r*."""
+    u = r_star[PERMS]
+    tail = torch.logcumsumexp(u.flip(-1), -1).flip(-1)
+    return torch.exp((u - tail).sum(-1))
+
+
+def expected_pl_loss(theta, config, probs):
+    """Σ over rankings τ of P(τ)·loss(τ), every ranking one prompt of ``batch_loss``."""
+    log_pi = torch.log_softmax(theta, 0)
+    g = len(PERMS)
+    rewards = torch.empty(g, N, dtype=torch.float64)
+    rewards.scatter_(1, PERMS, torch.arange(N, 0, -1, dtype=torch.float64).expand(g, N))
+    groups = torch.arange(g * N).reshape(g, N)
+    none = torch.zeros(0, dtype=torch.long)
+    out = batch_loss(
+        log_pi.repeat(g),
+        LOG_REF.repeat(g),
+        torch.ones(g * N, dtype=torch.float64),
+        none,
+        none,
+        config,
+        groups,
+        rewards.reshape(-1),
+    )
+    return (probs * out.losses).sum()
+
+
+def test_pl_probabilities_sum_to_one_and_match_bradley_terry_on_pairs():
+    probs = pl_probs(R_STAR)
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-12)
+    pos = PERMS.argsort(1)  # position of each response in each ranking
+    p01 = float(probs[pos[:, 0] < pos[:, 1]].sum())  # marginal P(0 ranked above 1)
+    assert p01 == pytest.approx(float(torch.sigmoid(R_STAR[0] - R_STAR[1])), abs=1e-12)
+
+
+@pytest.mark.parametrize("beta", BETAS)
+@pytest.mark.parametrize("divergence, alpha", DIVERGENCES)
+def test_plackett_luce_reaches_the_f_dpo_optimum(divergence, alpha, beta):
+    """Rankings drawn from PL(r*): the expected PL loss is minimised where β·s(ρ) = r* + const,
+    the sigmoid loss's optimum (the true utilities maximise the expected log-likelihood)."""
+    config = LossConfig("plackett_luce", divergence, beta, alpha)
+    probs = pl_probs(R_STAR)
+    log_pi = minimise_value(lambda t: expected_pl_loss(t, config, probs))
+    implied = beta * divergence_score(log_pi - LOG_REF, divergence, alpha)
+    torch.testing.assert_close(centred(implied), centred(R_STAR), rtol=0, atol=TOL)
+    torch.testing.assert_close(log_pi, fdpo_optimum(beta, divergence, alpha), rtol=0, atol=TOL)
+
+
+def test_plackett_luce_with_two_responses_is_the_sigmoid_loss():
+    u = torch.tensor([[0.3, -0.8]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    for rewards, w, l in (([1.0, 0.0], 0, 1), ([0.0, 1.0], 1, 0)):
+        pl = plackett_luce_loss(u, torch.tensor([rewards], dtype=torch.float64), mask)
+        assert float(pl) == pytest.approx(math.log1p(math.exp(-(u[0, w] - u[0, l]))), rel=1e-14)
+
+
+# --------------------------------------------------------------------------- label noise
+
+
+def flipped(probs: torch.Tensor, eps: float) -> torch.Tensor:
+    """Labels flipped with probability ε: P_obs = (1-ε)p + ε(1-p)."""
+    return (1 - eps) * probs + eps * (1 - probs)
+
+
+@pytest.mark.parametrize("eps", (0.1, 0.3))
+@pytest.mark.parametrize("beta", (0.1, 2.0))
+@pytest.mark.parametrize("divergence, alpha", [("reverse_kl", None), ("jsd", None), ("alpha", 0.5)])
+def test_robust_dpo_recovers_the_clean_optimum_from_flipped_labels(divergence, alpha, beta, eps):
+    """Expected rDPO loss on labels flipped with the known rate ε = logistic loss on the
+    de-noised label (p_obs - ε)/(1 - 2ε) = p: the clean f-DPO optimum of r*. The sigmoid loss on
+    the same noisy labels lands elsewhere (at a flattened r*)."""
+    weights, noisy = pair_weights("skewed"), flipped(bt_probs(R_STAR), eps)
+    robust = LossConfig("robust", divergence, beta, alpha, label_smoothing=eps)
+    log_pi = minimise(robust, weights, noisy)
+    clean = fdpo_optimum(beta, divergence, alpha)
+    torch.testing.assert_close(log_pi, clean, rtol=0, atol=TOL)
+    naive = minimise(LossConfig("sigmoid", divergence, beta, alpha), weights, noisy)
+    assert (naive - clean).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("p", (1.0, 0.9, 0.6))
+@pytest.mark.parametrize("eps", (0.05, 0.2))
+@pytest.mark.parametrize(
+    "divergence, alpha", [("reverse_kl", None), ("forward_kl", None), ("alpha", 0.3)]
+)
+def test_cdpo_two_responses_reach_the_smoothed_label(divergence, alpha, eps, p):
+    """cDPO: P(0 ≻ 1) = p, labels smoothed by ε; the minimiser has β·Δ = logit(p′), p′ = (1-ε)p +
+    ε(1-p): finite even for deterministic labels (p = 1), where DPO's margin diverges."""
+    beta = 0.5
+    config = LossConfig("sigmoid", divergence, beta, alpha, label_smoothing=eps)
+    log_ref = torch.log(torch.tensor([0.4, 0.6], dtype=torch.float64))
+    one = torch.ones(1, dtype=torch.float64)
+
+    def value(theta):
+        log_pi = torch.log_softmax(theta, 0)
+
+        def loss(w, l):
+            return preference_loss(
+                log_pi[w : w + 1],
+                log_pi[l : l + 1],
+                log_ref[w : w + 1],
+                log_ref[l : l + 1],
+                one,
+                one,
+                config,
+            ).losses.sum()
+
+        return p * loss(0, 1) + (1 - p) * loss(1, 0)
+
+    log_pi = minimise_value(value, start=log_ref)
+    score = divergence_score(log_pi - log_ref, divergence, alpha)
+    smoothed = (1 - eps) * p + eps * (1 - p)
+    assert float(beta * (score[0] - score[1])) == pytest.approx(
+        math.log(smoothed / (1 - smoothed)), abs=1e-9
+    )
+
+
+# --------------------------------------------------------------------------- length-normalised sigmoid
+
+
+@pytest.mark.parametrize("length", (1.0, 3.0))
+@pytest.mark.parametrize("beta", BETAS)
+def test_sigmoid_norm_is_dpo_with_beta_over_length(beta, length):
+    """Per-token mean log-ratios with equal lengths n: DPO's optimum with β/n."""
+    log_pi = minimise(
+        LossConfig("sigmoid_norm", "reverse_kl", beta),
+        pair_weights("skewed"),
+        bt_probs(R_STAR),
+        length,
+    )
+    expected = torch.log_softmax(LOG_REF + length * R_STAR / beta, 0)
+    torch.testing.assert_close(log_pi, expected, rtol=0, atol=TOL)
+
+
+# --------------------------------------------------------------------------- SFT term, RRHF
+
+BEST = int(R_STAR.argmax())
+
+
+@pytest.mark.parametrize("divergence, alpha", [("reverse_kl", None), ("jsd", None)])
+def test_sft_term_moves_the_optimum_towards_the_best_response(divergence, alpha):
+    """sigmoid + λ·NLL(best) (RPO): λ = 0 is the f-DPO optimum; π(best) rises with λ and tends
+    to 1 (no closed form in between)."""
+    beta, weights, probs = 0.5, pair_weights("uniform"), bt_probs(R_STAR)
+    config = LossConfig("sigmoid", divergence, beta, alpha)
+    best = []
+    for lam in (0.0, 0.3, 3.0, 30.0):
+        log_pi = minimise_value(
+            lambda t, lam=lam: (
+                expected_loss(t, config, weights, probs) - lam * torch.log_softmax(t, 0)[BEST]
+            )
+        )
+        if lam == 0:
+            torch.testing.assert_close(
+                log_pi, fdpo_optimum(beta, divergence, alpha), rtol=0, atol=TOL
+            )
+        best.append(float(log_pi[BEST].exp()))
+    assert best == sorted(best) and best[0] < best[1] and best[-1] > 0.95, best
+
+
+def _adam_rrhf(sft_weight: float, lr: float, steps: int = 3000):
+    """log π after Adam on the RRHF loss of one prompt ranked by r* (one-token responses)."""
+    config = LossConfig("rrhf", sft_weight=sft_weight)
+    theta = LOG_REF.clone().requires_grad_()
+    opt = torch.optim.Adam([theta], lr=lr)
+    groups = torch.arange(N)[None]
+    none = torch.zeros(0, dtype=torch.long)
+    ones = torch.ones(N, dtype=torch.float64)
+    for _ in range(steps):
+        opt.zero_grad()
+        log_pi = torch.log_softmax(theta, 0)
+        out = batch_loss(log_pi, LOG_REF, ones, none, none, config, groups, R_STAR)
+        rank = rrhf_rank_loss(
+            log_pi.detach()[None], R_STAR[None], torch.ones(1, N, dtype=torch.bool)
+        )
+        if sft_weight == 0 and float(rank) == 0.0:
+            break
+        out.loss.backward()
+        opt.step()
+    return torch.log_softmax(theta.detach(), 0), float(rank)
+
+
+def test_rrhf_ranking_loss_stops_at_any_policy_ordered_like_the_reward():
+    """The ranking loss reaches exactly 0 once log π is ordered like r*, wherever that happens:
+    two step sizes stop at two different policies (no unique minimiser, no reference)."""
+    runs = [_adam_rrhf(0.0, lr) for lr in (0.01, 0.05)]
+    for log_pi, rank in runs:
+        assert rank == 0.0
+        assert torch.equal(torch.argsort(log_pi), torch.argsort(R_STAR))
+    assert (runs[0][0] - runs[1][0]).abs().max() > 1e-3
+
+
+def test_rrhf_with_sft_term_concentrates_on_the_best_response():
+    log_pi, rank = _adam_rrhf(1.0, 0.05)
+    assert rank == 0.0 and float(log_pi[BEST].exp()) > 0.99
+    assert torch.equal(torch.argsort(log_pi), torch.argsort(R_STAR))

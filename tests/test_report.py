@@ -312,7 +312,8 @@ def test_labels_are_read_like_the_align_stage():
     [
         (
             lambda a: a["variants"]["dpo"].update(loss="logistic"),
-            "params: align.variants.dpo.loss: must be one of sigmoid, hinge, ipo, got 'logistic'",
+            "params: align.variants.dpo.loss: must be one of sigmoid, hinge, ipo, robust, "
+            "sigmoid_norm, apo_zero, plackett_luce, rrhf, got 'logistic'",
         ),
         (
             lambda a: a["variants"]["dpo"].update(beta=-1.0),

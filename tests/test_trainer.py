@@ -464,3 +464,218 @@ def test_alignment_warmup_ratio_is_a_share_of_the_steps(tmp_path):
     args = align_trainer.training_arguments(cfg, tmp_path, "dpo", has_eval=False)
     assert args.get_warmup_steps(WARMUP_STEPS) == 10
     assert_warms_up_over(lr_schedule(args), 1e-3, 10)
+
+
+# ------------------------------------------------------------------------------ listwise losses, SFT term
+
+
+def _ranked(items: list[dict]) -> list[dict]:
+    """The items with distinct rewards that agree with their pairs (listwise losses rank by
+    reward; the pairs only feed the logged accuracy and margin)."""
+    out = []
+    for item in items:
+        (w0, _), (w1, _) = item["pairs"]
+        rewards = [0.0, 3.0, 2.0, 1.0] if w0 == 1 else [3.0, 0.0, 1.0, 2.0]
+        assert all(rewards[w] > rewards[l] for w, l in item["pairs"])
+        out.append(dict(item, rewards=rewards))
+    return out
+
+
+def _moved_model(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
+    disable_dropout(model)
+    with torch.no_grad():  # away from the reference: non-zero log-ratios
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_build_items_keeps_the_rewards():
+    rows = _rows(2)
+    rows[0]["rewards"] = [1, 2.5, -1, 0]
+    refs = [{"prompt_id": r["prompt_id"], "logps": [-1] * 4, "n_tokens": [1] * 4} for r in rows]
+    items = build_items(rows, refs)
+    assert items[0]["rewards"] == [1.0, 2.5, -1.0, 0.0]
+    assert all(isinstance(v, float) for v in items[0]["rewards"])
+
+
+def test_collator_gives_each_prompt_its_rows_and_rewards(lm, items):
+    _, tokenizer = lm
+    ranked = _ranked(items[:3])
+    ranked[1] = dict(
+        ranked[1],
+        completions=ranked[1]["completions"][:3],
+        completion_ids=ranked[1]["completion_ids"][:3],
+        ref_logps=ranked[1]["ref_logps"][:3],
+        rewards=ranked[1]["rewards"][:3],
+        pairs=[[1, 0]],
+    )
+    batch = PromptCollator(tokenizer, 64)(ranked)
+    assert batch["groups"].tolist() == [[0, 1, 2, 3], [4, 5, 6, -1], [7, 8, 9, 10]]
+    assert batch["rewards"].tolist() == [r for i in ranked for r in i["rewards"]]
+    assert batch["input_ids"].shape[0] == 11
+    no_rewards = [{k: v for k, v in i.items() if k != "rewards"} for i in ranked]
+    assert "rewards" not in PromptCollator(tokenizer, 64)(no_rewards)
+
+
+PAIRWISE_CONFIGS = [
+    LossConfig("sigmoid", "reverse_kl", 0.1),
+    LossConfig("sigmoid", "alpha", 0.3, 0.5),
+    LossConfig("hinge", "forward_kl", 0.01),
+    LossConfig("ipo", "reverse_kl", 0.5),
+]
+
+
+@pytest.mark.parametrize("cfg", PAIRWISE_CONFIGS, ids=lambda c: f"{c.loss}-{c.divergence}")
+def test_pairwise_losses_are_unchanged_by_the_grouped_path(tiny_lm_dir, lm, items, cfg):
+    """The original losses give bit-identical numbers: the trainer still calls preference_loss
+    on the gathered pairs, and batch_loss (the listwise / SFT path) agrees bit for bit."""
+    from stages.lib.losses import batch_loss
+
+    _, tokenizer = lm
+    model = _moved_model(tiny_lm_dir)
+    batch = PromptCollator(tokenizer, 64)(_ranked(items[:6]))
+    with torch.no_grad():
+        logps, n = completion_logprobs(model, batch)
+        out = grouped_preference_loss(model, batch, cfg)
+    n = n.clamp(min=1)
+    w, l, ref = batch["chosen"], batch["rejected"], batch["ref_logps"]
+    direct = preference_loss(logps[w], logps[l], ref[w], ref[l], n[w], n[l], cfg)
+    via_batch = batch_loss(logps, ref, n, w, l, cfg, batch["groups"], batch["rewards"])
+    for o in (out, via_batch):
+        assert torch.equal(o.losses, direct.losses)
+        assert torch.equal(o.chosen_rewards, direct.chosen_rewards)
+        assert torch.equal(o.rejected_rewards, direct.rejected_rewards)
+        assert torch.equal(pair_sums(o), pair_sums(direct))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LossConfig("plackett_luce", "jsd", 0.3),
+        LossConfig("rrhf", sft_weight=0.5),
+        LossConfig("hinge", "reverse_kl", 0.3, sft_weight=0.5),
+    ],
+    ids=lambda c: c.loss,
+)
+def test_grouped_listwise_and_sft_loss_match_one_prompt_at_a_time(
+    tiny_lm_dir, lm, items, cfg, torch_one_thread
+):
+    """The batch objective is the mean over prompts (listwise) or pairs (pairwise) plus λ·the
+    pooled per-token NLL of the prompts' best completions; computed prompt by prompt from
+    separate forwards it gives the same value and gradient."""
+    from stages.lib.losses import best_rows, jsd_score, plackett_luce_loss, rrhf_rank_loss
+
+    _, tokenizer = lm
+    model = _moved_model(tiny_lm_dir)
+    ranked = _ranked(items[:5])
+    collate = PromptCollator(tokenizer, 64)
+    model.zero_grad()
+    out = grouped_preference_loss(model, collate(ranked), cfg)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert out.listwise == cfg.listwise
+    assert out.losses.shape == (len(ranked) if cfg.listwise else 2 * len(ranked),)
+
+    model.zero_grad()
+    per_prompt, nll, tokens = [], 0.0, 0.0
+    for item in ranked:
+        batch = collate([item])
+        logps, n = completion_logprobs(model, batch)
+        n = n.clamp(min=1)
+        ref, rewards, mask = (
+            batch["ref_logps"],
+            batch["rewards"],
+            torch.ones(1, 4, dtype=torch.bool),
+        )
+        if cfg.loss == "plackett_luce":
+            u = cfg.beta * jsd_score(logps - ref)
+            per_prompt.append(plackett_luce_loss(u[None], rewards[None], mask))
+        elif cfg.loss == "rrhf":
+            per_prompt.append(rrhf_rank_loss((logps / n)[None], rewards[None], mask))
+        else:
+            w, l = batch["chosen"], batch["rejected"]
+            per_prompt.append(
+                preference_loss(logps[w], logps[l], ref[w], ref[l], n[w], n[l], cfg).losses
+            )
+        best = best_rows(batch["groups"], rewards)
+        nll = nll - logps[best].sum()
+        tokens += float(n[best].sum())
+    reference = torch.cat(per_prompt).mean() + cfg.sft_weight * nll / tokens
+    reference.backward()
+    assert torch.allclose(out.loss, reference, rtol=1e-5, atol=1e-6)
+    if cfg.sft_weight:
+        assert torch.allclose(out.sft, (nll / tokens).detach(), rtol=1e-5)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_pair_sums_of_a_listwise_loss_log_the_objective_per_pair():
+    from stages.lib.losses import PreferenceLossOutput
+
+    out = PreferenceLossOutput(
+        torch.tensor([1.0, 3.0]),  # two prompts: objective 2
+        torch.tensor([0.5, 0.1, -0.2]),  # three pairs
+        torch.tensor([0.0, 0.3, 0.1]),
+        listwise=True,
+    )
+    loss, margin, chosen, rejected, correct, n = pair_sums(out).tolist()
+    assert n == 3 and loss / n == pytest.approx(2.0) and correct == 1
+    assert margin == pytest.approx(0.5 - 0.2 - 0.3, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [LossConfig("plackett_luce", "reverse_kl", 0.3), LossConfig("rrhf", sft_weight=1.0)],
+    ids=lambda c: c.loss,
+)
+def test_listwise_variant_trains_a_few_steps(
+    tiny_lm_dir, lm, items, tmp_path, cfg, torch_one_thread
+):
+    from transformers import AutoModelForCausalLM
+
+    _, tokenizer = lm
+    ranked = _ranked(items)
+    train = [i for i in ranked if i["split"] == "train"]
+    val = [i for i in ranked if i["split"] == "val"]
+    settings = dataclasses.replace(
+        common_config(),
+        epochs=1.0,
+        batch_prompts=4,
+        eval_batch_prompts=8,
+        logging_steps=1,
+        eval_steps=2,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        optimizer="adamw_torch",
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    disable_dropout(model)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=training_arguments(settings, tmp_path / "out", cfg.loss, True),
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=PromptCollator(tokenizer, 64),
+        processing_class=tokenizer,
+        loss_config=cfg,
+        variant=cfg.loss,
+        live_dir=str(tmp_path / "live"),
+    )
+    result = trainer.train()
+    trainer.raise_if_nonfinite()
+    assert result.global_step == 3
+    windows = [h for h in trainer.state.log_history if "train_loss" in h]
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert len(windows) == 3 and evals
+    for h in windows:
+        for key in ("train_loss", "train_accuracy", "train_margin", "train_chosen_reward"):
+            assert math.isfinite(h[key]), (key, h)
+        assert 0.0 <= h["train_accuracy"] <= 1.0
+    assert all(math.isfinite(h["eval_loss"]) and 0 <= h["eval_accuracy"] <= 1 for h in evals)
+    assert windows[-1]["train_loss"] < windows[0]["train_loss"] + 1.0
+    logged = (tmp_path / "live" / "params.yaml").read_text()
+    assert f"loss: {cfg.loss}" in logged and ("sft_weight" in logged) == bool(cfg.sft_weight)

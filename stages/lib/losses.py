@@ -1,4 +1,5 @@
-"""DPO-family preference losses: one small function per divergence score and per pair loss.
+"""DPO-family preference losses: one small function per divergence score, pair loss and
+listwise loss.
 
 Notation. For a completion y of prompt x, ``r(y) = log π(y|x) - log π_ref(y|x)`` summed over the
 completion tokens (π_ref is the SFT policy). A divergence turns r into a *score* s(r) = f′(u),
@@ -13,6 +14,21 @@ References (equation numbers where we are sure of them, otherwise the named obje
 * SLiC-HF — Zhao et al. 2023, arXiv 2305.10425 (rank-calibration hinge loss);
   RSO — Liu et al. 2023, arXiv 2309.06657 ("hinge-norm" loss on log π/π_sft).
 * IPO   — Azar et al. 2023, arXiv 2310.12036, Eq. 17 (sampled IPO loss, τ ≡ β).
+* cDPO  — Mitchell 2023, "A note on DPO with noisy preferences and relationship to IPO" (the
+  DPO loss on labels smoothed by ε); robust DPO — Chowdhury et al. 2024, arXiv 2403.00409
+  (rDPO, the unbiased loss under label flips with rate ε; trl ``robust``).
+* sigmoid_norm — the length-normalised DPO loss (per-token mean log-ratios; Tülu 3, Lambert et
+  al. 2024, arXiv 2411.15124; trl ``sigmoid_norm``).
+* APO-zero — D'Oosterlinck et al. 2024, arXiv 2408.06266, Eq. 7 (trl ``apo_zero``). Chosen over
+  EXO and NCA: in trl for parity, no extra parameter, and the one anchored loss of the family
+  (it moves each completion's own log-ratio, not only the margin: the chosen one goes up).
+* Plackett-Luce — DPO appendix A.3 (Eq. 18, the PL model, with the implicit reward β·s(r));
+  LiPO, Liu et al. 2024, arXiv 2402.01878 (listwise DPO, "DPO_PL"). Not in trl.
+* RRHF  — Yuan et al. 2023, arXiv 2304.05302: Eq. 1 (length-normalised log-prob p_i), Eq. 2
+  (ranking loss), Eq. 3 (SFT loss on the best response), Eq. 4 (their sum). Not in trl.
+* SFT term — SLiC-HF's cross-entropy regulariser λ·(-log π(y_ref|x)) and RPO (Pang et al. 2024,
+  arXiv 2404.19733, DPO + NLL); trl's ``["sigmoid", "sft"]`` with ``loss_weights``. The target
+  is each prompt's best-ranked completion; normalised as trl: per-token mean NLL over the batch.
 
 What each loss converges to (population optimum; checked in ``tests/test_losses_theory.py`` on a
 tabular policy π over N responses of one prompt, labels from Bradley-Terry P(i ≻ j) = σ(r*_i -
@@ -42,6 +58,27 @@ r*_j), each pair {i, j} drawn with a weight w_ij > 0). Write ρ = log π/π_ref 
   together (d_ik = d_ij + d_jk); the minimiser (for reverse KL that of a linear program in ρ)
   depends on p and w, not on r* itself.
 
+* sigmoid with label smoothing ε (cDPO) — the expected loss is the logistic loss on the
+  smoothed label p′ = (1-ε)p + ε(1-p): minimum at σ(d) = p′, so a deterministic pair stops at
+  d = log((1-ε)/ε) instead of running off to ∞. Smoothed labels are not Bradley-Terry
+  consistent over N ≥ 3 responses, so beyond one pair the minimiser depends on w.
+* robust (rDPO), labels flipped with probability ε — p·ℓ(d) + (1-p)·ℓ(-d) = [(p-ε)·softplus(-d)
+  + (1-p-ε)·softplus(d)]/(1-2ε): the logistic loss on the de-noised label (p - ε)/(1 - 2ε). On
+  labels flipped at rate ε it recovers the clean f-DPO optimum β·s(ρ) = r* + const; where the
+  observed p < ε (flips overstated) it is unbounded below.
+* sigmoid_norm — DPO on per-token means: with equal lengths n, π ∝ π_ref·exp(n·r*/β).
+* apo_zero — linear in σ(βρ_i) per response: it drives net winners' log-ratios up and net
+  losers' down until the normalisation Σπ = 1 binds; no calibrated interior optimum.
+* plackett_luce, any divergence — with full rankings drawn from the PL model of r* (the
+  listwise Bradley-Terry model: its pair marginals are BT) the expected negative log-likelihood
+  is minimised at the true utilities, β·s(ρ) = r* + const: the sigmoid loss's f-DPO optimum.
+* rrhf — zero-margin hinge on p = log π/|y| with no reference: any π whose p are ordered like
+  the rewards has zero ranking loss (no unique minimiser, nothing anchors π to π_ref); with the
+  SFT term π(best) → 1 (the infimum, not attained).
+* the SFT term λ·NLL(best) added to any loss — no closed form: λ = 0 gives the loss's own
+  optimum, and π(best) rises with λ towards 1 (hinge + SFT = SLiC-HF: the hinge is zero on a
+  set, so the SFT term alone decides, π → δ_best).
+
 Numerical stability. Every value and gradient is finite in float32 for |r| up to 1e4: log σ and
 softplus are used in log space, and the exponentials of the forward-KL and α scores go through
 :func:`safe_exp`, which equals exp(x) for x ≤ :data:`SAFE_EXP_CAP` and continues linearly (same
@@ -59,8 +96,14 @@ Usage::
     out.loss.backward()            # mean over pairs; out.losses holds the [P] per-pair values
     margin = out.chosen_rewards - out.rejected_rewards
 
-In ``params.yaml`` the same four keys live in ``align.variants.<name>`` (or ``align.common``);
-:func:`read_loss_config` builds the config from such a mapping with errors naming the key.
+    # listwise losses and the SFT term act on whole prompts: every completion's log-probs,
+    # each prompt's rows [G, K] (-1 padding) and the rewards [N]
+    config = LossConfig("plackett_luce", "jsd", beta=0.3, sft_weight=0.1)
+    out = batch_loss(logps, ref_logps, n_tokens, chosen, rejected, config, groups, rewards)
+
+In ``params.yaml`` the same keys (loss, divergence, beta, alpha, sft_weight, label_smoothing)
+live in ``align.variants.<name>`` (or ``align.common``); :func:`read_loss_config` builds the
+config from such a mapping with errors naming the key.
 """
 
 from __future__ import annotations
@@ -78,7 +121,15 @@ from torch import Tensor
 from stages.lib.config import param, positive_finite, read_mapping
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "alpha")
-LOSSES = ("sigmoid", "hinge", "ipo")
+PAIRWISE = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm", "apo_zero")
+LISTWISE = ("plackett_luce", "rrhf")
+LOSSES = PAIRWISE + LISTWISE
+#: Losses defined on the log-ratio itself (not an f′ score): reverse KL only.
+REVERSE_KL_ONLY = ("ipo", "sigmoid_norm", "apo_zero")
+#: Losses on policy log-probs alone: no reference, no divergence, no β.
+NO_REFERENCE = ("rrhf",)
+#: Losses that take a label-smoothing ε (cDPO for sigmoid, robust DPO).
+SMOOTHED = ("sigmoid", "robust")
 
 #: Exponents above this continue linearly in :func:`safe_exp`. exp(30) ≈ 1.1e13, so at |r| = 1e4
 #: scores stay below ~1e17/α and score slopes at most exp(30): far from float32's 3.4e38, even
@@ -175,6 +226,28 @@ def sigmoid_loss(delta: Tensor, beta: float) -> Tensor:
     return F.softplus(-beta * delta)
 
 
+def conservative_sigmoid_loss(delta: Tensor, beta: float, epsilon: float) -> Tensor:
+    """cDPO: the logistic loss on labels smoothed by ε, -(1-ε)·log σ(βΔ) - ε·log σ(-βΔ).
+
+    Mitchell 2023, "A note on DPO with noisy preferences and relationship to IPO" (cDPO), the
+    DPO loss of a pair whose label is right with probability 1 - ε; ε = 0 is DPO. Bounded below,
+    with its minimum at βΔ = log((1-ε)/ε) (a finite margin).
+    """
+    return (1.0 - epsilon) * F.softplus(-beta * delta) + epsilon * F.softplus(beta * delta)
+
+
+def robust_loss(delta: Tensor, beta: float, epsilon: float) -> Tensor:
+    """Robust DPO: [(1-ε)·(-log σ(βΔ)) - ε·(-log σ(-βΔ))] / (1 - 2ε), ε ∈ [0, 1/2).
+
+    Chowdhury et al. 2024, arXiv 2403.00409 (rDPO): the unbiased estimate of the clean DPO loss
+    when each label was flipped with probability ε (as trl's ``robust``). Unbounded below in βΔ
+    (the -ε·softplus(βΔ) term): a pair whose labels are flipped less often than ε is pushed on.
+    """
+    return ((1.0 - epsilon) * F.softplus(-beta * delta) - epsilon * F.softplus(beta * delta)) / (
+        1.0 - 2.0 * epsilon
+    )
+
+
 def hinge_loss(delta: Tensor, beta: float) -> Tensor:
     """Hinge loss max(0, 1 - β Δ).
 
@@ -191,46 +264,135 @@ def ipo_loss(delta_mean: Tensor, beta: float) -> Tensor:
     return (delta_mean - 1.0 / (2.0 * beta)) ** 2
 
 
-# --------------------------------------------------------------------------- combined entry point
+def apo_zero_loss(r_w: Tensor, r_l: Tensor, beta: float) -> Tensor:
+    """APO-zero: (1 - σ(β r_w)) + σ(β r_l) = σ(-β r_w) + σ(β r_l) (D'Oosterlinck et al. 2024,
+    arXiv 2408.06266, Eq. 7, as trl's ``apo_zero``).
+
+    Anchored: each completion's own log-ratio is pushed (the chosen up, the rejected down)
+    instead of only their margin. Bounded in [0, 2], so finite for any r.
+    """
+    return torch.sigmoid(-beta * r_w) + torch.sigmoid(beta * r_l)
+
+
+# --------------------------------------------------------------------------- listwise losses
+
+
+def plackett_luce_loss(utilities: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
+    """-log of the Plackett-Luce likelihood of the reward ranking of each row's completions.
+
+    DPO appendix A.3 (Rafailov et al. 2023, Eq. 18, the Plackett-Luce model, with the implicit
+    reward u = β·s(r) substituted as in the DPO objective that follows it; listwise DPO is LiPO's
+    "DPO_PL", Liu et al. 2024, arXiv 2402.01878). ``utilities``, ``rewards`` and ``mask`` are
+    [G, K] (G prompts, K completions, ``mask`` False on padding); returns [G]:
+
+        Σ_k [log Σ_{j: r_j ≤ r_k} exp(u_j) - u_k]
+
+    With distinct rewards this is exactly -log Π_k exp(u_(k)) / Σ_{j≥k} exp(u_(j)) over the
+    completions sorted by reward (the last term is log 1 = 0); for K = 2 it is the sigmoid loss
+    softplus(-(u_w - u_l)). Ties (equal rewards): Breslow's rule from Cox regression — tied
+    completions form one stage, each member takes the log-sum-exp of everything not ranked
+    strictly above it, so no order among tied completions is asserted (a tied pair contributes
+    no pairwise preference; its stage's term still normalises against the rest). Log-sum-exp of
+    masked utilities, so finite in float32 for any finite u.
+    """
+    dtype = torch.promote_types(utilities.dtype, torch.float32)
+    u = torch.where(mask, utilities.to(dtype), torch.zeros((), dtype=dtype, device=mask.device))
+    eye = torch.eye(u.shape[-1], dtype=torch.bool, device=u.device)
+    at_or_below = mask[:, None, :] & (rewards[:, None, :] <= rewards[:, :, None])  # [G, k, j]
+    risk = at_or_below | eye  # the diagonal keeps padded rows finite (they are dropped below)
+    log_denominator = torch.logsumexp(u[:, None, :].masked_fill(~risk, -math.inf), dim=-1)
+    terms = torch.where(mask, log_denominator - u, torch.zeros((), dtype=dtype, device=u.device))
+    return terms.sum(-1)
+
+
+def rrhf_rank_loss(scores: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
+    """RRHF ranking loss Σ_{r_i < r_j} max(0, p_i - p_j) per prompt (Yuan et al. 2023, arXiv
+    2304.05302, Eq. 2), with p_i = log π(y_i|x)/|y_i| (their Eq. 1) given as ``scores``.
+
+    [G, K] inputs (``mask`` False on padding), returns [G]: a sum over the ordered pairs of the
+    prompt with strictly different rewards (ties give no pair), margin 0, no reference model.
+    """
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    p = scores.to(dtype)
+    worse = mask[:, :, None] & mask[:, None, :] & (rewards[:, :, None] < rewards[:, None, :])
+    hinge = torch.relu(p[:, :, None] - p[:, None, :])  # [g, i, j]: p_i - p_j, i worse than j
+    return torch.where(worse, hinge, torch.zeros((), dtype=dtype, device=p.device)).sum((-2, -1))
+
+
+def sft_nll(policy_logps: Tensor, n_tokens: Tensor) -> Tensor:
+    """Per-token negative log-likelihood of the SFT targets, pooled: -Σ log π(y) / Σ |y|.
+
+    The cross-entropy term of SLiC-HF (Zhao et al. 2023, arXiv 2305.10425: L = max(0, δ - log
+    π(y+|x) + log π(y-|x)) - λ·log π(y_ref|x)), of RPO (Pang et al. 2024, arXiv 2404.19733:
+    L_DPO + α·L_NLL) and RRHF's L_ft (Yuan et al. 2023, Eq. 3; L = L_rank + L_ft, their Eq. 4),
+    normalised as trl's ``sft`` loss: the mean NLL over all target tokens of the batch, so the
+    weight λ means the same thing for every loss. (SLiC-HF and RRHF sum over tokens: their λ
+    is ours divided by the target length.) ``policy_logps`` are summed completion log-probs [T].
+    """
+    dtype = torch.promote_types(policy_logps.dtype, torch.float32)
+    return -policy_logps.to(dtype).sum() / n_tokens.to(dtype).sum().clamp(min=1.0)
+
+
+# --------------------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
 class PreferenceLossOutput:
-    """Per-pair losses [P] (with grad) and the detached implicit rewards the loss acts on, for
-    logging (margin = chosen - rejected, accuracy = margin > 0): β·r (DPO Eq. 5) for sigmoid and
-    hinge, β·r/|y| (per-token mean log-ratio, the quantity IPO's loss regresses) for ipo."""
+    """Losses (with grad) and the detached implicit rewards of the pairs, for logging (margin =
+    chosen - rejected, accuracy = margin > 0): β·r (DPO Eq. 5) for sigmoid, hinge, robust,
+    apo_zero and plackett_luce; β·r/|y| (the per-token mean log-ratio the loss acts on) for ipo
+    and sigmoid_norm; p = log π/|y| (RRHF's own score, no reference) for rrhf.
+
+    ``losses`` is [P] (one per pair) for pairwise losses and [G] (one per prompt) for listwise
+    ones (``listwise``), the SFT term λ·``sft`` already added to each; ``sft`` is the detached
+    per-token NLL of the SFT targets (None when ``sft_weight`` is 0)."""
 
     losses: Tensor
     chosen_rewards: Tensor
     rejected_rewards: Tensor
+    sft: Tensor | None = None
+    listwise: bool = False
 
     @property
     def loss(self) -> Tensor:
-        """Mean loss over the pairs (the training objective)."""
+        """Mean loss over the pairs (prompts, for a listwise loss): the training objective."""
         return self.losses.mean()
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The pair loss of a variant, validated once when built (``ValueError`` naming the field).
+    """The loss of a variant, validated once when built (``ValueError`` naming the field).
 
-    ``alpha`` is set for ``divergence='alpha'`` only. IPO is only defined for reverse KL: its
-    Eq. 17 regresses the log-ratio margin itself onto 1/(2τ), and neither the IPO nor the f-DPO
-    paper derives a squared loss on f′-score margins (trl allows it; we do not).
+    Pairwise losses (:data:`PAIRWISE`) act on each preference pair; listwise losses
+    (:data:`LISTWISE`) on all K completions of a prompt ranked by reward (the pairs then only
+    serve the logged accuracy and margin). ``alpha`` is set for ``divergence='alpha'`` only.
+    IPO, sigmoid_norm and apo_zero are only defined for reverse KL: IPO's Eq. 17 regresses the
+    log-ratio margin itself onto 1/(2τ), sigmoid_norm averages the log-ratio over tokens and
+    APO-zero anchors each log-ratio at 0, and no paper derives these on f′ scores (trl allows
+    some; we do not). RRHF ranks policy log-probs with no reference: it takes neither a
+    divergence nor β. ``label_smoothing`` ε is used by sigmoid (cDPO) and robust only;
+    ``sft_weight`` λ adds λ·:func:`sft_nll` of each prompt's best-ranked completion to any loss.
     """
 
     loss: str = param(
-        "pair loss: sigmoid -log σ(βΔ), hinge max(0, 1 - βΔ) or ipo",
+        "loss: sigmoid, hinge, ipo, robust, sigmoid_norm, apo_zero (pairwise); "
+        "plackett_luce, rrhf (listwise)",
         check=lambda v: v in LOSSES,
         must=f"one of {', '.join(LOSSES)}",
     )
-    divergence: str = param(
-        "score s(r): reverse_kl r, forward_kl -e^-r, jsd log σ(r), alpha",
+    divergence: str = param(  # None: only for rrhf (checked in __post_init__)
+        "score s(r): reverse_kl r, forward_kl -e^-r, jsd log σ(r), alpha (null for rrhf)",
+        None,
         check=lambda v: v in DIVERGENCES,
         must=f"one of {', '.join(DIVERGENCES)}",
     )
-    beta: float = param(
-        "β: scale of the score margin (τ for ipo)",
+    beta: float = param(  # None: only for rrhf
+        "β: scale of the score margin (τ for ipo; null for rrhf)",
+        None,
         check=positive_finite,
         must="a finite number > 0",
     )
@@ -240,46 +402,89 @@ class LossConfig:
         check=lambda v: 0.0 < v < 1.0,
         must=ALPHA_RANGE,
     )
+    sft_weight: float = param(
+        "λ: weight of the per-token NLL of each prompt's best-ranked completion (0 = none)",
+        0.0,
+        check=lambda v: 0.0 <= v < math.inf,
+        must="a finite number >= 0",
+    )
+    label_smoothing: float = param(
+        "ε: label-flip rate of cDPO (loss sigmoid) and robust DPO, in [0, 0.5)",
+        0.0,
+        check=lambda v: 0.0 <= v < 0.5,
+        must="in [0, 0.5)",
+    )
 
     def __post_init__(self) -> None:
         loss, divergence, beta, alpha = self.loss, self.divergence, self.beta, self.alpha
         if loss not in LOSSES:
             raise ValueError(f"loss: must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if divergence not in DIVERGENCES:
-            raise ValueError(
-                f"divergence: must be one of {', '.join(DIVERGENCES)}, got {divergence!r}"
-            )
-        if (
-            isinstance(beta, bool)
-            or not isinstance(beta, numbers.Real)
-            or not math.isfinite(beta)
-            or beta <= 0
-        ):
-            raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
+        if loss in NO_REFERENCE:
+            for key, value in (("divergence", divergence), ("beta", beta)):
+                if value is not None:
+                    raise ValueError(
+                        f"{key}: not used by loss {loss!r} (it ranks length-normalised policy "
+                        f"log-probs, without reference or score): remove it, got {value!r}"
+                    )
+        else:
+            if divergence is None:
+                raise ValueError(f"divergence: is missing ({_doc('divergence')})")
+            if divergence not in DIVERGENCES:
+                raise ValueError(
+                    f"divergence: must be one of {', '.join(DIVERGENCES)}, got {divergence!r}"
+                )
+            if beta is None:
+                raise ValueError(f"beta: is missing ({_doc('beta')})")
+            if not _is_real(beta) or not math.isfinite(beta) or beta <= 0:
+                raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
         if divergence == "alpha":
             if alpha is None:
                 raise ValueError("alpha: required for divergence 'alpha' (a number in (0, 1))")
-            if (
-                isinstance(alpha, bool)
-                or not isinstance(alpha, numbers.Real)
-                or not 0.0 < alpha < 1.0
-            ):
+            if not _is_real(alpha) or not 0.0 < alpha < 1.0:
                 raise ValueError(f"alpha: must be {ALPHA_RANGE}, got {alpha!r}")
         elif alpha is not None:
             raise ValueError(
                 f"alpha: only used by divergence 'alpha', not {divergence!r}: remove it"
             )
-        if loss == "ipo" and divergence != "reverse_kl":
+        if loss in REVERSE_KL_ONLY and divergence != "reverse_kl":
             raise ValueError(
-                f"divergence: loss 'ipo' requires divergence 'reverse_kl', got {divergence!r}"
+                f"divergence: loss {loss!r} requires divergence 'reverse_kl', got {divergence!r}"
             )
+        w, eps = self.sft_weight, self.label_smoothing
+        if not _is_real(w) or not 0.0 <= w < math.inf:
+            raise ValueError(f"sft_weight: must be a finite number >= 0, got {w!r}")
+        if not _is_real(eps) or not 0.0 <= eps < 0.5:
+            raise ValueError(f"label_smoothing: must be in [0, 0.5), got {eps!r}")
+        if eps != 0 and loss not in SMOOTHED:
+            raise ValueError(
+                f"label_smoothing: only used by losses {', '.join(SMOOTHED)}, not {loss!r}: "
+                f"remove it, got {eps!r}"
+            )
+
+    @property
+    def listwise(self) -> bool:
+        """True for a loss over all completions of a prompt (:data:`LISTWISE`)."""
+        return self.loss in LISTWISE
+
+    def logged(self) -> dict:
+        """The settings to log: loss, divergence, beta, alpha, plus sft_weight and
+        label_smoothing where they are not 0 (the logs of the original variants are unchanged)."""
+        out = {k: getattr(self, k) for k in ("loss", "divergence", "beta", "alpha")}
+        out.update(
+            {k: getattr(self, k) for k in ("sft_weight", "label_smoothing") if getattr(self, k)}
+        )
+        return out
+
+
+def _doc(key: str) -> str:
+    return next(f.metadata["doc"] for f in dataclasses.fields(LossConfig) if f.name == key)
 
 
 LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig))
 
 
 def read_loss_config(mapping: dict, where: Callable[[str], str]) -> LossConfig:
-    """:class:`LossConfig` from a params mapping of its four keys; every error is one line
+    """:class:`LossConfig` from a params mapping of its keys; every error is one line
     ``params: <where(key)>: ...`` naming the key (also for the checks across keys)."""
     try:
         return read_mapping(mapping, "", LossConfig, where=where)
@@ -307,10 +512,13 @@ def variant_where(
 
 
 def read_variant_loss(name: str, common: dict, variant: dict) -> LossConfig:
-    """The pair loss of variant ``name``: its loss keys over those of ``align.common``, with
+    """The loss of variant ``name``: its loss keys over those of ``align.common``, with
     errors naming the key where it was set (see :func:`variant_where`)."""
     merged = {k: v for k, v in {**common, **variant}.items() if k in LOSS_KEYS}
     return read_loss_config(merged, variant_where(name, common, variant))
+
+
+# --------------------------------------------------------------------------- entry points
 
 
 def preference_loss(
@@ -322,29 +530,116 @@ def preference_loss(
     len_l: Tensor,
     config: LossConfig,
 ) -> PreferenceLossOutput:
-    """Per-pair preference loss from summed completion log-probs, all tensors of shape [P].
+    """Per-pair preference loss from summed completion log-probs, all tensors of shape [P]
+    (a pairwise loss; no SFT term, which needs the prompts: see :func:`batch_loss`).
 
     ``policy_*`` carry the gradient, ``ref_*`` are the (no-grad) SFT log-probs, ``len_*`` the
-    completion token counts (only IPO uses them; clamped to ≥ 1). Half-precision inputs are
-    computed in float32. Rewards are β·r from the summed log-ratios for sigmoid and hinge, and
-    β·r/|y| for IPO, whose loss sees only per-token means, so that the logged margin and accuracy
-    are the loss's (the IPO margin's target is β·1/(2β) = 1/2; τ·log π/π_ref is also the scale of
-    the paper's optimum π ∝ π_ref·exp(p*(y ≻ μ)/τ)). trl logs summed β·r for IPO: ours differ
-    there on purpose. ``config`` was validated when it was built: nothing is re-checked here.
+    completion token counts (only IPO and sigmoid_norm use them; clamped to ≥ 1). Half-precision
+    inputs are computed in float32. Rewards are β·r from the summed log-ratios for sigmoid,
+    hinge, robust and apo_zero, and β·r/|y| for IPO and sigmoid_norm, whose losses see only
+    per-token means, so that the logged margin and accuracy are the loss's (the IPO margin's
+    target is β·1/(2β) = 1/2; τ·log π/π_ref is also the scale of the paper's optimum π ∝
+    π_ref·exp(p*(y ≻ μ)/τ)). trl logs summed β·r for both: ours differ there on purpose.
+    ``config`` was validated when it was built: nothing is re-checked here.
     """
     loss, divergence, beta, alpha = config.loss, config.divergence, config.beta, config.alpha
+    if loss not in PAIRWISE:
+        raise ValueError(f"loss: {loss!r} is listwise: use batch_loss")
     dtype = torch.promote_types(policy_w.dtype, torch.float32)
     r_w = policy_w.to(dtype) - ref_w.to(dtype)
     r_l = policy_l.to(dtype) - ref_l.to(dtype)
-    if loss == "ipo":
+    if loss in ("ipo", "sigmoid_norm"):
         n_w, n_l = len_w.to(dtype).clamp(min=1.0), len_l.to(dtype).clamp(min=1.0)  # as trl
         r_w, r_l = r_w / n_w, r_l / n_l  # per-token means: the loss's and the logged rewards
-        losses = ipo_loss(r_w - r_l, beta)
+        losses = ipo_loss(r_w - r_l, beta) if loss == "ipo" else sigmoid_loss(r_w - r_l, beta)
+    elif loss == "apo_zero":
+        losses = apo_zero_loss(r_w, r_l, beta)
     else:
         delta = divergence_score(r_w, divergence, alpha) - divergence_score(r_l, divergence, alpha)
-        losses = sigmoid_loss(delta, beta) if loss == "sigmoid" else hinge_loss(delta, beta)
+        eps = config.label_smoothing
+        if loss == "hinge":
+            losses = hinge_loss(delta, beta)
+        elif loss == "robust":
+            losses = robust_loss(delta, beta, eps)
+        elif eps:
+            losses = conservative_sigmoid_loss(delta, beta, eps)
+        else:
+            losses = sigmoid_loss(delta, beta)
     return PreferenceLossOutput(
         losses=losses,
         chosen_rewards=(beta * r_w).detach(),
         rejected_rewards=(beta * r_l).detach(),
+    )
+
+
+def best_rows(groups: Tensor, rewards: Tensor) -> Tensor:
+    """Row of the best-ranked completion of each prompt [G] (the first one on a tie in reward):
+    the SFT target. ``groups`` [G, K] holds each prompt's rows, -1 on padding."""
+    mask = groups >= 0
+    r = rewards[groups.clamp(min=0)].masked_fill(~mask, -math.inf)
+    return groups.gather(1, r.argmax(-1, keepdim=True)).squeeze(1)
+
+
+def batch_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    n_tokens: Tensor,
+    chosen: Tensor,
+    rejected: Tensor,
+    config: LossConfig,
+    groups: Tensor | None = None,
+    rewards: Tensor | None = None,
+) -> PreferenceLossOutput:
+    """The loss of a batch of prompts from the summed log-probs of all their completions.
+
+    ``policy_logps`` (with grad), ``ref_logps`` and ``n_tokens`` are [N] over every completion
+    of the batch; ``chosen``/``rejected`` [P] the rows of each pair's winner and loser; ``groups``
+    [G, K] the rows of each prompt (-1 on padding) and ``rewards`` [N] their rewards, needed by
+    listwise losses and the SFT term (λ = ``sft_weight`` > 0), whose target is each prompt's
+    best-ranked completion (:func:`best_rows`; with one pair per prompt, the pair's chosen one,
+    as trl). Pairwise losses give :func:`preference_loss` of the pairs; listwise ones one loss
+    per prompt (:func:`plackett_luce_loss` on u = β·s(r), :func:`rrhf_rank_loss` on
+    p = log π/|y|) with the pairs' rewards for logging. λ·:func:`sft_nll` is added to every
+    entry of ``losses``, so ``loss`` is the objective.
+    """
+    loss, beta = config.loss, config.beta
+    n = n_tokens.clamp(min=1)
+    if loss in PAIRWISE:
+        w, l = chosen, rejected
+        out = preference_loss(
+            policy_logps[w], policy_logps[l], ref_logps[w], ref_logps[l], n[w], n[l], config
+        )
+        losses, chosen_rewards, rejected_rewards = (
+            out.losses,
+            out.chosen_rewards,
+            out.rejected_rewards,
+        )
+    else:
+        if groups is None or rewards is None:
+            raise ValueError(f"loss: {loss!r} is listwise: it needs the prompts and rewards")
+        dtype = torch.promote_types(policy_logps.dtype, torch.float32)
+        mask = groups >= 0
+        rows = groups.clamp(min=0)
+        if loss == "rrhf":
+            p = policy_logps.to(dtype) / n.to(dtype)
+            losses = rrhf_rank_loss(p[rows], rewards[rows], mask)
+            chosen_rewards, rejected_rewards = p[chosen].detach(), p[rejected].detach()
+        else:
+            r = policy_logps.to(dtype) - ref_logps.to(dtype)
+            u = beta * divergence_score(r, config.divergence, config.alpha)
+            losses = plackett_luce_loss(u[rows], rewards[rows], mask)
+            chosen_rewards, rejected_rewards = (
+                (beta * r[chosen]).detach(),
+                (beta * r[rejected]).detach(),
+            )
+    sft = None
+    if config.sft_weight > 0:
+        if groups is None or rewards is None:
+            raise ValueError("sft_weight: the SFT term needs the prompts and rewards")
+        target = best_rows(groups, rewards)
+        sft = sft_nll(policy_logps[target], n_tokens[target])
+        losses = losses + config.sft_weight * sft
+        sft = sft.detach()
+    return PreferenceLossOutput(
+        losses, chosen_rewards, rejected_rewards, sft=sft, listwise=loss in LISTWISE
     )

@@ -7,7 +7,8 @@ every prompt in the batch once with :func:`stages.lib.sequences.encode_batch` (p
 completion's sampled ids, never its re-tokenised text); a step forwards each completion once
 (:func:`stages.lib.sequences.completion_logprobs`: LM head and log-softmax in float32 under bf16
 autocast, as the reference pass), gathers the pair indices from the per-sequence log-probs and
-averages :func:`stages.lib.losses.preference_loss` over the pairs of the batch::
+averages :func:`stages.lib.losses.preference_loss` over the pairs of the batch (a listwise loss
+or an SFT term: :func:`stages.lib.losses.batch_loss` over the prompts, ranked by reward)::
 
     items = build_items(preference_rows, reference_rows)            # one dict per prompt
     trainer = PreferenceTrainer(
@@ -49,7 +50,7 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from stages.lib.config import non_negative, param, positive_finite, positive_int, unit_interval
-from stages.lib.losses import LossConfig, PreferenceLossOutput, preference_loss
+from stages.lib.losses import LossConfig, PreferenceLossOutput, batch_loss, preference_loss
 from stages.lib.modeling import use_bf16
 from stages.lib.sequences import completion_index, completion_logprobs, encode_batch
 from stages.lib.training import is_timing
@@ -180,6 +181,7 @@ def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
                 "completion_ids": [list(ids) for ids in pref["completion_ids"]],
                 "pairs": [list(p) for p in pref["pairs"]],
                 "ref_logps": [float(x) for x in ref["logps"]],
+                "rewards": [float(x) for x in pref["rewards"]],
                 "split": pref["split"],
             }
         )
@@ -192,7 +194,9 @@ class PromptCollator:
 
     Returns ``input_ids``/``attention_mask``/``completion_mask`` [N, T] (N = all completions),
     ``completion_index`` (:func:`stages.lib.sequences.completion_index`, built here on the CPU),
-    ``ref_logps`` [N] and ``chosen``/``rejected`` [P] (rows of the winner and loser of each pair).
+    ``ref_logps`` [N], ``chosen``/``rejected`` [P] (rows of the winner and loser of each pair),
+    ``groups`` [G, K] (the rows of each prompt, -1 padding a prompt with fewer completions) and,
+    when every item has them, ``rewards`` [N] (listwise losses and the SFT term need both).
     """
 
     def __init__(self, tokenizer, max_length: int):
@@ -200,9 +204,10 @@ class PromptCollator:
         self.max_length = max_length
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        prompts, completions, ref_logps, chosen, rejected = [], [], [], [], []
+        prompts, completions, ref_logps, chosen, rejected, groups = [], [], [], [], [], []
         for item in items:
             offset = len(completions)
+            groups.append(list(range(offset, offset + len(item["completion_ids"]))))
             prompts += [item["prompt"]] * len(item["completion_ids"])
             completions += item["completion_ids"]
             ref_logps += item["ref_logps"]
@@ -213,27 +218,52 @@ class PromptCollator:
         batch["ref_logps"] = torch.tensor(ref_logps, dtype=torch.float32)
         batch["chosen"] = torch.tensor(chosen, dtype=torch.long)
         batch["rejected"] = torch.tensor(rejected, dtype=torch.long)
+        width = max((len(g) for g in groups), default=0)
+        batch["groups"] = torch.tensor(
+            [g + [-1] * (width - len(g)) for g in groups], dtype=torch.long
+        )
+        if all("rewards" in item for item in items):
+            rewards = [float(r) for item in items for r in item["rewards"]]
+            batch["rewards"] = torch.tensor(rewards, dtype=torch.float32)
         return batch
 
 
 def grouped_preference_loss(
     model, batch: dict[str, torch.Tensor], config: LossConfig, *, packed: bool = True
 ) -> PreferenceLossOutput:
-    """Forward each completion of the batch once, gather the pairs, return per-pair losses
-    (``packed``: see :func:`stages.lib.sequences.completion_logprobs`)."""
+    """Forward each completion of the batch once, gather the pairs (pairwise losses) or the
+    prompts' ranked completions (listwise), return the losses (:func:`stages.lib.losses.
+    batch_loss`; ``packed``: see :func:`stages.lib.sequences.completion_logprobs`)."""
     logps, n_tokens = completion_logprobs(model, batch, packed=packed)
     n_tokens = n_tokens.clamp(min=1)  # an empty completion has r = 0: its per-token mean is 0 too
-    ref = batch["ref_logps"].to(logps.device)
-    w, l = batch["chosen"].to(logps.device), batch["rejected"].to(logps.device)
-    return preference_loss(logps[w], logps[l], ref[w], ref[l], n_tokens[w], n_tokens[l], config)
+    device = logps.device
+    ref = batch["ref_logps"].to(device)
+    w, l = batch["chosen"].to(device), batch["rejected"].to(device)
+    if not config.listwise and not config.sft_weight:  # the pairs alone
+        return preference_loss(logps[w], logps[l], ref[w], ref[l], n_tokens[w], n_tokens[l], config)
+    groups, rewards = batch.get("groups"), batch.get("rewards")
+    return batch_loss(
+        logps,
+        ref,
+        n_tokens,
+        w,
+        l,
+        config,
+        groups=None if groups is None else groups.to(device),
+        rewards=None if rewards is None else rewards.to(device),
+    )
 
 
 def pair_sums(out: PreferenceLossOutput) -> torch.Tensor:
-    """Sums over pairs of loss, reward margin, chosen and rejected reward, correct pairs; count."""
+    """Sums over pairs of loss, reward margin, chosen and rejected reward, correct pairs; count.
+
+    A listwise loss has one entry per prompt: its loss sum is the batch objective times the
+    pairs, so the per-pair mean the trainer logs is the (pair-weighted) objective."""
     margin = out.chosen_rewards - out.rejected_rewards
+    loss_sum = out.loss.detach() * margin.numel() if out.listwise else out.losses.detach().sum()
     return torch.stack(
         [
-            out.losses.detach().sum(),
+            loss_sum,
             margin.sum(),
             out.chosen_rewards.sum(),
             out.rejected_rewards.sum(),
@@ -282,7 +312,7 @@ class PreferenceTrainer(Trainer):
                 live.log_params(
                     {
                         "variant": variant,
-                        **vars(loss_config),
+                        **loss_config.logged(),
                         "optimizer": getattr(a.optim, "value", a.optim),
                         "learning_rate": a.learning_rate,
                         "epochs": a.num_train_epochs,
