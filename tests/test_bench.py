@@ -236,7 +236,7 @@ def test_bench_command_errors_are_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert (
         result.output.strip() == "error: --only: unknown item 'nope' (items: align, sample, "
-        "eval, flops, runs, sweep)"
+        "eval, flops, runs, sweep, paper)"
     )
     result = CliRunner().invoke(app, ["bench", "--only", "align"])
     assert result.exit_code == 1

@@ -4,6 +4,7 @@
     python -m stages bench                      # items 1, 2, 3, 5, 6 (about 10 minutes on 2 cores)
     python -m stages bench --baseline 05687a1   # item 6 also runs that commit's code, side by side
     python -m stages bench --sweep              # + item 4: `dvc repro` of a fresh clone, per stage
+    python -m stages bench --only paper         # item 7: the paper profile's dress rehearsal
     python -m stages bench --only align,flops --threads 1
 
 1. ``align``: our trainer vs trl's ``DPOTrainer`` (precompute_ref_log_probs=True), pairs/s at
@@ -21,6 +22,9 @@
 6. ``runs``: wall time of one demo run, ``align`` + ``evaluate`` of one variant and seed, each
    process from start to metrics written, of this tree and of ``--baseline``'s code, and of two
    runs side by side with one thread each (:mod:`stages.bench.runs`).
+7. ``paper``: the ``paper`` profile end to end through ``dvc repro`` with local stand-ins for
+   its hub data and models, cut to a few prompts and steps: wall time and peak memory per stage
+   (:mod:`stages.bench.rehearsal`).
 
 Benchmarks are not tests: nothing here asserts a time. Thread count, torch version and CPU are
 recorded with the figures.
@@ -50,6 +54,7 @@ from transformers.utils import logging as hf_logging
 from stages.bench.align import align_throughput
 from stages.bench.flops import alignment_flops, matmul_flops
 from stages.bench.generate import evaluation_cost, sampling_throughput
+from stages.bench.rehearsal import rehearse
 from stages.bench.runs import run_wall_times
 from stages.lib import paths
 from stages.lib.common import atomic_path, write_json
@@ -71,7 +76,9 @@ from stages.lib.trainer import (
     build_items,
 )
 
-ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep")
+ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep", "paper")
+#: Items run by default (``sweep`` and ``paper`` take minutes of their own: ask for them).
+DEFAULT_ITEMS = ("align", "sample", "eval", "flops", "runs")
 
 
 def repro_sweep(repo: Path) -> dict:
@@ -155,6 +162,7 @@ def run(
     eval_prompts: int,
     baseline: str | None = None,
     run_variant: str = "dpo",
+    imdb: Path = Path("../shared/data/imdb"),
 ) -> dict:
     """Run the chosen benchmark items; returns the ``reports/bench.json`` dict."""
     torch.set_num_threads(threads)
@@ -263,6 +271,13 @@ def run(
             + (f", baseline {r['baseline']['total_s']:.1f} s" if baseline else ""),
             file=sys.stderr,
         )
+    if "paper" in items:
+        out["paper"] = rehearse(Path("."), imdb)
+        print(
+            f"paper rehearsal: {out['paper']['total_s']:.0f} s, peak "
+            f"{out['paper']['peak_mib']} MiB",
+            file=sys.stderr,
+        )
     if "sweep" in items:
         out["sweep"] = repro_sweep(Path("."))
         print(f"sweep: dvc repro {out['sweep']['total_s']:.0f} s", file=sys.stderr)
@@ -362,6 +377,22 @@ def markdown(b: dict) -> str:
                 f"({p['speedup']:.2f}x).",
                 "",
             ]
+    if "paper" in b:
+        r = b["paper"]
+        s0 = r["step0"]
+        lines += [
+            f"Paper-profile rehearsal (`--only paper`: GPT-2 124M and DistilBERT shapes, random "
+            f"weights, local IMDB): {r['total_s']:.0f} s of stages after {r['build_models_s']:.0f} s "
+            f"building the models; peak resident memory {r['peak_mib']} MiB; step-0 β·r chosen "
+            f"{s0['chosen_reward']:.2e}, rejected {s0['rejected_reward']:.2e}.",
+            "",
+            "| Stage | wall (s) | peak MiB |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {t['wall_s']:.1f} | {t['peak_mib']} |" for name, t in r["stages"].items()
+        ]
+        lines.append("")
     if "sweep" in b:
         w = b["sweep"]
         lines += [
@@ -385,7 +416,7 @@ def markdown(b: dict) -> str:
 
 def main(
     only: str = typer.Option(
-        ",".join(i for i in ITEMS if i != "sweep"),
+        ",".join(DEFAULT_ITEMS),
         help=f"Comma-separated items of {', '.join(ITEMS)}.",
     ),
     sweep: bool = typer.Option(
@@ -402,6 +433,10 @@ def main(
         None, help="Commit whose align + evaluate the `runs` item also times, side by side."
     ),
     run_variant: str = typer.Option("dpo", help="Variant of align.variants the `runs` item runs."),
+    imdb: Path = typer.Option(
+        Path(os.environ.get("IMDB_DIR", "../shared/data/imdb")),
+        help="The local IMDB copy (train/test.jsonl) the `paper` rehearsal reads.",
+    ),
     out: Path = typer.Option(Path("reports/bench.json"), help="JSON output; Markdown beside it."),
     params: Path = typer.Option(
         Path("params.yaml"), help="Params file (sample and evaluate settings)."
@@ -429,6 +464,7 @@ def main(
         eval_prompts=eval_prompts,
         baseline=baseline,
         run_variant=run_variant,
+        imdb=imdb,
     )
     write_json(out, result)
     md = markdown(result)

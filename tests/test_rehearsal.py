@@ -1,0 +1,42 @@
+"""The paper profile's dress rehearsal (:mod:`stages.bench.rehearsal`): its parameters are the
+composed paper profile with only the sources and the documented cuts changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.bench.rehearsal import CUTS, paper_params, rehearse
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_paper_params_are_the_composed_profile_with_local_sources_and_cuts(tmp_path):
+    params = paper_params(ROOT, tmp_path / "imdb", tmp_path / "gpt2", tmp_path / "bert")
+    paper = yaml.safe_load((ROOT / "conf/profile/paper.yaml").read_text())
+    config = yaml.safe_load((ROOT / "conf/config.yaml").read_text())
+    assert "defaults" not in params and set(params) == set(config) - {"defaults"}
+    assert params["data"]["source"] == str(tmp_path / "imdb")
+    assert params["sft"]["model"] == str(tmp_path / "gpt2") and params["sft"]["epochs"] == 0
+    assert params["reward"]["model"] == str(tmp_path / "bert") and params["reward"]["epochs"] == 0
+    assert params["reward"]["max_length"] == paper["reward"]["max_length"]
+    assert params["align"]["common"]["optimizer"] == "adamw_torch_fused"
+    for key, value in paper["align"]["common"].items():
+        assert params["align"]["common"][key] == value
+    assert list(params["align"]["variants"]) == ["dpo"]
+    assert params["seeds"] == CUTS["seeds"] == [0]
+    for section, values in CUTS.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert params[section][key] == value
+    # everything neither cut nor replaced is the paper profile over the base config
+    assert params["sample"]["batch_size"] == paper["sample"]["batch_size"]
+    assert params["evaluate"]["batch_size"] == paper["evaluate"]["batch_size"]
+    assert params["pairs"] == config["pairs"]
+
+
+def test_rehearsal_needs_the_imdb_copy(tmp_path):
+    with pytest.raises(FileNotFoundError, match="rehearsal: .*train.jsonl not found"):
+        rehearse(ROOT, tmp_path)
