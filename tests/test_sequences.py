@@ -170,6 +170,32 @@ def test_packed_path_matches_the_plain_path_values_and_gradients(tiny_lm):
         assert torch.equal(given, completion_logprobs(base, batch)[0])
 
 
+def test_packed_gradients_are_bitwise_reproducible_on_two_threads():
+    """Two backward passes of the same batch give the same gradients bit for bit with two
+    threads, at the demo's scale (2,048-token vocabulary, 64 sequences): indexing the head's
+    weight rows (``weight[targets]``) accumulated its gradient in a thread-dependent order."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    g = torch.Generator().manual_seed(0)
+    config = GPT2Config(vocab_size=2048, n_layer=1, n_embd=64, n_head=2, n_positions=64)
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(config).eval()
+    prompts = [torch.randint(0, 2048, (4,), generator=g).tolist() for _ in range(64)]
+    completions = [torch.randint(0, 40, (48,), generator=g).tolist() for _ in range(64)]
+    batch = encode_ids(prompts, completions, pad_id=0)  # few distinct targets: many repeats
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            model = copy.deepcopy(base)
+            completion_logprobs(model, batch)[0].sum().backward()
+            grads.append(model.get_output_embeddings().weight.grad.clone())
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(grad, grads[0]) for grad in grads[1:])
+
+
 def test_head_runs_in_float32_under_bf16_autocast(tiny_lm):
     """Under bf16 autocast the decoder may run in bf16, the head's logits stay float32 and equal
     the head applied in float32 to the same hidden state (autocast's bf16 head does not)."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from stages.lib.contracts import REFERENCE, check_row
@@ -148,7 +149,10 @@ def packed_token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) ->
         hidden = hidden.to(head.weight.dtype)
         logits = head(hidden).float()
         if _plain_linear(head):
-            chosen = (hidden * head.weight[targets]).sum(-1).float()
+            # F.embedding, not head.weight[targets]: its backward accumulates rows in a fixed
+            # order (indexing's backward, index_put_ with accumulate, does not on a multi-threaded
+            # CPU: two runs then differ in the last bits)
+            chosen = (hidden * F.embedding(targets, head.weight)).sum(-1).float()
             if head.bias is not None:
                 chosen = chosen + head.bias[targets].float()
         else:
