@@ -66,7 +66,7 @@ from stages.lib.config import (
     load_params,
     read_mapping,
     read_section,
-    read_seed,
+    run_seed,
 )
 from stages.lib.contracts import PREFERENCES, PROMPTS, SCORED, read_rows
 from stages.lib.modeling import load_causal_lm
@@ -217,10 +217,10 @@ def run(
             file=sys.stderr,
         )
     if "eval" in items:
-        cfg, seed = read_section(params, "evaluate", EvaluateConfig), read_seed(params)
+        cfg, seed = read_section(params, "evaluate", EvaluateConfig), run_seed(params, None)
         score = read_section(params, "reward", RewardConfig).score
         source = read_section(params, "data", DataConfig).source
-        dpo = paths.aligned_model("dpo")
+        dpo = paths.aligned_model("dpo", seed)  # the first run seed's dpo policy
         policies = [paths.SFT_DIR] + [p for p in [dpo] if p.is_dir()]
         out["eval"] = [
             evaluation_cost(cfg, p, eval_prompts, seed=seed, score=score, source=source)
