@@ -40,3 +40,29 @@ def test_paper_params_are_the_composed_profile_with_local_sources_and_cuts(tmp_p
 def test_rehearsal_needs_the_imdb_copy(tmp_path):
     with pytest.raises(FileNotFoundError, match="rehearsal: .*train.jsonl not found"):
         rehearse(ROOT, tmp_path)
+
+
+@pytest.mark.slow
+def test_paper_rehearsal_end_to_end(imdb_dir, tmp_path):
+    """The paper profile through `dvc repro`, stage by stage, with GPT-2 124M / DistilBERT shapes
+    (about 5 minutes on 2 cores; skipped without the IMDB copy)."""
+    result = rehearse(ROOT, imdb_dir, workdir=tmp_path)
+    assert list(result["stages"]) == [
+        "prepare",
+        "sft",
+        "reward",
+        "sample",
+        "score",
+        "pairs",
+        "reference",
+        "align@dpo-0",
+        "evaluate-sft@0",
+        "evaluate@dpo-0",
+        "report",
+    ]
+    assert all(s["wall_s"] > 0 and s["peak_mib"] > 0 for s in result["stages"].values())
+    # the policy starts as the SFT copy: zero implicit reward at the first step (float32 head)
+    assert abs(result["step0"]["chosen_reward"]) < 1e-3
+    assert abs(result["step0"]["rejected_reward"]) < 1e-3
+    assert result["params"]["align"]["common"]["optimizer"] == "adamw_torch_fused"
+    assert result["summary_lines"] > 5

@@ -17,7 +17,8 @@ DVC repository, except for:
 So it exercises copying with ``epochs: 0`` (both models), the 50k-vocabulary logits in
 ``sample``, ``reference``, ``align`` and ``evaluate``, fused AdamW, the DistilBERT scorer and the
 report. Each stage runs as ``dvc repro --single-item <stage>``; its wall time and peak resident
-memory (``wait4``'s ``ru_maxrss``: the largest process of the stage, DVC's own included) are
+memory (``wait4``'s ``ru_maxrss`` of ``dvc repro``: the largest process of the stage, DVC's own
+included) are
 recorded, with the step-0 implicit rewards logged by ``align`` (β·r at the first step: zero up
 to rounding when the policy starts as the SFT copy)::
 
@@ -113,20 +114,34 @@ def save_paper_models(folder: Path, imdb: Path) -> tuple[Path, Path]:
     return folder / "gpt2-124m", folder / "distilbert"
 
 
+#: Runs a command and prints its peak resident memory. A child's ``ru_maxrss`` starts at the RSS
+#: of the process that forked it (Linux keeps the pre-exec high-water mark), so the command is
+#: started from this small interpreter, not from the benchmark holding torch and the models.
+_PEAK = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(f'peak_kib={usage.ru_maxrss}', file=sys.stderr)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def _run(args: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
-    """Wall seconds, peak resident MiB and output of one command (``wait4`` of its process)."""
+    """Wall seconds, peak resident MiB (the largest process of the command) and output."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args], cwd=cwd, env=env, capture_output=True, text=True
     )
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
+    lines = proc.stderr.strip().splitlines()
+    peak = next((line for line in reversed(lines) if line.startswith("peak_kib=")), "peak_kib=0")
+    output = proc.stdout + "\n".join(line for line in lines if not line.startswith("peak_kib="))
     if proc.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-5:])
-        raise ValueError(f"rehearsal: {' '.join(args[2:])} failed:\n{tail}")
-    return seconds, usage.ru_maxrss / 1024, output
+        raise ValueError(
+            f"rehearsal: {' '.join(args[2:])} failed (exit {proc.returncode}):\n{tail}"
+        )
+    return seconds, int(peak.split("=")[1]) / 1024, output
 
 
 def step0_rewards(repo: Path) -> dict:
@@ -143,6 +158,7 @@ def step0_rewards(repo: Path) -> dict:
 def rehearse(root: Path, imdb: Path, workdir: Path | None = None) -> dict:
     """Run the rehearsal with the code in ``root``; returns per-stage wall time and peak memory,
     the composed parameters and the step-0 rewards."""
+    imdb = imdb.resolve()  # the stages run in the scratch repository
     if not (imdb / "train.jsonl").is_file():
         raise FileNotFoundError(f"rehearsal: {imdb / 'train.jsonl'} not found (set IMDB_DIR)")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -181,10 +197,10 @@ def rehearse(root: Path, imdb: Path, workdir: Path | None = None) -> dict:
             ["git", "commit", "-qm", "paper rehearsal"],
         ):
             _run(args, repo, env)
-        _, _, dry = _run(dvc + ["repro", "--dry"], repo, env)
-        order = [
-            line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")
-        ]
+        # dvc.yaml lists the stages in dependency order (`dvc repro --dry` cannot: it hashes
+        # deps that do not exist yet)
+        _, _, listed = _run(dvc + ["stage", "list", "--name-only"], repo, env)
+        order = [line.strip() for line in listed.splitlines() if line.strip()]
         stages = {}
         for stage in order:
             seconds, mib, _ = _run(dvc + ["repro", "--single-item", stage], repo, env)
