@@ -95,6 +95,9 @@ def build_preferences(rows: list[dict], cfg: PairsConfig, seed: int) -> tuple[li
         }
         out.append(check_row(new, PREFERENCES, f"preferences row for {row['prompt_id']}"))
     pool = [r for row in rows for r in row["rewards"]]
+    texts = {split: set() for split in ("train", "val")}  # distinct normalised prompt texts
+    for r in out:
+        texts[r["split"]].add(" ".join(r["prompt"].split()))
     metrics = {
         "prompts": len(rows),
         "prompts_with_pairs": len(out),
@@ -108,14 +111,8 @@ def build_preferences(rows: list[dict], cfg: PairsConfig, seed: int) -> tuple[li
             }
             for split in ("train", "val")
         },
-        "prompt_texts": {
-            split: len({" ".join(r["prompt"].split()) for r in out if r["split"] == split})
-            for split in ("train", "val")
-        },
-        "val_texts_in_train": len(
-            {" ".join(r["prompt"].split()) for r in out if r["split"] == "val"}
-            & {" ".join(r["prompt"].split()) for r in out if r["split"] == "train"}
-        ),
+        "prompt_texts": {split: len(found) for split, found in texts.items()},
+        "val_texts_in_train": len(texts["val"] & texts["train"]),
         "mean_reward_margin": round(fmean(margins), 6) if margins else 0.0,
         "mean_reward_chosen": round(fmean(chosen), 6) if chosen else 0.0,
         "mean_reward_rejected": round(fmean(rejected), 6) if rejected else 0.0,

@@ -225,8 +225,6 @@ def test_disable_dropout_zeroes_every_dropout():
 def test_fast_path_matches_the_plain_path(tiny_lm_dir, lm, items, torch_one_thread):
     """The fast step (fused GELU, head on completion positions, collator-built index) computes
     the plain step's per-pair losses and gradients to float32 rounding."""
-    from transformers import AutoModelForCausalLM
-
     from stages.lib.modeling import fuse_activations
 
     _, tokenizer = lm
@@ -234,12 +232,7 @@ def test_fast_path_matches_the_plain_path(tiny_lm_dir, lm, items, torch_one_thre
     cfg = LossConfig("sigmoid", "jsd", 0.3)
     out = {}
     for fast in (False, True):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
-        disable_dropout(model)
-        with torch.no_grad():  # away from the reference: non-zero log-ratios
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+        model = _moved_model(tiny_lm_dir)
         if fast:
             fuse_activations(model)
         result = grouped_preference_loss(model, batch, cfg, packed=fast)
@@ -256,14 +249,7 @@ def test_fast_path_matches_the_plain_path(tiny_lm_dir, lm, items, torch_one_thre
 
 
 def test_grouped_forward_matches_pairwise_forward(tiny_lm_dir, lm, items, torch_one_thread):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
-    disable_dropout(model)
-    with torch.no_grad():  # move away from the reference so log-ratios are not all zero
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    model = _moved_model(tiny_lm_dir)
     _, tokenizer = lm
     items = items[:6]
     for cfg in (LossConfig("sigmoid", "alpha", 0.3, 0.5), LossConfig("ipo", "reverse_kl", 0.5)):

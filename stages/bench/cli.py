@@ -140,15 +140,20 @@ def machine(threads: int) -> dict:
     }
 
 
-def align_optimizer(params: dict) -> str:
-    """``align.common.optimizer`` (the training settings of ``align.common``, typed)."""
+def align_common(params: dict) -> TrainConfig:
+    """The training settings of ``align.common``, typed (its loss keys left aside)."""
     if "align" not in params:
         raise ValueError("params: section 'align' is missing")
     common = (params["align"] or {}).get("common")
     if not isinstance(common, dict):
         raise ValueError(f"params: align.common: must be a mapping, got {common!r}")
     train = {k: v for k, v in common.items() if k in TRAIN_KEYS}  # loss keys may sit there too
-    return read_mapping(train, "align.common", TrainConfig).optimizer
+    return read_mapping(train, "align.common", TrainConfig)
+
+
+def align_optimizer(params: dict) -> str:
+    """``align.common.optimizer`` (:func:`align_common`)."""
+    return align_common(params).optimizer
 
 
 def run(
@@ -232,12 +237,8 @@ def run(
                 file=sys.stderr,
             )
     if "flops" in items:
-        configured = align_optimizer(params)
-        batch = read_mapping(
-            {k: v for k, v in params["align"]["common"].items() if k in TRAIN_KEYS},
-            "align.common",
-            TrainConfig,
-        ).batch_prompts
+        common = align_common(params)
+        configured, batch = common.optimizer, common.batch_prompts
         prefs = read_rows(paths.PREFERENCES, PREFERENCES)
         refs = [{"logps": [-100.0] * len(p["completions"])} for p in prefs]  # any fixed values
         items_ = [i for i in build_items(prefs, refs) if i["split"] == "train"]

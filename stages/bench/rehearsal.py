@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -73,8 +74,6 @@ def paper_params(root: Path, imdb: Path, sft: Path, reward: Path) -> dict:
 
 
 def _texts(imdb: Path, n: int) -> list[str]:
-    import json
-
     with open(imdb / "train.jsonl") as f:
         return [json.loads(line)["text"] for _, line in zip(range(n), f)]
 
