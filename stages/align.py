@@ -50,6 +50,7 @@ from stages.lib.trainer import (
     PromptCollator,
     TrainConfig,
     build_items,
+    curriculum_order,
     disable_dropout,
     training_arguments,
 )
@@ -208,7 +209,7 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
         variant = params["align"]["variants"][name] or {}
         key = f"align.variants.{name}" if "max_length" in variant else "align.common"
         check_token_counts(items, {r["prompt_id"]: r for r in refs}, collator, f"{key}.max_length")
-    train = [i for i in items if i["split"] == "train"]
+    train = curriculum_order([i for i in items if i["split"] == "train"], cfg.curriculum)
     val = [i for i in items if i["split"] == "val"]
     if not val:
         typer.echo(
@@ -266,6 +267,9 @@ def summarize(cfg: TrainConfig, loss: LossConfig, name, history, evals, train, v
         "divergence": loss.divergence,
         "beta": loss.beta,
         "alpha": loss.alpha,
+        "sft_weight": loss.sft_weight,
+        "label_smoothing": loss.label_smoothing,
+        "curriculum": cfg.curriculum,
         "learning_rate": cfg.learning_rate,
         "epochs": cfg.epochs,
         "steps": result.global_step,

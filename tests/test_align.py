@@ -678,3 +678,38 @@ def test_listwise_loss_needs_two_completions_per_prompt(project, variant):
         "data/preferences.jsonl row 3 has 1 (see sample.n_per_prompt)"
     )
     assert not Path("logs").exists() and not Path("models/aligned").exists()
+
+
+# ------------------------------------------------------------------------------ curriculum
+
+
+@pytest.mark.parametrize("order", ["easy_to_hard", "hard_to_easy"])
+def test_a_curriculum_trains_on_the_prompts_in_margin_order(project, monkeypatch, order):
+    """Every epoch reads the training prompts by their reward margin (the collator sees them in
+    that order), and the run records its curriculum."""
+    from stages.lib import trainer as align_trainer
+    from stages.lib.contracts import PREFERENCES, read_rows
+
+    seen: list[str] = []
+    call = align_trainer.PromptCollator.__call__
+
+    def spy(self, items):
+        if all(i["split"] == "train" for i in items):
+            seen.extend(i["prompt_id"] for i in items)
+        return call(self, items)
+
+    monkeypatch.setattr(align_trainer.PromptCollator, "__call__", spy)
+    metrics = align("dpo", _params(epochs=2, curriculum=order, eval_steps=1000))
+    rows = read_rows("data/preferences.jsonl", PREFERENCES)
+    margin = {
+        r["prompt_id"]: sum(r["rewards"][w] - r["rewards"][l] for w, l in r["pairs"])
+        / len(r["pairs"])
+        for r in rows
+        if r["split"] == "train" and r["pairs"]
+    }
+    sign = -1.0 if order == "easy_to_hard" else 1.0
+    expected = sorted(margin, key=lambda p: (sign * margin[p], p))
+    assert seen == expected * 2  # two epochs, the same order each
+    assert metrics["curriculum"] == order
+    shuffled = align("dpo", _params(epochs=2, eval_steps=1000))
+    assert shuffled["curriculum"] == "shuffle" and shuffled["train_loss"] != metrics["train_loss"]

@@ -56,7 +56,23 @@ def test_paper_profile(tmp_path):
     assert variant_config(params, "dpo")[0].optimizer == "adamw_torch_fused"  # a valid optim name
 
 
-@pytest.mark.parametrize("profile", ["demo", "imdb", "paper"])
+def test_losses_profile_adds_every_newer_loss_and_the_curriculum_to_the_demo(tmp_path):
+    from stages.lib.losses import LOSSES
+
+    params, demo = compose(tmp_path, "losses"), compose(tmp_path, "demo")
+    variants = params["align"]["variants"]
+    assert {k: v for k, v in variants.items() if k in demo["align"]["variants"]} == demo["align"][
+        "variants"
+    ]  # the demo's variants, unchanged: they are the baselines of the paired differences
+    new = {k: v for k, v in variants.items() if k not in demo["align"]["variants"]}
+    assert {v["loss"] for v in new.values()} == set(LOSSES) - {"ipo"}  # ipo: in the demo
+    assert {v.get("curriculum") for v in new.values()} == {None, "easy_to_hard", "hard_to_easy"}
+    assert {k: v for k, v in params.items() if k != "align"} == {
+        k: v for k, v in demo.items() if k != "align"
+    }
+
+
+@pytest.mark.parametrize("profile", ["demo", "imdb", "paper", "losses"])
 def test_every_variant_of_every_profile_reads_as_typed_settings(tmp_path, monkeypatch, profile):
     """What the align and report stages read: TrainConfig + LossConfig per variant, the same
     labels in both."""

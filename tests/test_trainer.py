@@ -26,9 +26,11 @@ from stages.lib.trainer import (
     PromptCollator,
     TrainConfig,
     build_items,
+    curriculum_order,
     disable_dropout,
     grouped_preference_loss,
     pair_sums,
+    prompt_margin,
     training_arguments,
 )
 
@@ -138,6 +140,12 @@ def test_training_arguments_follow_the_config(tmp_path):
         ("max_length", 1, "params: align.common.max_length: must be >= 2, got 1"),
         ("seed", "zero", "params: align.common.seed: must be int, got 'zero'"),
         ("grad_accum_steps", 1.5, "params: align.common.grad_accum_steps: must be int, got 1.5"),
+        (
+            "curriculum",
+            "easy",
+            "params: align.common.curriculum: must be one of shuffle, easy_to_hard, "
+            "hard_to_easy, got 'easy'",
+        ),
     ],
 )
 def test_bad_train_settings_name_the_key(key, value, message):
@@ -151,6 +159,36 @@ def test_train_config_fields_are_documented():
     from stages.lib.config import field_docs
 
     assert all(doc for doc in field_docs(TrainConfig).values())
+
+
+def test_a_curriculum_reads_the_items_in_turn(tmp_path):
+    cfg = common_config()
+    assert cfg.curriculum == "shuffle"
+    assert training_arguments(cfg, tmp_path, "dpo", True).train_sampling_strategy == "random"
+    for order in ("easy_to_hard", "hard_to_easy"):
+        ordered = dataclasses.replace(cfg, curriculum=order)
+        args = training_arguments(ordered, tmp_path, "dpo", True)
+        assert args.train_sampling_strategy == "sequential"
+
+
+def _margin_item(prompt_id: str, rewards: list[float], pairs: list[list[int]]) -> dict:
+    return {"prompt_id": prompt_id, "rewards": rewards, "pairs": pairs}
+
+
+def test_curriculum_orders_prompts_by_their_mean_reward_margin():
+    items = [
+        _margin_item("a", [0.0, 1.0, 2.0, 3.0], [[1, 0], [3, 2]]),  # margins 1, 1: mean 1
+        _margin_item("b", [0.0, 5.0, 0.0, 0.0], [[1, 0]]),  # 5
+        _margin_item("c", [2.0, 0.0, 1.5, 0.0], [[0, 1], [2, 3]]),  # 2, 1.5: mean 1.75
+        _margin_item("d", [1.0, 0.0, 0.0, 0.0], [[0, 1]]),  # 1, ties with a: prompt_id order
+    ]
+    assert [prompt_margin(i) for i in items] == [1.0, 5.0, 1.75, 1.0]
+    ids = lambda order: [i["prompt_id"] for i in curriculum_order(items, order)]  # noqa: E731
+    assert ids("easy_to_hard") == ["b", "c", "a", "d"]
+    assert ids("hard_to_easy") == ["a", "d", "c", "b"]
+    assert ids("shuffle") == ["a", "b", "c", "d"]  # the Trainer's seeded sampler shuffles
+    with pytest.raises(ValueError, match=r"^curriculum: must be one of shuffle, easy_to_hard"):
+        curriculum_order(items, "random")
 
 
 # ------------------------------------------------------------------------------ items, collator

@@ -61,6 +61,9 @@ _STATS = ("loss", "margin", "chosen_reward", "rejected_reward", "accuracy")
 OPTIMIZERS = tuple(sorted(o.value for o in OptimizerNames))
 SCHEDULERS = tuple(sorted(s.value for s in SchedulerType))
 
+#: Orders of the training prompts within an epoch (:func:`curriculum_order`).
+CURRICULA = ("shuffle", "easy_to_hard", "hard_to_easy")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -124,6 +127,13 @@ class TrainConfig:
         check=non_negative,
         must=">= 0",
     )
+    curriculum: str = param(
+        "order of the training prompts in every epoch: shuffle (seeded), easy_to_hard or "
+        "hard_to_easy (by reward margin, see curriculum_order)",
+        "shuffle",
+        check=lambda v: v in CURRICULA,
+        must=f"one of {', '.join(CURRICULA)}",
+    )
 
 
 #: The keys of :class:`TrainConfig` (``align.common`` also holds :class:`LossConfig` keys).
@@ -158,6 +168,8 @@ def training_arguments(
         eval_steps=cfg.eval_steps if has_eval else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
+        # a curriculum is an order: the items come pre-sorted (curriculum_order), read in turn
+        train_sampling_strategy="random" if cfg.curriculum == "shuffle" else "sequential",
         bf16=use_bf16(),  # the reference stage's autocast (stages.lib.sequences.reference_autocast)
         remove_unused_columns=False,
         label_names=[],
@@ -186,6 +198,28 @@ def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
             }
         )
     return items
+
+
+def prompt_margin(item: dict) -> float:
+    """Mean reward margin r_w - r_l over a prompt item's preference pairs (its difficulty: a
+    large margin is an easy, clear-cut preference)."""
+    rewards = item["rewards"]
+    return sum(rewards[w] - rewards[l] for w, l in item["pairs"]) / len(item["pairs"])
+
+
+def curriculum_order(items: list[dict], curriculum: str) -> list[dict]:
+    """Training items in the order of ``curriculum``: ``shuffle`` keeps them (the Trainer's
+    seeded sampler shuffles every epoch); ``easy_to_hard`` sorts by :func:`prompt_margin`
+    descending (the easy-to-hard data curriculum of Xu et al. 2023, arXiv 2310.02263, with the
+    reward margin as the difficulty, as Curry-DPO, arXiv 2403.07230, orders pairs by their rating
+    gap), and ``hard_to_easy`` ascending. Ties keep ``prompt_id`` order; every epoch
+    reads the same order (the sampler is sequential)."""
+    if curriculum not in CURRICULA:
+        raise ValueError(f"curriculum: must be one of {', '.join(CURRICULA)}, got {curriculum!r}")
+    if curriculum == "shuffle":
+        return list(items)
+    sign = -1.0 if curriculum == "easy_to_hard" else 1.0
+    return sorted(items, key=lambda i: (sign * prompt_margin(i), i["prompt_id"]))
 
 
 class PromptCollator:
