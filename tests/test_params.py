@@ -72,7 +72,32 @@ def test_losses_profile_adds_every_newer_loss_and_the_curriculum_to_the_demo(tmp
     }
 
 
-@pytest.mark.parametrize("profile", ["demo", "imdb", "paper", "losses"])
+def _family(variant: dict) -> tuple:
+    return tuple(sorted((k, v) for k, v in variant.items() if k not in ("beta", "learning_rate")))
+
+
+def test_study_profiles_give_every_family_five_betas(tmp_path):
+    study, core = compose(tmp_path, "study"), compose(tmp_path, "study-fdpo")
+    demo = compose(tmp_path, "demo")
+    assert set(core["align"]["variants"]) < set(study["align"]["variants"])
+    for params, n_families in ((study, 11), (core, 4)):
+        new = {
+            k: v
+            for k, v in params["align"]["variants"].items()
+            if k not in demo["align"]["variants"]
+        }
+        families: dict[tuple, set[float]] = {}
+        for v in params["align"]["variants"].values():
+            families.setdefault(_family(v), set()).add(v["beta"])
+        studied = {_family(v) for v in new.values()}
+        assert len(studied) == n_families
+        assert all(len(families[f]) == 5 for f in studied)  # the demo's beta is one of the five
+        assert {k: v for k, v in params.items() if k != "align"} == {
+            k: v for k, v in demo.items() if k != "align"
+        }
+
+
+@pytest.mark.parametrize("profile", ["demo", "imdb", "paper", "losses", "study"])
 def test_every_variant_of_every_profile_reads_as_typed_settings(tmp_path, monkeypatch, profile):
     """What the align and report stages read: TrainConfig + LossConfig per variant, the same
     labels in both."""
