@@ -209,7 +209,7 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
         variant = params["align"]["variants"][name] or {}
         key = f"align.variants.{name}" if "max_length" in variant else "align.common"
         check_token_counts(items, {r["prompt_id"]: r for r in refs}, collator, f"{key}.max_length")
-    train = curriculum_order([i for i in items if i["split"] == "train"], cfg.curriculum)
+    train = curriculum_order([i for i in items if i["split"] == "train"], cfg.curriculum, cfg.seed)
     val = [i for i in items if i["split"] == "val"]
     if not val:
         typer.echo(

@@ -689,6 +689,7 @@ def test_a_curriculum_trains_on_the_prompts_in_margin_order(project, monkeypatch
     that order), and the run records its curriculum."""
     from stages.lib import trainer as align_trainer
     from stages.lib.contracts import PREFERENCES, read_rows
+    from stages.lib.trainer import curriculum_order, prompt_margin
 
     seen: list[str] = []
     call = align_trainer.PromptCollator.__call__
@@ -701,14 +702,12 @@ def test_a_curriculum_trains_on_the_prompts_in_margin_order(project, monkeypatch
     monkeypatch.setattr(align_trainer.PromptCollator, "__call__", spy)
     metrics = align("dpo", _params(epochs=2, curriculum=order, eval_steps=1000))
     rows = read_rows("data/preferences.jsonl", PREFERENCES)
-    margin = {
-        r["prompt_id"]: sum(r["rewards"][w] - r["rewards"][l] for w, l in r["pairs"])
-        / len(r["pairs"])
-        for r in rows
-        if r["split"] == "train" and r["pairs"]
-    }
+    train = [r for r in rows if r["split"] == "train" and r["pairs"]]
+    expected = [i["prompt_id"] for i in curriculum_order(train, order, seed=0)]  # seeds[0]
+    margins = {r["prompt_id"]: prompt_margin(r) for r in train}
     sign = -1.0 if order == "easy_to_hard" else 1.0
-    expected = sorted(margin, key=lambda p: (sign * margin[p], p))
+    top = sorted(margins, key=lambda p: (sign * margins[p], p))[: len(train) // 10]
+    assert set(seen[: len(top)]) == set(top)  # the first level is the easiest (hardest) tenth
     assert seen == expected * 2  # two epochs, the same order each
     assert metrics["curriculum"] == order
     shuffled = align("dpo", _params(epochs=2, eval_steps=1000))

@@ -191,6 +191,27 @@ def test_curriculum_orders_prompts_by_their_mean_reward_margin():
         curriculum_order(items, "random")
 
 
+def test_curriculum_shuffles_within_its_difficulty_levels_by_seed():
+    rng = random.Random(0)
+    items = [_margin_item(f"p{i:03d}", [rng.uniform(0, 3), 0.0], [[0, 1]]) for i in range(95)]
+    margins = lambda order: [prompt_margin(i) for i in order]  # noqa: E731
+    for seed in (0, 1):
+        order = curriculum_order(items, "easy_to_hard", seed)
+        assert sorted(i["prompt_id"] for i in order) == [i["prompt_id"] for i in items]
+        ranked = sorted(margins(items), reverse=True)
+        bounds = [level * 95 // 10 for level in range(11)]  # levels of 9 or 10 prompts
+        for lo, hi in zip(bounds, bounds[1:]):
+            assert sorted(margins(order[lo:hi]), reverse=True) == ranked[lo:hi]
+    first, second = (
+        curriculum_order(items, "easy_to_hard", 0),
+        curriculum_order(items, "easy_to_hard", 1),
+    )
+    assert first != second  # the seed varies the batches within a level
+    assert first == curriculum_order(items, "easy_to_hard", 0)
+    hard = curriculum_order(items, "hard_to_easy", 0)
+    assert max(margins(hard[:9])) < min(margins(hard[-9:]))
+
+
 # ------------------------------------------------------------------------------ items, collator
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,19 +208,30 @@ def prompt_margin(item: dict) -> float:
     return sum(rewards[w] - rewards[l] for w, l in item["pairs"]) / len(item["pairs"])
 
 
-def curriculum_order(items: list[dict], curriculum: str) -> list[dict]:
-    """Training items in the order of ``curriculum``: ``shuffle`` keeps them (the Trainer's
-    seeded sampler shuffles every epoch); ``easy_to_hard`` sorts by :func:`prompt_margin`
+#: Difficulty levels of a curriculum: the sorted prompts are cut into this many equal slices.
+CURRICULUM_LEVELS = 10
+
+
+def curriculum_order(items: list[dict], curriculum: str, seed: int = 0) -> list[dict]:
+    """Training items in the order of ``curriculum``. ``shuffle`` keeps them (the Trainer's
+    seeded sampler shuffles every epoch). ``easy_to_hard`` sorts by :func:`prompt_margin`
     descending (the easy-to-hard data curriculum of Xu et al. 2023, arXiv 2310.02263, with the
     reward margin as the difficulty, as Curry-DPO, arXiv 2403.07230, orders pairs by their rating
-    gap), and ``hard_to_easy`` ascending. Ties keep ``prompt_id`` order; every epoch
-    reads the same order (the sampler is sequential)."""
+    gap), ``hard_to_easy`` ascending; the sorted prompts are cut into :data:`CURRICULUM_LEVELS`
+    equal slices, each shuffled with ``seed``, so the run seed still varies the batches while
+    the order goes from one difficulty level to the next. Every epoch reads this order."""
     if curriculum not in CURRICULA:
         raise ValueError(f"curriculum: must be one of {', '.join(CURRICULA)}, got {curriculum!r}")
     if curriculum == "shuffle":
         return list(items)
     sign = -1.0 if curriculum == "easy_to_hard" else 1.0
-    return sorted(items, key=lambda i: (sign * prompt_margin(i), i["prompt_id"]))
+    ranked = sorted(items, key=lambda i: (sign * prompt_margin(i), i["prompt_id"]))
+    rng, n, out = random.Random(seed), len(ranked), []
+    for level in range(CURRICULUM_LEVELS):
+        block = ranked[level * n // CURRICULUM_LEVELS : (level + 1) * n // CURRICULUM_LEVELS]
+        rng.shuffle(block)
+        out += block
+    return out
 
 
 class PromptCollator:
