@@ -65,6 +65,7 @@ from stages.lib.frontier import (
     matched_kl,
     pareto_front,
     per_prompt,
+    variant_settings,
 )
 from stages.lib.frontier_tables import (
     MATCHED_COLUMNS,
@@ -72,7 +73,6 @@ from stages.lib.frontier_tables import (
     frontier_metrics,
     matched_markdown,
 )
-from stages.lib.losses import LOSS_KEYS, read_variant_loss
 
 OUT = paths.FRONTIER_DIR
 #: Metrics compared along the curves (KL is the axis); ``gold`` only where every run has it.
@@ -81,30 +81,6 @@ BON = "best-of-n"
 
 
 # --------------------------------------------------------------------------- params
-
-
-def variant_settings(params: dict) -> dict[str, dict]:
-    """variant -> its loss settings (``LossConfig``, read as the align stage reads them) and
-    curriculum: what :func:`stages.lib.frontier.group_families` groups by (and β)."""
-    align = params.get("align")
-    variants = align.get("variants") if isinstance(align, dict) else None
-    if not isinstance(variants, dict) or not variants:
-        raise ValueError(f"params: align.variants: must be a non-empty mapping, got {variants!r}")
-    common = align.get("common") or {}
-    if not isinstance(common, dict):
-        raise ValueError(f"params: align.common: must be a mapping, got {common!r}")
-    out = {}
-    for name, variant in variants.items():
-        variant = variant or {}
-        if not isinstance(variant, dict):
-            raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
-        if name == "sft":
-            raise ValueError("params: align.variants.sft: clashes with the SFT policy's name")
-        loss = read_variant_loss(name, common, variant)
-        merged = {**common, **variant}
-        out[str(name)] = {k: getattr(loss, k) for k in LOSS_KEYS}
-        out[str(name)]["curriculum"] = merged.get("curriculum", "shuffle")
-    return out
 
 
 def baseline_family(families: list[Family], baseline: str) -> Family:

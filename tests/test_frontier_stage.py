@@ -14,9 +14,10 @@ import typer
 from typer.testing import CliRunner
 
 from stages.cli import stage_command
-from stages.frontier import frontier, main, variant_settings
+from stages.frontier import frontier, main
 from stages.lib.best_of_n import best_of_n_kl
 from stages.lib.config import load_params
+from stages.lib.frontier import variant_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = load_params(ROOT / "params.yaml")

@@ -1,7 +1,8 @@
 """The ``frontier`` stage's compute: β families, Pareto envelopes and the matched-KL comparison.
 
-Pure functions on numbers (numpy only); :mod:`stages.frontier` reads the runs and writes the
-tables and plots::
+Pure functions (numpy, and the variants' loss settings read through
+:mod:`stages.lib.losses`); :mod:`stages.frontier` reads the runs and writes the tables and
+plots::
 
     fams = group_families({"dpo": {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3,
                                    "alpha": None, "curriculum": "shuffle"}, ...})
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stages.lib.bootstrap import interval
+from stages.lib.losses import LOSS_KEYS, read_variant_loss
 
 #: Settings that define a family besides the loss (all of them, minus β, define it).
 FAMILY_EXTRA = ("curriculum",)
@@ -83,6 +85,30 @@ def family_name(settings: dict) -> str:
     if settings.get("curriculum", "shuffle") != "shuffle":
         parts.append(str(settings["curriculum"]))
     return "-".join(parts)
+
+
+def variant_settings(params: dict) -> dict[str, dict]:
+    """variant -> its loss settings (``LossConfig``, read as the align stage reads them) and
+    curriculum (default ``shuffle``): what :func:`group_families` groups by (and β)."""
+    align = params.get("align")
+    variants = align.get("variants") if isinstance(align, dict) else None
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"params: align.variants: must be a non-empty mapping, got {variants!r}")
+    common = align.get("common") or {}
+    if not isinstance(common, dict):
+        raise ValueError(f"params: align.common: must be a mapping, got {common!r}")
+    out = {}
+    for name, variant in variants.items():
+        variant = variant or {}
+        if not isinstance(variant, dict):
+            raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
+        if name == "sft":
+            raise ValueError("params: align.variants.sft: clashes with the SFT policy's name")
+        loss = read_variant_loss(name, common, variant)
+        merged = {**common, **variant}
+        out[str(name)] = {k: getattr(loss, k) for k in LOSS_KEYS}
+        out[str(name)]["curriculum"] = merged.get("curriculum", "shuffle")
+    return out
 
 
 def group_families(settings: dict[str, dict]) -> list[Family]:
