@@ -75,8 +75,9 @@ from stages.lib.frontier_tables import (
 )
 
 OUT = paths.FRONTIER_DIR
-#: Metrics compared along the curves (KL is the axis); ``gold`` only where every run has it.
-METRICS = ("reward", "gold", "entropy")
+#: Metrics compared along the curves (KL is the axis), each only where every run has it: gold
+#: needs a gold scorer, the last two an evaluate that writes them (stages.lib.policy_entropy).
+METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
 BON = "best-of-n"
 
 

@@ -188,6 +188,17 @@ def test_per_prompt_numerators_follow_the_report():
     num, den = per_prompt(rows, sft=False, where="f")
     assert num["reward"][0] == 2.0 and num["gold"][0] == 0.5 and num["kl"][0] == 2.0
     assert (num["entropy"][0], den["entropy"][0]) == (14.0, 4.0)
+    assert "entropy_first_k" not in num and "context_entropy" not in num
+    more = [
+        {**rows[0], "entropy_first_k": [1.0, 2.0], "n_first_k": [1, 2], "context_entropy": 3.0},
+        {**rows[0], "entropy_first_k": [1.0, 1.0], "n_first_k": [1, 1]},  # no context
+    ]
+    more[0]["context_tokens"] = 5
+    num, den = per_prompt(more, sft=False, where="f")
+    np.testing.assert_allclose(num["entropy_first_k"], [5.0, 2.0])
+    np.testing.assert_allclose(den["entropy_first_k"], [3.0, 2.0])
+    np.testing.assert_allclose(num["context_entropy"], [15.0, 0.0])
+    np.testing.assert_allclose(den["context_entropy"], [5.0, 0.0])
     num, _ = per_prompt([{k: v for k, v in rows[0].items() if k != "gold"}], sft=True, where="f")
     assert "gold" not in num and num["kl"][0] == 0.0
     with pytest.raises(ValueError, match="^f: field 'logp_sft' missing"):

@@ -62,7 +62,11 @@ def write_eval(policy: str, seed_index: int, reward: float, kl: float, entropy: 
             "logp": [-10.0, -12.0],
             "entropy": [entropy, entropy],
             "n_generated": [3, 5],
+            "entropy_first_k": [3 + kl / 10, 3 + kl / 10],
+            "n_first_k": [2, 2],
         }
+        if p < 4:  # fixed contexts: the first 4 prompts only
+            row.update(context_entropy=4 + kl / 10, context_tokens=7)
         if policy != "sft":
             row["logp_sft"] = [lp - kl for lp in row["logp"]]
         rows.append(row)
@@ -111,6 +115,9 @@ def test_matched_kl_reads_each_family_off_its_beta_curve(repo):
         assert jsd["reward"] == pytest.approx(0.5 + level / 2)
         assert jsd["gold"] == pytest.approx((0.5 + level / 2) / 2)
         assert jsd["entropy"] == pytest.approx(2 + level / 10)
+        assert jsd["entropy_first_k"] == pytest.approx(3 + level / 10)
+        assert jsd["context_entropy"] == pytest.approx(4 + level / 10)
+        assert jsd["context_entropy_lo"] == pytest.approx(4 + level / 10)  # no prompt effect
         assert rkl["reward_lo"] < rkl["reward"] - 0.2 and rkl["reward_hi"] > rkl["reward"] + 0.2
         assert (jsd["d_reward"], jsd["d_reward_lo"], jsd["d_reward_hi"]) == pytest.approx(
             (-0.5, -0.5, -0.5)
@@ -152,6 +159,8 @@ def test_stage_writes_tables_plots_and_metrics(repo):
     assert (
         "Δ intervals that exclude 0 (sign of the difference): sigmoid-jsd (reward −, gold −)" in md
     )
+    assert "| family | entropy [95% CI] | Δ entropy [95% CI] | entropy_first_k [95% CI] |" in md
+    assert "context_entropy [95% CI]" in md
     rows = _csv(out / "matched_kl.csv")
     assert len(rows) == 3 * 4  # levels x (3 families + best-of-n)
     assert {r["status"] for r in rows} == {

@@ -439,6 +439,15 @@ class EvaluateConfig:
     logit_chunk: int = param(
         "LM-head rows per slice in the scoring pass", 512, check=positive_int, must=">= 1"
     )
+    entropy_first_k: int = param(
+        "generated positions per sample of entropy_first_k", 8, check=positive_int, must=">= 1"
+    )
+    fixed_contexts: int = param(
+        "eval prompts whose test reviews are the fixed contexts of context_entropy (0 = none)",
+        100,
+        check=non_negative,
+        must=">= 0",
+    )
 
 
 # --------------------------------------------------------------------------- report

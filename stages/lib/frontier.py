@@ -137,7 +137,10 @@ def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
     """Per-prompt numerators and denominators of one evaluate run's rows (``report``'s
     definitions): reward and gold, the prompt's mean score over 1; kl, the mean over its samples
     of log π − log π_sft over 1 (0 for the SFT policy); entropy, the entropy summed over its
-    generated positions over their number. ``gold`` only when every row has it."""
+    generated positions over their number; entropy_first_k and context_entropy the same over
+    the first k generated positions and over the fixed context's tokens
+    (:mod:`stages.lib.policy_entropy`). ``gold`` and the last two only where the rows have
+    them."""
     if not sft and any("logp_sft" not in r for r in rows):
         raise ValueError(f"{where}: field 'logp_sft' missing (kl of an aligned policy needs it)")
     ones = np.ones(len(rows))
@@ -155,6 +158,15 @@ def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
     }
     if all("gold" in r for r in rows):
         num["gold"], den["gold"] = np.array([np.mean(r["gold"]) for r in rows]), ones
+    if all("entropy_first_k" in r and "n_first_k" in r for r in rows):  # stages.lib.policy_entropy
+        num["entropy_first_k"] = np.array(
+            [np.dot(r["entropy_first_k"], r["n_first_k"]) for r in rows], dtype=float
+        )
+        den["entropy_first_k"] = np.array([sum(r["n_first_k"]) for r in rows], dtype=float)
+    if any("context_entropy" in r for r in rows):  # the first evaluate.fixed_contexts prompts
+        tokens = np.array([r.get("context_tokens", 0) for r in rows], dtype=float)
+        num["context_entropy"] = np.array([r.get("context_entropy", 0.0) for r in rows]) * tokens
+        den["context_entropy"] = tokens
     return num, den
 
 

@@ -11,7 +11,9 @@ import math
 from stages.lib.frontier import Family
 
 #: Metrics a matched-KL row may carry (KL is the level itself).
-MATCHED_METRICS = ("reward", "gold", "entropy")
+MATCHED_METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
+#: The matched-KL tables per level: reward and gold; the three entropies.
+GROUPS = (("reward", "gold"), ("entropy", "entropy_first_k", "context_entropy"))
 MATCHED_COLUMNS = (
     "kl",
     "family",
@@ -158,9 +160,12 @@ def matched_markdown(
         f"{', '.join(map(str, setup['seeds']))}. Brackets: 95% intervals of the two-level "
         f"bootstrap over seeds and prompts ({setup['bootstrap']} resamples shared by every "
         "policy, family and best-of-n, so differences are paired: same seeds, same prompts). "
-        "KL: nats per sequence to the SFT policy; entropy: predictive entropy, nats per "
-        "generated token. A family is every variant equal in everything but β "
-        "(stages/lib/frontier.py).",
+        "KL: nats per sequence to the SFT policy. Entropies, nats per token: `entropy` over "
+        "every generated position (it moves with the sample lengths), `entropy_first_k` over "
+        "each sample's first evaluate.entropy_first_k generated positions, `context_entropy` "
+        "teacher-forced on the same held-out review tokens for every policy "
+        "(stages/lib/policy_entropy.py); the last is the one that measures the policy alone. "
+        "A family is every variant equal in everything but β (stages/lib/frontier.py).",
         "",
         "## Families",
         "",
@@ -184,11 +189,12 @@ def matched_markdown(
         ]
     for i, level in enumerate(levels):
         rows = [r for r in matched if r["kl"] == level]
+        lines += ["", f"### KL = {level:.3f} (level {i + 1} of {len(levels)})"]
+        for group in GROUPS:
+            shown = [m for m in group if m in metrics]
+            if shown:
+                lines += ["", *_level_table(rows, shown, base)]
         lines += [
-            "",
-            f"### KL = {level:.3f} (level {i + 1} of {len(levels)})",
-            "",
-            *_level_table(rows, metrics, base),
             "",
             f"Δ intervals that exclude 0 (sign of the difference): "
             f"{_excluding(rows, metrics, base)}.",
