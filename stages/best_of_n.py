@@ -51,9 +51,10 @@ def summary(rewards: np.ndarray, gold: np.ndarray | None, n_max: int) -> dict:
     prompts of the best-of-n reward (and gold) estimates; ``rewards``/``gold`` [P, n_max]."""
     out = {"n_max": n_max, "n_prompts": int(rewards.shape[0])}
     for n in n_values(n_max):
-        entry = {"kl": round(best_of_n_kl(n), 6), "reward": round(best_of_n(rewards, n).mean(), 6)}
+        entry = {"kl": round(best_of_n_kl(n), 6)}
+        entry["reward"] = round(float(best_of_n(rewards, n).mean()), 6)
         if gold is not None:
-            entry["gold"] = round(best_of_n(rewards, n, gold).mean(), 6)
+            entry["gold"] = round(float(best_of_n(rewards, n, gold).mean()), 6)
         out[f"n_{n}"] = entry
     return out
 

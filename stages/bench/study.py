@@ -32,13 +32,14 @@ import yaml
 from stages.lib.frontier import group_families, variant_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Seconds per stage run on the demo, 2-core CPU (README, Performance; best-of-n: 1,600
-#: sequences, about 4x evaluate-sft's 400 plus the process start, an estimate).
+#: Seconds per stage run on the demo, 2-core CPU (README, Performance; best-of-n: its draws took
+#: 11.2 s of CPU on one thread for 100 prompts x 16, plus ~5 s of process start; frontier: ~12 s
+#: wall on the demo outputs, a busy machine).
 SECONDS = {
     "align": 29.3,
     "evaluate": 11.0,
     "evaluate-sft": 11.0,
-    "best-of-n": 25.0,
+    "best-of-n": 16.0,
     "report": 5.0,
     "frontier": 12.0,
     # prepare .. reference, once: a clean clone's 23.5 min minus the 21 min 46 s of sft,
