@@ -42,6 +42,14 @@ COMMANDS = {
         "Sample a policy on held-out prompts; reward, entropy, nll, kl.",
     ),
     "report": ("stages.report", "Summary table, reward-vs-entropy and reward-vs-KL plots."),
+    "best-of-n": (
+        "stages.best_of_n",
+        "Best-of-n baseline: n_max scored SFT samples per eval prompt.",
+    ),
+    "frontier": (
+        "stages.frontier",
+        "Families along beta at matched KL, Pareto envelopes, best-of-n baseline.",
+    ),
     "bench": (
         "stages.bench.cli",
         "Benchmarks (not a stage): trainer vs trl, sampling, eval, FLOP/s.",

@@ -4,7 +4,8 @@ once per run seed.
 Reads ``evaluate.*``, ``reward.score`` and ``data.source`` from params.yaml (and ``seeds`` when
 ``--seed`` is not given), the policy (``models/sft``, or ``models/aligned/<policy>/seed-<s>``
 trained with the same seed), ``models/sft`` (for ``kl``), ``models/reward`` and
-``data/prompts/{eval,train}.jsonl``; writes ``metrics/eval/<policy>/seed-<s>.json`` and
+``data/prompts/{eval,train}.jsonl`` (and ``data/prepared/test.jsonl`` for the fixed contexts);
+writes ``metrics/eval/<policy>/seed-<s>.json`` and
 ``data/eval/<policy>/seed-<s>.jsonl``::
 
     python -m stages evaluate sft --seed 1   # or: dvc repro evaluate-sft@1
@@ -35,6 +36,13 @@ another seed's. Definitions (DESIGN.md §6):
   gold scorer: it is null unless ``data.source`` is ``synthetic``.
 * ``distinct_1``/``distinct_2``: distinct n-grams / n-grams over the completions' tokens (EOS
   excluded; bigrams never cross completions); ``length``: mean completion tokens (EOS excluded).
+* ``entropy_first_k`` and ``context_entropy`` (:mod:`stages.lib.policy_entropy`): entropy that
+  does not depend on the sample lengths: the predictive entropy at the first
+  ``evaluate.entropy_first_k`` generated positions of each sample, and teacher-forced on fixed
+  held-out text, the same tokens for every policy (the first ``evaluate.fixed_contexts`` eval
+  prompts, each followed by up to ``evaluate.max_new_tokens`` tokens of its own test review from
+  ``data/prepared/test.jsonl``); both token-weighted, with per-sample (first-k) and per-prompt
+  (context) values in the samples file so that ``frontier`` bootstraps them.
 
 The compute (sampling, the one-pass log-probs and entropies, reward scoring, the summary) is in
 :mod:`stages.lib.evaluation`; the LM head is applied only at the positions that predict
@@ -61,6 +69,7 @@ from stages.lib.config import (
 )
 from stages.lib.contracts import PROMPTS, read_rows
 from stages.lib.evaluation import reward_scores, sample_and_score_tokens, summarize
+from stages.lib.policy_entropy import policy_entropies
 
 
 def policy_dir(policy: str, seed: int) -> Path:
@@ -147,6 +156,7 @@ def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
     rows, k = eval_rows[: cfg.n_prompts], cfg.n_samples
     prompts = [r["prompt"] for r in rows]
     gen, stats, sft_logp, eos = sample_and_score_tokens(path, prompts, cfg, seed=seed)
+    entropy_fields, entropy_metrics = policy_entropies(path, rows, gen.token_ids, cfg)
     texts = [p + c for p, per in zip(prompts, gen.texts) for c in per]
     scores, gold = reward_scores(texts, score=score, source=source, batch_size=cfg.batch_size)
     completion_tokens = [g[:-1] if g and g[-1] == eos else g for per in gen.token_ids for g in per]
@@ -159,10 +169,11 @@ def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
         n_resamples=cfg.bootstrap,
         seed=seed,
     )
-    write_jsonl(
-        paths.eval_samples(policy, seed),
-        generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens),
-    )
+    metrics.update(entropy_metrics)  # entropy_first_k, context_entropy (stages.lib.policy_entropy)
+    out_rows = generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens)
+    for row, fields in zip(out_rows, entropy_fields):
+        row.update(fields)
+    write_jsonl(paths.eval_samples(policy, seed), out_rows)
     write_json(paths.eval_metrics(policy, seed), metrics)
     return metrics
 

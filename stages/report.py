@@ -26,7 +26,8 @@ token-weighted entropy of ``evaluate``). The run's metric is Σ_p num / Σ_p den
 ``metrics/eval/<policy>/seed-<s>.json`` holds); the policy's value is the mean of its runs'
 metrics over the seeds.
 
-**Intervals: a two-level bootstrap over seeds and prompts.** Each of ``report.bootstrap``
+**Intervals: a two-level bootstrap over seeds and prompts** (:mod:`stages.lib.bootstrap`,
+shared with the ``frontier`` stage). Each of ``report.bootstrap``
 resamples draws S seeds with replacement from the S seeds and then P prompts with replacement
 from the P eval prompts, and recomputes the policy's value on the resampled seeds, each on the
 resampled prompts (a prompt drawn twice counts twice); the 95% interval is the 2.5th to 97.5th
@@ -48,9 +49,12 @@ The frontier plot draws the aggregated reward against the aggregated entropy wit
 intervals as bars, faint dots for the single runs, and the original's figure: a quadratic fit
 through the *divergence family* of the sigmoid (DPO-form) loss — the alpha variants plus its
 limits, reverse KL (alpha → 0, i.e. DPO) and forward KL (alpha → 1), as in the f-DPO paper's
-reward/entropy frontier — fitted to the aggregated points. Hinge, IPO and Jensen-Shannon
-variants and SFT are shown as points but not fitted. The fit needs at least 3 family points with
-distinct entropies.
+reward/entropy frontier — fitted to the aggregated points; only plain sigmoid variants
+(:func:`plain_sigmoid`: no SFT term, no label smoothing, no curriculum). Hinge, IPO and
+Jensen-Shannon variants and SFT are shown as points but not fitted. It is a labelled
+reproduction of the original's figure, not a frontier: the ``frontier`` stage draws the Pareto
+envelope of non-dominated runs and compares families at matched KL. The fit needs at least
+3 family points with distinct entropies.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ import numpy as np
 import typer
 
 from stages.lib import paths
+from stages.lib.bootstrap import (
+    Resamples,
+    draw_resamples,
+    interval,
+    point_estimate,
+    replicates,
+)
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
 from stages.lib.contracts import EVALUATION, read_rows
@@ -260,45 +271,6 @@ def _note_extra(info: dict[str, dict], seeds: list[int]) -> None:
 # --------------------------------------------------------------------------- bootstrap
 
 
-@dataclass(frozen=True)
-class Resamples:
-    """Bootstrap draws shared by every policy and metric: ``seeds`` [B, S] indices of the
-    resampled seeds, ``prompt_weights`` [B, P] how often each prompt was drawn."""
-
-    seeds: np.ndarray
-    prompt_weights: np.ndarray
-
-
-def draw_resamples(n_seeds: int, n_prompts: int, n: int, seed: int) -> Resamples:
-    """``n`` two-level resamples: S seeds with replacement, then P prompts with replacement
-    (one prompt draw per resample, shared by its seeds: the prompts are crossed with seeds)."""
-    rng = np.random.default_rng(seed)
-    seed_idx = rng.integers(0, n_seeds, size=(n, n_seeds))
-    prompt_idx = rng.integers(0, n_prompts, size=(n, n_prompts))
-    flat = (prompt_idx + n_prompts * np.arange(n)[:, None]).ravel()
-    weights = np.bincount(flat, minlength=n * n_prompts).reshape(n, n_prompts)
-    return Resamples(seed_idx, weights.astype(np.float64))
-
-
-def point_estimate(num: np.ndarray, den: np.ndarray) -> float:
-    """Mean over seeds of Σ_p num / Σ_p den (``num``, ``den``: [S, P])."""
-    return float(np.mean(num.sum(1) / den.sum(1)))
-
-
-def replicates(num: np.ndarray, den: np.ndarray, draws: Resamples) -> np.ndarray:
-    """The estimate recomputed on every resample: [B]."""
-    w = draws.prompt_weights
-    per_seed = (w @ num.T) / (w @ den.T)  # [B, S]: each original seed on the resampled prompts
-    return np.take_along_axis(per_seed, draws.seeds, axis=1).mean(1)
-
-
-def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates."""
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 def _stack(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray] | None:
     if any(key not in r.num for r in runs):
         return None
@@ -365,10 +337,35 @@ def seed_rows(runs: dict[str, list[Run]]) -> list[dict]:
 # --------------------------------------------------------------------------- tables
 
 
-def family_fit(rows: list[dict]) -> tuple[np.ndarray, list[str]] | None:
-    """Quadratic fit reward(entropy) over the sigmoid-loss divergence family; None if < 3 distinct
-    entropies. Returns the coefficients (highest power first) and the fitted policies."""
+def plain_sigmoid(params: dict) -> set[str]:
+    """Variants of the plain sigmoid (DPO-form) loss: loss sigmoid with sft_weight 0,
+    label_smoothing 0 and the default shuffled prompt order (no SFT term, no label noise, no
+    curriculum), read like the align stage reads them."""
+    align = params["align"]
+    common = align.get("common") or {}
+    out = set()
+    for name in align["variants"]:
+        loss = variant_loss(align, name)
+        merged = {**common, **(align["variants"][name] or {})}
+        if (
+            loss.loss == "sigmoid"
+            and loss.sft_weight == 0
+            and loss.label_smoothing == 0
+            and merged.get("curriculum", "shuffle") == "shuffle"
+        ):
+            out.add(str(name))
+    return out
+
+
+def family_fit(
+    rows: list[dict], plain: set[str] | None = None
+) -> tuple[np.ndarray, list[str]] | None:
+    """Quadratic fit reward(entropy) over the sigmoid-loss divergence family (only the policies
+    in ``plain`` when given: :func:`plain_sigmoid`); None if < 3 distinct entropies. Returns
+    the coefficients (highest power first) and the fitted policies."""
     fam = [r for r in rows if r["loss"] == "sigmoid" and r["divergence"] in FAMILY_DIVERGENCES]
+    if plain is not None:
+        fam = [r for r in fam if r["policy"] in plain]
     if len({round(r["entropy"], 9) for r in fam}) < 3:
         return None
     coef = np.polyfit([r["entropy"] for r in fam], [r["reward"] for r in fam], 2)
@@ -619,7 +616,7 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
     n_prompts = len(runs["sft"][0].prompt_ids)
     draws = draw_resamples(len(seeds), n_prompts, cfg.bootstrap, read_seed(params))
     rows, per_seed = aggregate(info, runs, baseline, draws), seed_rows(runs)
-    fit = family_fit(rows)
+    fit = family_fit(rows, plain_sigmoid(params))
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap))
     write_csv(out / "summary.csv", rows, COLUMNS)

@@ -19,6 +19,7 @@ from stages.evaluate import check_held_out, main, policy_dir
 from stages.lib.config import TinyClassifierConfig, TinyGPT2Config, load_params
 from stages.lib.evaluation import METRIC_KEYS
 from stages.lib.modeling import save_pretrained, tiny_classifier, tiny_gpt2, train_bpe_tokenizer
+from stages.lib.policy_entropy import ENTROPY_KEYS
 from stages.lib.synthetic import generate_splits
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -90,6 +91,8 @@ def workspace(tmp_path_factory):
     _prompts(
         root / "data/prompts/eval.jsonl", "test", [" ".join(r["text"].split()[:4]) for r in test]
     )
+    (root / "data/prepared").mkdir(parents=True)  # the eval prompts' reviews: fixed contexts
+    (root / "data/prepared/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
     save_pretrained(model, tok, root / "models/sft")
     for seed in (0, 1):
         torch.manual_seed(1 + seed)
@@ -134,7 +137,12 @@ def test_evaluate_end_to_end(workspace, monkeypatch):
         result = _run(workspace, monkeypatch, policy)  # --seed: the first of `seeds`, 0
         assert result.exit_code == 0, result.output
         metrics = json.loads((workspace / f"metrics/eval/{policy}/seed-0.json").read_text())
-        assert set(metrics) == set(METRIC_KEYS)  # no timings in a tracked file
+        assert set(metrics) == set(METRIC_KEYS) | set(ENTROPY_KEYS)  # no timings
+        assert 0 < metrics["entropy_first_k"] <= np.log(300) + 1e-6
+        assert 0 < metrics["context_entropy"] <= np.log(300) + 1e-6
+        assert metrics["context_tokens"] == sum(
+            r["context_tokens"] for r in _rows(workspace / f"data/eval/{policy}/seed-0.jsonl")
+        )
         assert metrics["n_prompts"] == 5 and metrics["n_samples"] == 2
         assert metrics["reward_lo"] <= metrics["reward"] <= metrics["reward_hi"]
         assert metrics["gold_lo"] <= metrics["gold"] <= metrics["gold_hi"]

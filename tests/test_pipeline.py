@@ -45,6 +45,8 @@ MICRO = {
     "sample": {"max_new_tokens": 16},
     "align": {"common": {"epochs": 1, "batch_prompts": 8, "eval_steps": 4, "logging_steps": 2}},
     "evaluate": {"n_prompts": 12, "n_samples": 2, "max_new_tokens": 16, "bootstrap": 100},
+    "best_of_n": {"n_max": 4},
+    "frontier": {"bootstrap": 200},
 }
 
 
@@ -123,7 +125,9 @@ def test_repro_writes_every_output(repo):
         "pairs",
         "reference",
         "report",
+        "frontier",
         *(f"evaluate-sft@{s}" for s in SEEDS),
+        *(f"best-of-n@{s}" for s in SEEDS),
         *(f"align@{v}-{s}" for v in VARIANTS for s in SEEDS),
         *(f"evaluate@{v}-{s}" for v in VARIANTS for s in SEEDS),
     }
@@ -180,6 +184,12 @@ def test_repro_writes_every_output(repo):
         assert (path / "reports" / report).stat().st_size > 0, report
     table = (path / "reports" / "summary.md").read_text()
     assert all(p in table for p in policies)
+    for s in SEEDS:
+        assert metrics[f"best_of_n/seed-{s}.json"]["n_4"]["kl"] == pytest.approx(0.636294)
+        assert metrics[f"eval/sft/seed-{s}.json"]["context_tokens"] > 0
+    assert "kl_levels" in metrics["frontier.json"]  # one β per family here: no level
+    for name in ("matched_kl.md", "matched_kl.csv", "points.csv", "overview.png"):
+        assert (path / "reports" / "frontier" / name).stat().st_size > 0, name
 
 
 def test_plots_cover_every_training_run(repo):
@@ -200,6 +210,7 @@ def test_exp_run_reruns_only_the_changed_variant(repo):
         *(f"align@dpo-{s}" for s in SEEDS),
         *(f"evaluate@dpo-{s}" for s in SEEDS),
         "report",
+        "frontier",
     }
     shown = json.loads(_run(dvc + ["metrics", "diff", "--json"], path, env))
     assert any("eval/dpo/seed-0.json" in name for name in shown)

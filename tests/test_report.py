@@ -20,6 +20,7 @@ from stages.report import (
     draw_resamples,
     family_fit,
     interval,
+    plain_sigmoid,
     point_estimate,
     read_run,
     replicates,
@@ -443,3 +444,24 @@ def test_extra_files_are_noted_not_reported(repo, capsys):
     err = capsys.readouterr().err
     assert "note: ignoring 2 file(s) not in align.variants x seeds: " in err
     assert "metrics/eval/dpo.json" in err and "metrics/eval/old-variant/seed-0.json" in err
+
+
+def test_family_fit_takes_only_plain_sigmoid_variants(repo):
+    """RPO (an SFT term), cDPO (label smoothing) and a curriculum run are sigmoid-loss reverse
+    KL variants too, but not the original's DPO form: the fit leaves them out."""
+    params = copy.deepcopy(PARAMS)
+    extra = {
+        "rpo": {"sft_weight": 1.0},
+        "cdpo": {"label_smoothing": 0.1},
+        "dpo-easy": {"curriculum": "easy_to_hard"},
+    }
+    for name, change in extra.items():
+        params["align"]["variants"][name] = {**params["align"]["variants"]["dpo"], **change}
+        for i in range(len(SEEDS)):
+            write_run(name, i, 9.0, 2.6, 1.0)  # far off the family's parabola
+    assert plain_sigmoid(params) == set(FAMILY) | {"jsd"}
+    rows = report(params)
+    coef, names = family_fit(rows, plain_sigmoid(params))
+    assert names == list(FAMILY)
+    assert coef == pytest.approx([-1.0, 4.0, 0.0], abs=1e-6)
+    assert family_fit(rows)[1] == [*FAMILY, *extra]  # without the filter they would count

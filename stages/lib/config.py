@@ -439,6 +439,15 @@ class EvaluateConfig:
     logit_chunk: int = param(
         "LM-head rows per slice in the scoring pass", 512, check=positive_int, must=">= 1"
     )
+    entropy_first_k: int = param(
+        "generated positions per sample of entropy_first_k", 8, check=positive_int, must=">= 1"
+    )
+    fixed_contexts: int = param(
+        "eval prompts whose test reviews are the fixed contexts of context_entropy (0 = none)",
+        100,
+        check=non_negative,
+        must=">= 0",
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -450,6 +459,40 @@ class ReportConfig:
 
     baseline: str = param(
         "policy the paired differences are taken against (a variant name)",
+        "dpo",
+        check=lambda v: v.strip() != "",
+        must="a non-empty string",
+    )
+    bootstrap: int = param(
+        "resamples of the two-level (seeds, prompts) bootstrap",
+        2000,
+        check=positive_int,
+        must=">= 1",
+    )
+
+
+# --------------------------------------------------------------------------- best-of-n, frontier
+
+
+@dataclass(frozen=True)
+class BestOfNConfig:
+    """``best_of_n``: the best-of-n baseline sampled from the SFT policy (stage ``best-of-n``;
+    prompts, length cap and batch size are ``evaluate``'s)."""
+
+    n_max: int = param(
+        "completions drawn per eval prompt; the baseline's n are 1, 2, 4, ... <= n_max",
+        16,
+        check=positive_int,
+        must=">= 1",
+    )
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """``frontier``: families along β at matched KL, Pareto envelopes, best-of-n."""
+
+    baseline: str = param(
+        "a variant: its family is the one paired differences are taken against",
         "dpo",
         check=lambda v: v.strip() != "",
         must="a non-empty string",

@@ -240,3 +240,19 @@ def read_reference(path: str | Path, preferences: list[dict]) -> list[dict]:
                 f"with {len(pref['completions'])} completions"
             )
     return rows
+
+
+def _best_of_n(row: dict) -> str | None:
+    n = len(row["completions"])
+    err = _strings(row, "completions") or _floats(row, "rewards", n)
+    return err or (_floats(row, "gold", n) if "gold" in row else None)
+
+
+#: ``data/best_of_n/seed-<s>.jsonl`` (written by ``best-of-n``, read by ``frontier``): per eval
+#: prompt, the SFT policy's n_max sampled completions and their rewards (and gold scores).
+BEST_OF_N = Contract(
+    "best-of-n draws",
+    {"prompt_id": str, "prompt": str, "completions": list, "rewards": list},
+    _best_of_n,
+    optional={"gold": list},
+)

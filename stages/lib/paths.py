@@ -88,3 +88,21 @@ SUMMARY_METRICS = METRICS_DIR / "summary.json"
 def timings_file(stage: str) -> Path:
     """``logs/timings/<stage>.json``: wall times of the last run (git-ignored)."""
     return TIMINGS_DIR / f"{stage}.json"
+
+
+# best-of-n, frontier (issue 15)
+BEST_OF_N_DIR = Path("data/best_of_n")
+#: ``reports/frontier/``: the matched-KL tables and the frontier plots.
+FRONTIER_DIR = REPORTS_DIR / "frontier"
+#: ``metrics/frontier.json``: the matched-KL values (what ``dvc metrics diff`` shows).
+FRONTIER_METRICS = METRICS_DIR / "frontier.json"
+
+
+def best_of_n_samples(seed: int) -> Path:
+    """``data/best_of_n/seed-<s>.jsonl``: the SFT policy's n_max scored draws per eval prompt."""
+    return BEST_OF_N_DIR / f"{run_name(seed)}.jsonl"
+
+
+def best_of_n_metrics(seed: int) -> Path:
+    """``metrics/best_of_n/seed-<s>.json``: best-of-n reward (and gold) per n, one seed."""
+    return METRICS_DIR / "best_of_n" / f"{run_name(seed)}.json"

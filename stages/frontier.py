@@ -1,0 +1,322 @@
+"""``frontier``: the honest comparison: families along β at matched KL, the Pareto envelope of
+non-dominated runs and the best-of-n baseline, with 95% intervals over seeds and prompts.
+
+Reads ``seed``, ``seeds``, ``frontier.*`` and ``align.common``/``align.variants`` from
+params.yaml and, for ``sft`` and every variant and every seed of ``seeds``,
+``data/eval/<policy>/seed-<s>.jsonl`` (the per-sample scores ``evaluate`` wrote) and
+``data/best_of_n/seed-<s>.jsonl`` (``best-of-n``'s draws). Writes::
+
+    reports/frontier/matched_kl.md, .csv   per KL level and family: reward, gold, entropy
+                                           [95% CI] and paired differences against the
+                                           baseline family; best-of-n as one more curve
+    reports/frontier/points.csv            per policy: its family, β, the estimates with
+                                           intervals, and whether it is on a Pareto envelope
+    reports/frontier/best_of_n.csv         per n: analytic KL, reward and gold [95% CI]
+    reports/frontier/overview.png          every family on one set of axes (4 panels)
+    reports/frontier/families.png          one row of 4 panels per family
+    metrics/frontier.json                  the matched-KL values, under dvc.yaml's `metrics:`
+
+    python -m stages frontier                 # or: dvc repro frontier
+
+**Families** are the variants equal in everything but β (:mod:`stages.lib.frontier`: the loss
+settings read as the align stage reads them, plus the curriculum); ``frontier.baseline`` names
+a variant whose family is the reference of the paired differences (``dpo``: sigmoid loss,
+reverse KL). **Estimates** per policy are ``report``'s: per run and prompt a numerator and a
+denominator (reward and gold: the prompt's mean score; KL: the mean of log π − log π_sft over
+its samples; entropy: summed over generated tokens, over their number), the run's value
+Σ num / Σ den, the policy's the mean over seeds, intervals from the two-level bootstrap
+(:mod:`stages.lib.bootstrap`) with one set of ``frontier.bootstrap`` resamples shared by every
+policy, family and best-of-n, so every difference is paired (same seeds, same prompts).
+
+**KL levels**: the 0.25, 0.5 and 0.75 quantiles of the KL range that every family with at least
+2 β values covers (its seed-mean points' min to max), so each level lies inside every such
+family's curve; the Markdown says which range was used. Each family's value at a level is
+interpolated piecewise linearly in KL along its seed-mean points, in every bootstrap replicate
+too; families with fewer than 2 β values, or whose range misses a level, get "–", never an
+extrapolation. **Best-of-n** (n = 1, 2, 4, ... ≤ ``best_of_n.n_max``) sits at its analytic KL
+log n − (n − 1)/n, its reward and gold estimated from all n-subsets of the draws
+(:mod:`stages.lib.best_of_n`); between its n it is interpolated the same way.
+
+**Pareto envelope**: the policies (``sft`` and every variant, seed-mean points) that no other
+policy beats in both coordinates: max reward (gold) at min KL, and max reward at max entropy;
+drawn as the staircase of what the best run at that budget reaches.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from stages.lib import paths
+from stages.lib.best_of_n import best_of_n, best_of_n_kl, n_values
+from stages.lib.bootstrap import Resamples, draw_resamples, interval, point_estimate, replicates
+from stages.lib.common import atomic_path, write_json
+from stages.lib.config import FrontierConfig, load_params, read_section, read_seed, read_seeds
+from stages.lib.contracts import BEST_OF_N, EVALUATION, read_rows
+from stages.lib.frontier import (
+    Curve,
+    Family,
+    group_families,
+    kl_levels,
+    matched_kl,
+    pareto_front,
+    per_prompt,
+    variant_settings,
+)
+from stages.lib.frontier_tables import (
+    MATCHED_COLUMNS,
+    POINT_COLUMNS,
+    frontier_metrics,
+    matched_markdown,
+)
+
+OUT = paths.FRONTIER_DIR
+#: Metrics compared along the curves (KL is the axis), each only where every run has it: gold
+#: needs a gold scorer, the last two an evaluate that writes them (stages.lib.policy_entropy).
+METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
+BON = "best-of-n"
+
+
+# --------------------------------------------------------------------------- params
+
+
+def baseline_family(families: list[Family], baseline: str) -> Family:
+    """The family of variant ``frontier.baseline``."""
+    for fam in families:
+        if baseline in fam.variants:
+            return fam
+    names = ", ".join(v for f in families for v in f.variants)
+    raise ValueError(
+        f"params: frontier.baseline: must be a variant of align.variants ({names}), "
+        f"got {baseline!r}"
+    )
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def read_eval(policy: str, seed: int) -> tuple[list[str], dict, dict]:
+    """Prompt ids and per-prompt numerators/denominators of one evaluate run."""
+    path = paths.eval_samples(policy, seed)
+    if not path.is_file():
+        stage = f"evaluate-sft@{seed}" if policy == "sft" else f"evaluate@{policy}-{seed}"
+        raise FileNotFoundError(f"{path}: not found (run `dvc repro {stage}`)")
+    rows = read_rows(path, EVALUATION)
+    num, den = per_prompt(rows, sft=policy == "sft", where=str(path))
+    return [r["prompt_id"] for r in rows], num, den
+
+
+def read_best_of_n(seed: int) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Prompt ids, rewards [P, N] and gold [P, N] (or None) of one best-of-n run."""
+    path = paths.best_of_n_samples(seed)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run `dvc repro best-of-n@{seed}`)")
+    rows = read_rows(path, BEST_OF_N)
+    sizes = {len(r["rewards"]) for r in rows}
+    if len(sizes) != 1:
+        raise ValueError(f"{path}: rows hold {sorted(sizes)} draws; every prompt needs the same")
+    rewards = np.array([r["rewards"] for r in rows], dtype=float)
+    gold = (
+        np.array([r["gold"] for r in rows], dtype=float) if all("gold" in r for r in rows) else None
+    )
+    return [r["prompt_id"] for r in rows], rewards, gold
+
+
+def _same_prompts(ids: list[str], first: list[str], path: Path, first_path: Path) -> None:
+    if ids != first:
+        raise ValueError(
+            f"{path}: its {len(ids)} prompts differ from the {len(first)} of {first_path}; "
+            f"every run must use the same eval prompts (re-run it)"
+        )
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def estimate(num: dict, den: dict, draws: Resamples) -> dict:
+    """Per metric (``num``/``den``: metric -> [S, P]): value, replicates [B], per-seed values
+    and the 95% interval."""
+    out = {}
+    for m in num:
+        reps = replicates(num[m], den[m], draws)
+        out[m] = {
+            "value": point_estimate(num[m], den[m]),
+            "reps": reps,
+            "seeds": num[m].sum(1) / den[m].sum(1),
+            "ci": interval(reps),
+        }
+    return out
+
+
+def stack_runs(runs: list[tuple[dict, dict]], metrics: tuple[str, ...]) -> tuple[dict, dict]:
+    """[S, P] numerators and denominators of ``metrics`` over a policy's runs."""
+    num = {m: np.stack([r[0][m] for r in runs]) for m in metrics}
+    den = {m: np.stack([r[1][m] for r in runs]) for m in metrics}
+    return num, den
+
+
+def bon_estimates(bon: list[tuple[np.ndarray, np.ndarray | None]], draws: Resamples) -> dict:
+    """n -> :func:`estimate` of reward (and gold) of the best of n, analytic ``kl`` added."""
+    n_max = bon[0][0].shape[1]
+    out = {}
+    for n in n_values(n_max):
+        num = {"reward": np.stack([best_of_n(r, n) for r, _ in bon])}
+        if all(g is not None for _, g in bon):
+            num["gold"] = np.stack([best_of_n(r, n, g) for r, g in bon])
+        est = estimate(num, {m: np.ones_like(v) for m, v in num.items()}, draws)
+        kl = best_of_n_kl(n)
+        reps = np.full(len(draws.seeds), kl)
+        est["kl"] = {"value": kl, "reps": reps, "seeds": None, "ci": (kl, kl)}
+        out[n] = est
+    return out
+
+
+#: Columns of ``reports/frontier/best_of_n.csv``.
+BON_COLUMNS = ("n", "kl", "reward", "reward_lo", "reward_hi", "gold", "gold_lo", "gold_hi")
+
+
+def _cis(e: dict) -> dict:
+    """The 95% intervals of an n's reward (and gold) as ``<metric>_lo``/``_hi``."""
+    out = {}
+    for k in ("reward", "gold"):
+        if k in e:
+            out[f"{k}_lo"], out[f"{k}_hi"] = e[k]["ci"]
+    return out
+
+
+def curve(name: str, n_betas: int, points: list[dict], metrics: list[str]) -> Curve:
+    """A :class:`Curve` through the estimates of ``points`` (one per variant or n)."""
+    c = Curve(
+        name,
+        n_betas,
+        np.array([p["kl"]["value"] for p in points]),
+        np.stack([p["kl"]["reps"] for p in points], axis=1),
+    )
+    for m in metrics:
+        if all(m in p for p in points):
+            c.values[m] = np.array([p[m]["value"] for p in points])
+            c.reps[m] = np.stack([p[m]["reps"] for p in points], axis=1)
+    return c
+
+
+def point_rows(est: dict, families: list[Family], metrics: list[str]) -> list[dict]:
+    """One row per policy: family, β, estimates with intervals, Pareto flags."""
+    where = {v: (f.name, b) for f in families for v, b in zip(f.variants, f.betas)}
+    rows = []
+    for policy, e in est.items():
+        fam, beta = where.get(policy, ("sft", None))
+        row = {"policy": policy, "family": fam, "beta": beta}
+        for m in ("kl", *metrics):
+            if m in e:
+                row.update({m: e[m]["value"], f"{m}_lo": e[m]["ci"][0], f"{m}_hi": e[m]["ci"][1]})
+        rows.append(row)
+    names = [r["policy"] for r in rows]
+    for y, x, higher, flag in (
+        ("reward", "kl", False, "front_reward_kl"),
+        ("gold", "kl", False, "front_gold_kl"),
+        ("reward", "entropy", True, "front_reward_entropy"),
+    ):
+        if all(y in r and x in r for r in rows):
+            front = {
+                names[i]
+                for i in pareto_front(
+                    [r[x] for r in rows], [r[y] for r in rows], x_higher_better=higher
+                )
+            }
+            for r in rows:
+                r[flag] = r["policy"] in front
+    return rows
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    """Rows as CSV (empty cells for missing or NaN values; floats to 6 decimals)."""
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return round(v, 6) + 0.0 if isinstance(v, float) else v
+
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: cell(r.get(k)) for k in columns})
+
+
+def frontier(params: dict, out: Path = OUT) -> dict:
+    """Run the stage; returns what it wrote to ``metrics/frontier.json`` plus the rows."""
+    cfg = read_section(params, "frontier", FrontierConfig)
+    seeds = read_seeds(params)
+    settings = variant_settings(params)
+    families = group_families(settings)
+    base = baseline_family(families, cfg.baseline)
+    policies = ["sft", *settings]
+    first_path = paths.eval_samples("sft", seeds[0])
+    runs, first_ids = {}, None
+    for p in policies:
+        runs[p] = []
+        for s in seeds:
+            ids, num, den = read_eval(p, s)
+            first_ids = ids if first_ids is None else first_ids
+            _same_prompts(ids, first_ids, paths.eval_samples(p, s), first_path)
+            runs[p].append((num, den))
+    bon = []
+    for s in seeds:
+        ids, rewards, gold = read_best_of_n(s)
+        _same_prompts(ids, first_ids, paths.best_of_n_samples(s), first_path)
+        bon.append((rewards, gold))
+    metrics = [m for m in METRICS if all(m in r[0] for per in runs.values() for r in per)]
+    draws = draw_resamples(len(seeds), len(first_ids), cfg.bootstrap, read_seed(params))
+    est = {p: estimate(*stack_runs(runs[p], ("kl", *metrics)), draws) for p in policies}
+    bon_est = bon_estimates(bon, draws)
+    curves = [curve(f.name, f.n_betas, [est[v] for v in f.variants], metrics) for f in families]
+    curves.append(curve(BON, len(bon_est), list(bon_est.values()), metrics))
+    ranges = {c.name: c.kl_range for c in curves[:-1] if c.n_betas >= 2}
+    base_curve = next(c for c in curves if c.name == base.name)
+    fallback = base_curve.kl_range if base.n_betas >= 2 else None
+    levels, how = kl_levels(ranges, fallback)
+    matched = matched_kl(curves, base.name, levels, metrics)
+    points = point_rows(est, families, metrics)
+    bon_rows = [{"n": n, **{k: e[k]["value"] for k in e}, **_cis(e)} for n, e in bon_est.items()]
+    setup = {
+        "seeds": seeds,
+        "n_prompts": len(first_ids),
+        "bootstrap": cfg.bootstrap,
+        "how": how,
+        "levels": levels,
+        "baseline": base.name,
+        "metrics": metrics,
+        "ranges": {c.name: c.kl_range for c in curves},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "matched_kl.md") as tmp:
+        tmp.write_text(matched_markdown(setup, families, matched, points, bon_rows))
+    write_csv(out / "matched_kl.csv", matched, MATCHED_COLUMNS)
+    write_csv(out / "points.csv", points, POINT_COLUMNS)
+    write_csv(out / "best_of_n.csv", bon_rows, BON_COLUMNS)
+    summary = frontier_metrics(setup, matched)
+    write_json(paths.FRONTIER_METRICS, summary)
+    from stages.lib.frontier_plots import families_png, overview_png
+
+    overview_png(out / "overview.png", families, est, bon_est, points, metrics)
+    families_png(out / "families.png", families, est, bon_est, points, metrics)
+    return {"metrics": summary, "matched": matched, "points": points, "best_of_n": bon_rows}
+
+
+def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:
+    """Compare the β families at matched KL; Pareto envelopes; the best-of-n baseline."""
+    result = frontier(load_params(params))
+    levels = list(result["metrics"]["kl_levels"].values())
+    typer.echo(
+        f"frontier: {len(result['points']) - 1} variants, KL levels "
+        f"{', '.join(f'{v:.2f}' for v in levels) or 'none'} -> {OUT}/matched_kl.md, "
+        f"matched_kl.csv, points.csv, best_of_n.csv, overview.png, families.png, "
+        f"{paths.FRONTIER_METRICS}"
+    )

@@ -1,0 +1,318 @@
+"""The ``frontier`` stage's compute: β families, Pareto envelopes and the matched-KL comparison.
+
+Pure functions (numpy, and the variants' loss settings read through
+:mod:`stages.lib.losses`); :mod:`stages.frontier` reads the runs and writes the tables and
+plots::
+
+    fams = group_families({"dpo": {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3,
+                                   "alpha": None, "curriculum": "shuffle"}, ...})
+    front = pareto_front(kl, reward)                  # indices of the non-dominated points
+    at = interpolate(kl_reps, reward_reps, 4.0)       # [B] values at KL 4 (NaN: out of range)
+    levels, how = kl_levels({"a": (1.0, 5.0), "b": (2.0, 6.0)})   # 2.75, 3.5, 4.25
+
+**Families.** A family is every variant whose settings agree in everything but β: the loss
+settings of :class:`stages.lib.losses.LossConfig` (loss, divergence, alpha, sft_weight,
+label_smoothing) and the prompt order ``curriculum`` (a curriculum run is another method, not
+another point of DPO's curve). Other training overrides (learning rate, epochs) are tuning of a
+point and do not split a family. Its points, ordered by KL, form the family's β curve.
+
+**Matched KL.** At a KL level L, a family's value is read off its curve of seed-mean points
+(one per variant), piecewise linear in KL between the two points whose KL brackets L, the points
+ordered by KL (which is β order where KL falls monotonically with β; where it does not, KL order
+keeps the curve a function of KL). The same interpolation runs inside every bootstrap replicate
+on that replicate's points (KL and value both resampled), which gives the 95% interval; a
+replicate whose KL range misses L gives no value (no extrapolation) and the share of replicates
+with a value is reported as ``coverage``. Paired differences against the baseline family use
+the same replicates (same resampled seeds and prompts). A family with fewer than 2 distinct β
+or whose point-estimate KL range misses L gets no value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stages.lib.bootstrap import interval
+from stages.lib.losses import LOSS_KEYS, read_variant_loss
+
+#: Settings that define a family besides the loss (all of them, minus β, define it).
+FAMILY_EXTRA = ("curriculum",)
+#: Quantiles of the common KL range at which families are compared.
+QUANTILES = (0.25, 0.5, 0.75)
+
+
+# --------------------------------------------------------------------------- families
+
+
+@dataclass(frozen=True)
+class Family:
+    """Variants that differ only in β: ``name`` (a slug of the settings), the ``settings`` they
+    share, their ``variants`` (params order) and each one's ``betas`` (None: a loss without β)."""
+
+    name: str
+    settings: tuple
+    variants: tuple[str, ...]
+    betas: tuple[float | None, ...]
+
+    @property
+    def n_betas(self) -> int:
+        """Distinct β values (a loss without β counts as none)."""
+        return len({b for b in self.betas if b is not None})
+
+
+def _num(v) -> str:
+    return f"{v:g}".replace(".", "_").replace("-", "m")
+
+
+def family_name(settings: dict) -> str:
+    """A slug of a family's settings: ``sigmoid-reverse_kl``, ``sigmoid-alpha-0_3``,
+    ``sigmoid-reverse_kl-sft1-easy_to_hard``; no dots, so it is a dvc metrics key."""
+    parts = [settings["loss"]]
+    if settings.get("divergence"):
+        parts.append(settings["divergence"])
+    if settings.get("alpha") is not None:
+        parts.append(_num(settings["alpha"]))
+    if settings.get("sft_weight"):
+        parts.append(f"sft{_num(settings['sft_weight'])}")
+    if settings.get("label_smoothing"):
+        parts.append(f"ls{_num(settings['label_smoothing'])}")
+    known = {"loss", "divergence", "alpha", "sft_weight", "label_smoothing", "curriculum", "beta"}
+    for key in sorted(settings):
+        if key not in known and settings[key] not in (None, 0, 0.0, False):
+            parts.append(f"{key}{_num(settings[key])}")
+    if settings.get("curriculum", "shuffle") != "shuffle":
+        parts.append(str(settings["curriculum"]))
+    return "-".join(parts)
+
+
+def variant_settings(params: dict) -> dict[str, dict]:
+    """variant -> its loss settings (``LossConfig``, read as the align stage reads them) and
+    curriculum (default ``shuffle``): what :func:`group_families` groups by (and β)."""
+    align = params.get("align")
+    variants = align.get("variants") if isinstance(align, dict) else None
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"params: align.variants: must be a non-empty mapping, got {variants!r}")
+    common = align.get("common") or {}
+    if not isinstance(common, dict):
+        raise ValueError(f"params: align.common: must be a mapping, got {common!r}")
+    out = {}
+    for name, variant in variants.items():
+        variant = variant or {}
+        if not isinstance(variant, dict):
+            raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
+        if name == "sft":
+            raise ValueError("params: align.variants.sft: clashes with the SFT policy's name")
+        loss = read_variant_loss(name, common, variant)
+        merged = {**common, **variant}
+        out[str(name)] = {k: getattr(loss, k) for k in LOSS_KEYS}
+        out[str(name)]["curriculum"] = merged.get("curriculum", "shuffle")
+    return out
+
+
+def group_families(settings: dict[str, dict]) -> list[Family]:
+    """Variants (name -> loss settings with ``beta`` and :data:`FAMILY_EXTRA`) grouped into
+    families, in the order of their first variant."""
+    groups: dict[tuple, list[str]] = {}
+    for name, s in settings.items():
+        key = tuple(sorted((k, v) for k, v in s.items() if k != "beta"))
+        groups.setdefault(key, []).append(name)
+    out = []
+    for key, names in groups.items():
+        betas = tuple(settings[n].get("beta") for n in names)
+        out.append(Family(family_name(dict(key)), key, tuple(names), betas))
+    seen: dict[str, int] = {}
+    for i, fam in enumerate(out):  # a clash only if FAMILY_EXTRA-like keys print alike
+        if fam.name in seen:
+            out[i] = Family(f"{fam.name}-{i}", fam.settings, fam.variants, fam.betas)
+        seen[fam.name] = i
+    return out
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
+    """Per-prompt numerators and denominators of one evaluate run's rows (``report``'s
+    definitions): reward and gold, the prompt's mean score over 1; kl, the mean over its samples
+    of log π − log π_sft over 1 (0 for the SFT policy); entropy, the entropy summed over its
+    generated positions over their number; entropy_first_k and context_entropy the same over
+    the first k generated positions and over the fixed context's tokens
+    (:mod:`stages.lib.policy_entropy`). ``gold`` and the last two only where the rows have
+    them."""
+    if not sft and any("logp_sft" not in r for r in rows):
+        raise ValueError(f"{where}: field 'logp_sft' missing (kl of an aligned policy needs it)")
+    ones = np.ones(len(rows))
+    num = {
+        "reward": np.array([np.mean(r["rewards"]) for r in rows]),
+        "kl": np.zeros(len(rows))
+        if sft
+        else np.array([np.mean(np.subtract(r["logp"], r["logp_sft"])) for r in rows]),
+        "entropy": np.array([np.dot(r["entropy"], r["n_generated"]) for r in rows], dtype=float),
+    }
+    den = {
+        "reward": ones,
+        "kl": ones,
+        "entropy": np.array([sum(r["n_generated"]) for r in rows], dtype=float),
+    }
+    if all("gold" in r for r in rows):
+        num["gold"], den["gold"] = np.array([np.mean(r["gold"]) for r in rows]), ones
+    if all("entropy_first_k" in r and "n_first_k" in r for r in rows):  # stages.lib.policy_entropy
+        num["entropy_first_k"] = np.array(
+            [np.dot(r["entropy_first_k"], r["n_first_k"]) for r in rows], dtype=float
+        )
+        den["entropy_first_k"] = np.array([sum(r["n_first_k"]) for r in rows], dtype=float)
+    if any("context_entropy" in r for r in rows):  # the first evaluate.fixed_contexts prompts
+        tokens = np.array([r.get("context_tokens", 0) for r in rows], dtype=float)
+        num["context_entropy"] = np.array([r.get("context_entropy", 0.0) for r in rows]) * tokens
+        den["context_entropy"] = tokens
+    return num, den
+
+
+# --------------------------------------------------------------------------- pareto
+
+
+def pareto_front(x, y, *, x_higher_better: bool = False) -> list[int]:
+    """Indices of the non-dominated points (max ``y``; min ``x``, or max with
+    ``x_higher_better``), ordered by x ascending. A point is dominated when another is at least
+    as good in both and better in one; of identical points the first is kept."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    sx = -x if x_higher_better else x
+    keep = []
+    for i in range(len(x)):
+        dominated = False
+        for j in range(len(x)):
+            if j == i:
+                continue
+            weak = sx[j] <= sx[i] and y[j] >= y[i]
+            strict = sx[j] < sx[i] or y[j] > y[i]
+            if weak and (strict or j < i):
+                dominated = True
+                break
+        if not dominated:
+            keep.append(i)
+    return sorted(keep, key=lambda i: (x[i], -y[i]))
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+def interpolate(x, y, level: float) -> np.ndarray:
+    """``y`` at ``x = level``, piecewise linear between the points ordered by ``x``, per row of
+    ``x``/``y`` ([B, m], or [m] for one curve: returns [B] or a 0-d array); NaN where ``level``
+    is outside the row's ``x`` range. Points with equal ``x`` at ``level`` give their mean."""
+    one = np.ndim(x) == 1
+    x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.atleast_2d(np.asarray(y, dtype=float))
+    if x.shape != y.shape or x.shape[1] < 1:
+        raise ValueError(f"x {x.shape} and y {y.shape} must be equal, non-empty shapes")
+    order = np.argsort(x, axis=1, kind="stable")
+    xs, ys = np.take_along_axis(x, order, 1), np.take_along_axis(y, order, 1)
+    out = np.full(x.shape[0], np.nan)
+    inside = (xs[:, 0] <= level) & (level <= xs[:, -1])
+    exact = np.isclose(xs, level, rtol=0, atol=1e-12)
+    hit = exact.any(1)
+    out[hit] = (np.where(exact, ys, 0).sum(1) / np.maximum(exact.sum(1), 1))[hit]
+    rows = np.flatnonzero(inside & ~hit)
+    if len(rows):
+        j = (xs[rows] < level).sum(1)  # xs[j - 1] < level < xs[j]
+        x0, x1 = xs[rows, j - 1], xs[rows, j]
+        y0, y1 = ys[rows, j - 1], ys[rows, j]
+        out[rows] = y0 + (level - x0) / (x1 - x0) * (y1 - y0)
+    return out.reshape(()) if one else out
+
+
+def kl_levels(
+    ranges: dict[str, tuple[float, float]], fallback: tuple[float, float] | None = None
+) -> tuple[list[float], str]:
+    """The :data:`QUANTILES` of the intersection of the families' KL ranges (name -> (min,
+    max) of its curve), with a sentence saying how they were chosen; when the ranges do not
+    overlap, the quantiles of ``fallback`` (the baseline family's range), else none."""
+    qs = ", ".join(f"{q:g}" for q in QUANTILES)
+    if ranges:
+        lo, hi = max(r[0] for r in ranges.values()), min(r[1] for r in ranges.values())
+        if hi > lo:
+            return [lo + q * (hi - lo) for q in QUANTILES], (
+                f"the {qs} quantiles of [{lo:.3f}, {hi:.3f}], the KL range every family with "
+                f"at least 2 β values covers ({len(ranges)} families)"
+            )
+    if fallback is not None and fallback[1] > fallback[0]:
+        lo, hi = fallback
+        return [lo + q * (hi - lo) for q in QUANTILES], (
+            f"the families' KL ranges do not overlap: the {qs} quantiles of the baseline "
+            f"family's range [{lo:.3f}, {hi:.3f}]"
+        )
+    return [], "no family has 2 or more β values: no KL level to compare at"
+
+
+# --------------------------------------------------------------------------- matched KL
+
+
+@dataclass
+class Curve:
+    """One family's points (or the best-of-n baseline's): KL and each metric, as point
+    estimates [m] and bootstrap replicates [B, m] on common resamples."""
+
+    name: str
+    n_betas: int
+    kl: np.ndarray
+    kl_reps: np.ndarray
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    reps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def kl_range(self) -> tuple[float, float]:
+        return float(self.kl.min()), float(self.kl.max())
+
+
+def _excludes_0(lo: float, hi: float) -> bool:
+    return bool(round(lo, 6) > 0 or round(hi, 6) < 0)
+
+
+def _at(curve: Curve, metric: str, level: float) -> tuple[float, np.ndarray]:
+    value = float(interpolate(curve.kl, curve.values[metric], level))
+    return value, interpolate(curve.kl_reps, curve.reps[metric], level)
+
+
+def matched_row(curve: Curve, base: Curve | None, level: float, metrics: list[str]) -> dict:
+    """One family at one KL level: ``status`` ("ok" or why there is no value) and per metric
+    the value, its 95% interval, ``coverage`` and the paired difference against ``base``."""
+    row = {"family": curve.name, "n_betas": curve.n_betas, "kl": level}
+    row.update(kl_min=curve.kl_range[0], kl_max=curve.kl_range[1])
+    if curve.n_betas < 2:
+        return {**row, "status": "fewer than 2 β values"}
+    if not curve.kl_range[0] <= level <= curve.kl_range[1]:
+        return {**row, "status": "KL level outside the family's range"}
+    row["status"] = "ok"
+    for m in metrics:
+        if m not in curve.values:
+            continue
+        value, reps = _at(curve, m, level)
+        ok = ~np.isnan(reps)
+        row[m], row[f"{m}_coverage"] = value, float(ok.mean())
+        row[f"{m}_lo"], row[f"{m}_hi"] = interval(reps[ok]) if ok.any() else (math.nan,) * 2
+        if base is None or m not in base.values or not _inside(base, level):
+            continue
+        b_value, b_reps = _at(base, m, level)
+        d, both = reps - b_reps, ok & ~np.isnan(b_reps)
+        if not both.any():
+            continue
+        lo, hi = interval(d[both])
+        row.update({f"d_{m}": value - b_value, f"d_{m}_lo": lo, f"d_{m}_hi": hi})
+        row[f"d_{m}_excludes_0"] = _excludes_0(lo, hi)
+    return row
+
+
+def _inside(curve: Curve, level: float) -> bool:
+    return curve.n_betas >= 2 and curve.kl_range[0] <= level <= curve.kl_range[1]
+
+
+def matched_kl(
+    curves: list[Curve], base: str, levels: list[float], metrics: list[str]
+) -> list[dict]:
+    """:func:`matched_row` for every level and curve (levels outer), differences against the
+    curve named ``base``."""
+    by = {c.name: c for c in curves}
+    if base not in by:
+        raise ValueError(f"baseline curve {base!r} is not among {', '.join(by)}")
+    return [matched_row(c, by[base], level, metrics) for level in levels for c in curves]

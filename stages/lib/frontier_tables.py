@@ -1,0 +1,236 @@
+"""The ``frontier`` stage's tables: the matched-KL Markdown, the CSV columns and the DVC metrics.
+
+Pure formatting of the rows :mod:`stages.lib.frontier` computes (``matched_row``), the
+per-policy points and the best-of-n rows; :mod:`stages.frontier` writes them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from stages.lib.frontier import Family
+
+#: Metrics a matched-KL row may carry (KL is the level itself).
+MATCHED_METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
+#: The matched-KL tables per level: reward and gold; the three entropies.
+GROUPS = (("reward", "gold"), ("entropy", "entropy_first_k", "context_entropy"))
+MATCHED_COLUMNS = (
+    "kl",
+    "family",
+    "n_betas",
+    "kl_min",
+    "kl_max",
+    "status",
+    *(
+        f"{p}{m}{s}"
+        for m in MATCHED_METRICS
+        for p, s in (
+            ("", ""),
+            ("", "_lo"),
+            ("", "_hi"),
+            ("", "_coverage"),
+            ("d_", ""),
+            ("d_", "_lo"),
+            ("d_", "_hi"),
+            ("d_", "_excludes_0"),
+        )
+    ),
+)
+POINT_COLUMNS = (
+    "policy",
+    "family",
+    "beta",
+    *(f"{m}{s}" for m in ("kl", *MATCHED_METRICS) for s in ("", "_lo", "_hi")),
+    "front_reward_kl",
+    "front_gold_kl",
+    "front_reward_entropy",
+)
+FRONTS = (
+    ("front_reward_kl", "reward against KL (max reward, min KL)", "reward", "kl"),
+    ("front_gold_kl", "gold against KL (max gold, min KL)", "gold", "kl"),
+    ("front_reward_entropy", "reward against entropy (max both)", "reward", "entropy"),
+)
+
+
+def _ok(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _value(r: dict, m: str) -> str:
+    if not _ok(r.get(m)):
+        return "–"
+    lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if _ok(lo) and _ok(hi) else ""
+    dagger = " †" if r.get(f"{m}_coverage", 1.0) < 1.0 else ""
+    return f"{r[m]:.3f}{ci}{dagger}"
+
+
+def _delta(r: dict, m: str) -> str:
+    if not _ok(r.get(f"d_{m}")):
+        return "–"
+    star = " *" if r.get(f"d_{m}_excludes_0") else ""
+    return f"{r[f'd_{m}']:+.3f} [{r[f'd_{m}_lo']:+.3f}, {r[f'd_{m}_hi']:+.3f}]{star}"
+
+
+def _table(head: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
+def _families(families: list[Family], ranges: dict, base: str) -> list[str]:
+    lines = []
+    for f in families:
+        members = ", ".join(
+            f"{v} ({'–' if b is None else f'{b:g}'})" for v, b in zip(f.variants, f.betas)
+        )
+        lo, hi = ranges.get(f.name, (math.nan, math.nan))
+        span = f"{lo:.3f} – {hi:.3f}" if f.n_betas >= 2 else f"{lo:.3f} (one β)"
+        name = f"**{f.name}** (baseline)" if f.name == base else f.name
+        lines.append([name, str(f.n_betas), members, span])
+    return _table(["family", "β values", "variants (β)", "KL of its β curve"], lines)
+
+
+def _note(r: dict) -> str:
+    if r["status"] == "ok":
+        return ""
+    if r["n_betas"] < 2:
+        return r["status"]
+    return f"outside its KL range [{r['kl_min']:.3f}, {r['kl_max']:.3f}]"
+
+
+def _level_table(rows: list[dict], metrics: list[str], base: str) -> list[str]:
+    head = ["family"]
+    for m in metrics:
+        head += [f"{m} [95% CI]", f"Δ {m} [95% CI]"]
+    lines = []
+    for r in rows:
+        cells = [r["family"]]
+        for m in metrics:
+            if r["status"] != "ok":
+                cells += ["–", "–"]
+            else:
+                cells += [_value(r, m), "(baseline)" if r["family"] == base else _delta(r, m)]
+        lines.append([*cells, _note(r)])
+    return _table([*head, "note"], lines)
+
+
+def _excluding(rows: list[dict], metrics: list[str], base: str) -> str:
+    found = []
+    for r in rows:
+        if r["family"] == base or r["status"] != "ok":
+            continue
+        ms = [
+            f"{m} {'+' if r[f'd_{m}'] > 0 else '−'}" for m in metrics if r.get(f"d_{m}_excludes_0")
+        ]
+        if ms:
+            found.append(f"{r['family']} ({', '.join(ms)})")
+    return "; ".join(found) if found else "none"
+
+
+def _fronts(points: list[dict]) -> list[str]:
+    out = []
+    for flag, what, y, x in FRONTS:
+        on = [p for p in points if p.get(flag)]
+        if not on:
+            continue
+        items = ", ".join(
+            f"{p['policy']} ({x} {p[x]:.3f}, {y} {_value(p, y)})"
+            for p in sorted(on, key=lambda p: p[x])
+        )
+        out.append(f"- {what}: {items}.")
+    return out
+
+
+def _bon_table(rows: list[dict], metrics: list[str]) -> list[str]:
+    ms = [m for m in ("reward", "gold") if m in metrics]
+    head = ["n", "KL (analytic)", *(f"{m} [95% CI]" for m in ms)]
+    lines = [[str(r["n"]), f"{r['kl']:.3f}", *(_value(r, m) for m in ms)] for r in rows]
+    return _table(head, lines)
+
+
+def matched_markdown(
+    setup: dict, families: list[Family], matched: list[dict], points: list[dict], bon: list[dict]
+) -> str:
+    """The Markdown of ``reports/frontier/matched_kl.md``."""
+    base, metrics, levels = setup["baseline"], setup["metrics"], setup["levels"]
+    lines = [
+        "# Frontier: families at matched KL",
+        "",
+        f"{setup['n_prompts']} held-out prompts per policy and seed; seeds "
+        f"{', '.join(map(str, setup['seeds']))}. Brackets: 95% intervals of the two-level "
+        f"bootstrap over seeds and prompts ({setup['bootstrap']} resamples shared by every "
+        "policy, family and best-of-n, so differences are paired: same seeds, same prompts). "
+        "KL: nats per sequence to the SFT policy. Entropies, nats per token: `entropy` over "
+        "every generated position (it moves with the sample lengths), `entropy_first_k` over "
+        "each sample's first evaluate.entropy_first_k generated positions, `context_entropy` "
+        "teacher-forced on the same held-out review tokens for every policy "
+        "(stages/lib/policy_entropy.py); the last is the one that measures the policy alone. "
+        "A family is every variant equal in everything but β (stages/lib/frontier.py).",
+        "",
+        "## Families",
+        "",
+        *_families(families, setup["ranges"], base),
+        "",
+        "## KL levels",
+        "",
+        (f"{', '.join(f'{v:.3f}' for v in levels)} nats: " if levels else "") + f"{setup['how']}.",
+    ]
+    if levels:
+        lines += [
+            "",
+            "Each family's value at a level is interpolated piecewise linearly in KL between "
+            "the two seed-mean points of its β curve that bracket the level, in every bootstrap "
+            'replicate too. "–": the family has fewer than 2 β values or the level lies '
+            "outside its KL range (no extrapolation). †: in some replicates the level lies "
+            "outside the resampled range; the interval uses the others (coverage in "
+            f"matched_kl.csv). Δ: family minus **{base}** at the same KL, paired; `*`: the 95% "
+            "interval excludes 0. Best-of-n: the SFT policy's best of n draws by reward, at its "
+            "analytic KL log n − (n − 1)/n, interpolated between its n the same way.",
+        ]
+    for i, level in enumerate(levels):
+        rows = [r for r in matched if r["kl"] == level]
+        lines += ["", f"### KL = {level:.3f} (level {i + 1} of {len(levels)})"]
+        for group in GROUPS:
+            shown = [m for m in group if m in metrics]
+            if shown:
+                lines += ["", *_level_table(rows, shown, base)]
+        lines += [
+            "",
+            f"Δ intervals that exclude 0 (sign of the difference): "
+            f"{_excluding(rows, metrics, base)}.",
+        ]
+    lines += [
+        "",
+        "## Pareto envelope (seed-mean points of sft and every variant)",
+        "",
+        *_fronts(points),
+        "",
+        "## Best-of-n from the SFT policy",
+        "",
+        *_bon_table(bon, metrics),
+    ]
+    single = [f.name for f in families if f.n_betas < 2]
+    if single:
+        lines += [
+            "",
+            f"Families with fewer than 2 β values (a point, not a curve; no matched-KL value): "
+            f"{', '.join(single)}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def frontier_metrics(setup: dict, matched: list[dict]) -> dict:
+    """``metrics/frontier.json``: the KL levels and, per family (and best-of-n) and level
+    ``kl<i>``, the values, intervals and paired differences that exist (no NaN, no strings)."""
+    out: dict = {"kl_levels": {f"kl{i + 1}": round(v, 6) for i, v in enumerate(setup["levels"])}}
+    for i, level in enumerate(setup["levels"]):
+        for r in matched:
+            if r["kl"] != level or r["status"] != "ok":
+                continue
+            entry = {
+                k: round(float(r[k]), 6) + 0.0
+                for k in MATCHED_COLUMNS[6:]
+                if k in r and not k.endswith("_excludes_0") and _ok(r[k])
+            }
+            out.setdefault(r["family"], {})[f"kl{i + 1}"] = entry
+    return out

@@ -1,0 +1,38 @@
+"""The two-level bootstrap (stages/lib/bootstrap.py); its statistical behaviour on constructed
+examples is tested through the report stage (tests/test_report.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages import report
+from stages.lib import bootstrap
+from stages.lib.bootstrap import draw_resamples, interval, point_estimate, replicates
+
+
+def test_report_uses_the_library_bootstrap():
+    for name in ("Resamples", "draw_resamples", "point_estimate", "replicates", "interval"):
+        assert getattr(report, name) is getattr(bootstrap, name)
+
+
+def test_resamples_are_seeded_and_weights_sum_to_the_prompts():
+    a, b = draw_resamples(3, 7, 50, seed=4), draw_resamples(3, 7, 50, seed=4)
+    np.testing.assert_array_equal(a.seeds, b.seeds)
+    np.testing.assert_array_equal(a.prompt_weights, b.prompt_weights)
+    assert a.seeds.shape == (50, 3) and a.prompt_weights.shape == (50, 7)
+    assert (a.prompt_weights.sum(1) == 7).all() and a.seeds.max() < 3
+
+
+def test_common_resamples_make_a_constant_shift_exact():
+    """Two policies that differ by a constant on every (seed, prompt): the difference of their
+    replicates is that constant on every resample."""
+    rng = np.random.default_rng(0)
+    num = rng.normal(size=(3, 20))
+    draws = draw_resamples(3, 20, 300, seed=1)
+    diff = replicates(num + 0.25, np.ones_like(num), draws) - replicates(
+        num, np.ones_like(num), draws
+    )
+    np.testing.assert_allclose(diff, 0.25, atol=1e-12)
+    assert point_estimate(num + 0.25, np.ones_like(num)) == pytest.approx(num.mean() + 0.25)
+    assert interval(np.arange(101.0)) == pytest.approx((2.5, 97.5))

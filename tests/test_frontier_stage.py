@@ -1,0 +1,259 @@
+"""The ``frontier`` stage on hand-made evaluation and best-of-n files with known answers: two
+families along β, a single-β family, SFT and best-of-n; tables, plots, metrics, bad input."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from stages.cli import stage_command
+from stages.frontier import frontier, main
+from stages.lib.best_of_n import best_of_n_kl
+from stages.lib.config import load_params
+from stages.lib.frontier import variant_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = load_params(ROOT / "params.yaml")
+SEEDS = BASE["seeds"]
+#: variant -> (settings, KL, reward): family rkl has reward 1 + KL/2 (KL 2, 4, 6), family jsd
+#: 0.5 + KL/2 (KL 3, 5): at every KL in [3, 5] jsd is exactly 0.5 below; hinge is one point.
+VARIANTS = {
+    "dpo": ({"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3}, 4.0),
+    "rkl-lo": ({"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.1}, 6.0),
+    "rkl-hi": ({"loss": "sigmoid", "divergence": "reverse_kl", "beta": 1.0}, 2.0),
+    "jsd": ({"loss": "sigmoid", "divergence": "jsd", "beta": 0.3}, 3.0),
+    "jsd-lo": ({"loss": "sigmoid", "divergence": "jsd", "beta": 0.1}, 5.0),
+    "hinge": ({"loss": "hinge", "divergence": "reverse_kl", "beta": 0.3}, 3.0),
+}
+OFFSET = {"dpo": 1.0, "rkl-lo": 1.0, "rkl-hi": 1.0, "jsd": 0.5, "jsd-lo": 0.5, "hinge": 0.0}
+SEED_EFFECT = np.array([-0.3, 0.0, 0.3])
+PROMPT_EFFECT = np.linspace(-1.0, 1.0, 6)
+SAMPLE_DEV = np.array([0.1, -0.1])
+
+
+def _params() -> dict:
+    params = copy.deepcopy(BASE)
+    params["align"]["variants"] = {k: dict(v[0]) for k, v in VARIANTS.items()}
+    params["frontier"] = {"baseline": "dpo", "bootstrap": 300}
+    return params
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_eval(policy: str, seed_index: int, reward: float, kl: float, entropy: float) -> None:
+    rows = []
+    for p, b in enumerate(PROMPT_EFFECT):
+        r = [reward + SEED_EFFECT[seed_index] + b + e for e in SAMPLE_DEV]
+        row = {
+            "prompt_id": f"test-{p}",
+            "prompt": "The film was",
+            "rewards": r,
+            "gold": [v / 2 for v in r],
+            "logp": [-10.0, -12.0],
+            "entropy": [entropy, entropy],
+            "n_generated": [3, 5],
+            "entropy_first_k": [3 + kl / 10, 3 + kl / 10],
+            "n_first_k": [2, 2],
+        }
+        if p < 4:  # fixed contexts: the first 4 prompts only
+            row.update(context_entropy=4 + kl / 10, context_tokens=7)
+        if policy != "sft":
+            row["logp_sft"] = [lp - kl for lp in row["logp"]]
+        rows.append(row)
+    _write(Path(f"data/eval/{policy}/seed-{SEEDS[seed_index]}.jsonl"), rows)
+
+
+def write_best_of_n(seed_index: int, n_prompts: int = len(PROMPT_EFFECT)) -> None:
+    rows = [
+        {
+            "prompt_id": f"test-{p}",
+            "prompt": "The film was",
+            "completions": ["a", "b", "c", "d"],
+            "rewards": [0.0, 1.0, 2.0, 3.0],
+            "gold": [0.0, 0.5, 1.0, 1.5],
+        }
+        for p in range(n_prompts)
+    ]
+    _write(Path(f"data/best_of_n/seed-{SEEDS[seed_index]}.jsonl"), rows)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for i in range(len(SEEDS)):
+        write_eval("sft", i, 0.0, 0.0, 2.0)
+        for name, (_, kl) in VARIANTS.items():
+            write_eval(name, i, OFFSET[name] + kl / 2, kl, 2.0 + kl / 10)
+        write_best_of_n(i)
+    (tmp_path / "params.yaml").write_text(json.dumps(_params()))
+    return tmp_path
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_matched_kl_reads_each_family_off_its_beta_curve(repo):
+    result = frontier(_params())
+    levels = list(result["metrics"]["kl_levels"].values())
+    assert levels == pytest.approx([3.5, 4.0, 4.5])  # quartiles of [3, 5] = rkl [2,6] ∩ jsd [3,5]
+    by = {(r["kl"], r["family"]): r for r in result["matched"]}
+    for level in levels:
+        rkl, jsd = by[level, "sigmoid-reverse_kl"], by[level, "sigmoid-jsd"]
+        assert rkl["reward"] == pytest.approx(1 + level / 2)
+        assert jsd["reward"] == pytest.approx(0.5 + level / 2)
+        assert jsd["gold"] == pytest.approx((0.5 + level / 2) / 2)
+        assert jsd["entropy"] == pytest.approx(2 + level / 10)
+        assert jsd["entropy_first_k"] == pytest.approx(3 + level / 10)
+        assert jsd["context_entropy"] == pytest.approx(4 + level / 10)
+        assert jsd["context_entropy_lo"] == pytest.approx(4 + level / 10)  # no prompt effect
+        assert rkl["reward_lo"] < rkl["reward"] - 0.2 and rkl["reward_hi"] > rkl["reward"] + 0.2
+        assert (jsd["d_reward"], jsd["d_reward_lo"], jsd["d_reward_hi"]) == pytest.approx(
+            (-0.5, -0.5, -0.5)
+        )
+        assert jsd["d_reward_excludes_0"] and not jsd["d_entropy_excludes_0"]
+        assert by[level, "hinge-reverse_kl"]["status"] == "fewer than 2 β values"
+        assert by[level, "best-of-n"]["status"] == "KL level outside the family's range"
+
+
+def test_best_of_n_and_pareto_points(repo):
+    result = frontier(_params())
+    bon = {r["n"]: r for r in result["best_of_n"]}
+    assert sorted(bon) == [1, 2, 4]
+    assert bon[1]["reward"] == pytest.approx(1.5) and bon[4]["reward"] == pytest.approx(3.0)
+    assert bon[2]["reward"] == pytest.approx(14 / 6) and bon[2]["gold"] == pytest.approx(7 / 6)
+    assert bon[2]["kl"] == pytest.approx(best_of_n_kl(2))
+    assert bon[4]["reward_lo"] == pytest.approx(3.0)  # identical draws on every prompt and seed
+    points = {r["policy"]: r for r in result["points"]}
+    assert points["jsd"]["family"] == "sigmoid-jsd" and points["jsd"]["beta"] == 0.3
+    # reward vs KL: jsd (3, 2) and hinge (3, 1.5) are dominated by rkl-hi (2, 2), jsd-lo
+    # (5, 3) by dpo (4, 3)
+    front = sorted(p for p, r in points.items() if r["front_reward_kl"])
+    assert front == ["dpo", "rkl-hi", "rkl-lo", "sft"]
+    assert points["sft"]["reward"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stage_writes_tables_plots_and_metrics(repo):
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 0, result.output
+    assert "KL levels 3.50, 4.00, 4.50" in result.output
+    out = repo / "reports/frontier"
+    md = (out / "matched_kl.md").read_text()
+    assert "3.500, 4.000, 4.500 nats: the 0.25, 0.5, 0.75 quantiles of [3.000, 5.000]" in md
+    assert "| **sigmoid-reverse_kl** (baseline) | 3 | dpo (0.3), rkl-lo (0.1), rkl-hi (1) |" in md
+    assert "| sigmoid-jsd | 2.500 [" in md and "-0.500 [-0.500, -0.500] * |" in md
+    assert "fewer than 2 β values" in md and "outside its KL range [0.000, 0.636]" in md
+    assert (
+        "Δ intervals that exclude 0 (sign of the difference): sigmoid-jsd (reward −, gold −)" in md
+    )
+    assert "| family | entropy [95% CI] | Δ entropy [95% CI] | entropy_first_k [95% CI] |" in md
+    assert "context_entropy [95% CI]" in md
+    rows = _csv(out / "matched_kl.csv")
+    assert len(rows) == 3 * 4  # levels x (3 families + best-of-n)
+    assert {r["status"] for r in rows} == {
+        "ok",
+        "fewer than 2 β values",
+        "KL level outside the family's range",
+    }
+    assert len(_csv(out / "points.csv")) == 1 + len(VARIANTS)
+    assert [r["n"] for r in _csv(out / "best_of_n.csv")] == ["1", "2", "4"]
+    for png in ("overview.png", "families.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+    metrics = json.loads((repo / "metrics/frontier.json").read_text())
+    assert metrics["sigmoid-jsd"]["kl2"]["d_reward"] == pytest.approx(-0.5)
+    assert "hinge-reverse_kl" not in metrics and "best-of-n" not in metrics
+    assert all(
+        isinstance(v, (int, float))
+        for fam in metrics.values()
+        for level in fam.values()
+        for v in (level.values() if isinstance(level, dict) else [level])
+    )
+
+
+def test_without_curves_there_is_no_level(repo):
+    params = _params()
+    params["align"]["variants"] = {
+        k: v for k, v in params["align"]["variants"].items() if k in ("dpo", "jsd")
+    }
+    result = frontier(params)
+    assert result["metrics"] == {"kl_levels": {}}
+    md = (repo / "reports/frontier/matched_kl.md").read_text()
+    assert "no family has 2 or more β values" in md and "### KL =" not in md
+
+
+def test_missing_gold_drops_the_metric(repo):
+    for path in Path("data").rglob("*.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        _write(path, [{k: v for k, v in r.items() if k != "gold"} for r in rows])
+    result = frontier(_params())
+    assert all("gold" not in r for r in result["matched"])
+    assert "gold" not in (repo / "reports/frontier/matched_kl.md").read_text().split("## Pareto")[0]
+
+
+def test_families_are_read_like_the_align_stage():
+    params = _params()
+    params["align"]["common"]["divergence"] = "alpha"
+    params["align"]["variants"]["shared"] = {"loss": "sigmoid", "beta": 0.2, "alpha": 0.25}
+    settings = variant_settings(params)
+    assert settings["shared"]["divergence"] == "alpha" and settings["shared"]["alpha"] == 0.25
+    assert settings["dpo"]["curriculum"] == "shuffle"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: p["frontier"].update(baseline="nope"),
+            "params: frontier.baseline: must be a variant of align.variants (dpo, ",
+        ),
+        (
+            lambda p: p["frontier"].update(bootstrap=0),
+            "params: frontier.bootstrap: must be >= 1, got 0",
+        ),
+        (
+            lambda p: p["align"]["variants"]["dpo"].update(beta=-1.0),
+            "params: align.variants.dpo.beta: must be a finite number > 0, got -1.0",
+        ),
+    ],
+)
+def test_bad_params_are_one_line_errors(repo, edit, message):
+    params = _params()
+    edit(params)
+    with pytest.raises(ValueError) as err:
+        frontier(params)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_missing_and_mismatched_files_name_the_file(repo):
+    Path("data/best_of_n/seed-1.jsonl").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^data/best_of_n/seed-1\.jsonl: not found \(run `dvc repro best-of-n@1`\)",
+    ):
+        frontier(_params())
+    write_best_of_n(1, n_prompts=5)
+    with pytest.raises(
+        ValueError, match=r"^data/best_of_n/seed-1\.jsonl: its 5 prompts differ from the 6"
+    ):
+        frontier(_params())
+    write_best_of_n(1)
+    Path("data/eval/jsd-lo/seed-2.jsonl").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^data/eval/jsd-lo/seed-2\.jsonl: not found \(run `dvc repro evaluate@jsd-lo-2`\)",
+    ):
+        frontier(_params())
