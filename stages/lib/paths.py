@@ -88,3 +88,18 @@ SUMMARY_METRICS = METRICS_DIR / "summary.json"
 def timings_file(stage: str) -> Path:
     """``logs/timings/<stage>.json``: wall times of the last run (git-ignored)."""
     return TIMINGS_DIR / f"{stage}.json"
+
+
+# Bring your own preferences and policies (README, "Bring your own preferences and policies")
+#: ``data/pairs-trl/``: the training pairs in trl's preference format, a ``datasets`` folder
+#: (``save_to_disk``; splits ``train`` and ``test``, the validation prompts), written by ``pairs``
+#: (and by ``ingest`` in the ``byo/`` pipeline).
+PAIRS_TRL = Path("data/pairs-trl")
+#: ``models/external/<name>/``: policies trained elsewhere, evaluated as ``evaluate-external@``.
+EXTERNAL_DIR = Path("models/external")
+
+
+def external_model(name: str) -> Path:
+    """``models/external/<name>``: an external policy folder (any causal LM sharing the SFT
+    tokenizer), listed by name under ``external`` in params.yaml."""
+    return EXTERNAL_DIR / name
