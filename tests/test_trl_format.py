@@ -1,5 +1,6 @@
 """Our training pairs out in trl's preference format: the records, the ``datasets`` folder, and
-trl's ``DPOTrainer`` reading it and taking a step on a tiny local model."""
+trl's ``DPOTrainer`` reading it and taking a step on a tiny local model (and trl's tokens of a
+completion are the tokens ``ingest`` gives it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import warnings
 import datasets
 import pytest
 
+from stages.lib.ingestion import tokenize_records
+from stages.lib.preference_sources import Table, read_records
 from stages.lib.trl_format import COLUMNS, pair_records, save_pairs
 
 ROWS = [
@@ -94,5 +97,9 @@ def test_trl_trains_on_the_exported_pairs(tmp_path, tiny_lm_dir, torch_one_threa
         assert tokenised["prompt_ids"] == tokenizer("The film was")["input_ids"]
         assert tokenised["chosen_ids"] == tokenizer(" good.")["input_ids"] + [eos]
         assert tokenised["rejected_ids"] == tokenizer(" bad.")["input_ids"] + [eos]
+        # ingest (trl-format data in) tokenises a completion exactly as trl does
+        records = read_records(Table("t", pairs["train"].to_list(), ["t:1", "t:2"]), "source")
+        ours = tokenize_records(records, tokenizer)[0]
+        assert ours == [tokenised["chosen_ids"], tokenised["rejected_ids"]]
         result = trainer.train()
     assert result.global_step == 1 and result.training_loss == pytest.approx(0.6931, abs=0.05)
