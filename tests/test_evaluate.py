@@ -275,6 +275,9 @@ def test_external_policy_folder(workspace, monkeypatch, tmp_path):
     assert result.output.startswith(
         "error: models/external/other: tokenizer differs from models/sft's (vocabulary: "
     )
+    assert "; first difference " in result.output and ": not in the vocabulary vs id " in (
+        result.output
+    )
     assert not (root / "metrics/eval/other").exists() and not (root / "data/eval/other").exists()
     result = _run(root, monkeypatch, "missing", "--external")
     assert result.exit_code == 1

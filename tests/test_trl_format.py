@@ -103,3 +103,15 @@ def test_trl_trains_on_the_exported_pairs(tmp_path, tiny_lm_dir, torch_one_threa
         assert ours == [tokenised["chosen_ids"], tokenised["rejected_ids"]]
         result = trainer.train()
     assert result.global_step == 1 and result.training_loss == pytest.approx(0.6931, abs=0.05)
+
+
+def test_the_folder_is_byte_identical_on_a_rerun(tmp_path):
+    """DVC hashes the folder: the same pairs give the same bytes (fingerprints included)."""
+    save_pairs(ROWS, tmp_path / "a")
+    save_pairs(ROWS, tmp_path / "b")
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    assert files and all(
+        (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files
+    )

@@ -323,9 +323,13 @@ def tokenizer_difference(ours, theirs) -> str | None:
     if a != b:
         only = sorted(set(a) ^ set(b)) or sorted(t for t in a if a[t] != b[t])
         token = only[0]
+
+        def has(vocab: dict) -> str:
+            return f"id {vocab[token]}" if token in vocab else "not in the vocabulary"
+
         return (
-            f"vocabulary: {len(a)} vs {len(b)} tokens, first difference {token!r} "
-            f"(id {a.get(token)} vs {b.get(token)})"
+            f"vocabulary: {len(a)} vs {len(b)} tokens; first difference {token!r}: "
+            f"{has(a)} vs {has(b)}"
         )
     if ours.eos_token_id != theirs.eos_token_id:
         return f"eos_token: {ours.eos_token!r} vs {theirs.eos_token!r}"

@@ -23,6 +23,9 @@ Strategies (``pairs.strategy``):
   accept every candidate (no selection: first_round in disguise), so it is an error.
 
 In every strategy a pair of equal rewards is skipped.
+
+:func:`hold_out_by_text` draws the prompts held out of training *by text* (the ``pairs``
+stage's validation prompts; ``ingest``'s validation and eval prompts).
 """
 
 from __future__ import annotations
