@@ -35,6 +35,10 @@ COMMANDS = {
         "stages.pairs",
         "Build preference pairs from scored completions (first_round, rso, ...).",
     ),
+    "ingest": (
+        "stages.ingest",
+        "Import a preference dataset (trl format or ranked) instead of sample/score/pairs.",
+    ),
     "reference": ("stages.reference", "Log-probs of every completion under the SFT policy, once."),
     "align": ("stages.align", "Train one DPO-family variant on the preference pairs."),
     "evaluate": (

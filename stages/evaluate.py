@@ -11,6 +11,9 @@ writes ``metrics/eval/<policy>/seed-<s>.json`` and
     python -m stages evaluate sft --seed 1   # or: dvc repro evaluate-sft@1
     python -m stages evaluate dpo --seed 1   # or: dvc repro evaluate@dpo-1
     python -m stages evaluate dpo            # --seed defaults to the first of `seeds`
+    python -m stages evaluate my-dpo --external --seed 0   # models/external/my-dpo: any causal
+                                             # LM with the SFT tokenizer (evaluate-external@<name>-<s>)
+    python -m stages evaluate sft --no-reward   # no reward model: reward not available (null)
 
 Every policy samples ``evaluate.n_samples`` completions of each of the first
 ``evaluate.n_prompts`` eval prompts at temperature 1 with top-k and top-p off (the estimates
@@ -49,6 +52,16 @@ The compute (sampling, the one-pass log-probs and entropies, reward scoring, the
 generated tokens, ``evaluate.logit_chunk`` rows at a time, so the float32 logits held at once
 are ``logit_chunk × vocab`` (512 × 50257 ≈ 100 MB), never [B, T, V]. The metrics file holds no
 timings.
+
+**External policies** (``--external``): the folder ``models/external/<name>`` holds any Hugging
+Face causal LM trained elsewhere (e.g. by trl) that shares the SFT policy's tokenizer (same
+tokens, ids and EOS: checked first, a one-line error naming the folder and what differs); it is
+evaluated like an aligned policy (``kl`` against ``models/sft``), once per run seed.
+
+**Without a reward model** (``--no-reward``, e.g. in the ``byo/`` pipeline): nothing reads
+``models/reward``, ``reward.*`` or ``data.*``; entropy, nll, kl, distinct-n and length are
+measured as always, and ``reward`` (``gold``) and their intervals are null: the report shows
+them as "n/a", never as 0.
 """
 
 from __future__ import annotations
@@ -69,6 +82,7 @@ from stages.lib.config import (
 )
 from stages.lib.contracts import PROMPTS, read_rows
 from stages.lib.evaluation import reward_scores, sample_and_score_tokens, summarize
+from stages.lib.modeling import check_same_tokenizer
 from stages.lib.policy_entropy import policy_entropies
 
 
@@ -117,7 +131,7 @@ def generation_rows(
             "prompt_id": row["prompt_id"],
             "prompt": row["prompt"],
             "completions": gen.texts[i],
-            "rewards": _r(scores[sl]),
+            **({} if scores is None else {"rewards": _r(scores[sl])}),
             "logp": _r(stats["logp"][sl]),
             "entropy": _r(
                 e / n if n else 0.0 for e, n in zip(stats["entropy"][sl], stats["n"][sl])
@@ -134,13 +148,30 @@ def generation_rows(
     return out
 
 
-def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
+def external_dir(name: str) -> Path:
+    """``models/external/<name>``: an external policy's folder (``--external``)."""
+    if not name or "/" in name or name.startswith(".") or name == "sft":
+        raise ValueError(f"external policy {name!r} must be a folder name under models/external")
+    return paths.external_model(name)
+
+
+def evaluate(
+    params: dict,
+    policy: str,
+    seed: int | None = None,
+    *,
+    reward: bool = True,
+    external: bool = False,
+) -> dict:
     """Run the stage for one policy and run seed (default: the first of ``seeds``); returns
-    the metrics it wrote."""
+    the metrics it wrote. ``reward=False``: no reward model (reward not available);
+    ``external``: the policy is ``models/external/<policy>`` (same tokenizer as models/sft)."""
     cfg, seed = read_section(params, "evaluate", EvaluateConfig), run_seed(params, seed)
-    score = read_section(params, "reward", RewardConfig).score
-    source = read_section(params, "data", DataConfig).source
-    path = policy_dir(policy, seed)
+    score = read_section(params, "reward", RewardConfig).score if reward else None
+    source = read_section(params, "data", DataConfig).source if reward else None
+    path = external_dir(policy) if external else policy_dir(policy, seed)
+    if external:
+        check_same_tokenizer(path, paths.SFT_DIR)
     eval_rows = read_rows(paths.EVAL_PROMPTS, PROMPTS)
     train_rows = read_rows(paths.TRAIN_PROMPTS, PROMPTS)
     check_held_out(eval_rows, train_rows)
@@ -149,7 +180,7 @@ def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
             f"params: evaluate.n_prompts: must be <= the {len(eval_rows)} prompts "
             f"of {paths.EVAL_PROMPTS}, got {cfg.n_prompts}"
         )
-    if not paths.REWARD_DIR.is_dir():
+    if reward and not paths.REWARD_DIR.is_dir():
         raise FileNotFoundError(
             f"{paths.REWARD_DIR}: reward model not found (run the reward stage)"
         )
@@ -158,16 +189,21 @@ def evaluate(params: dict, policy: str, seed: int | None = None) -> dict:
     gen, stats, sft_logp, eos = sample_and_score_tokens(path, prompts, cfg, seed=seed)
     entropy_fields, entropy_metrics = policy_entropies(path, rows, gen.token_ids, cfg)
     texts = [p + c for p, per in zip(prompts, gen.texts) for c in per]
-    scores, gold = reward_scores(texts, score=score, source=source, batch_size=cfg.batch_size)
+    scores, gold = (
+        reward_scores(texts, score=score, source=source, batch_size=cfg.batch_size)
+        if reward
+        else (None, None)
+    )
     completion_tokens = [g[:-1] if g and g[-1] == eos else g for per in gen.token_ids for g in per]
     metrics = summarize(
-        scores.reshape(-1, k),
+        None if scores is None else scores.reshape(-1, k),
         None if gold is None else gold.reshape(-1, k),
         stats,
         sft_logp,
         completion_tokens,
         n_resamples=cfg.bootstrap,
         seed=seed,
+        samples_per_prompt=k,
     )
     metrics.update(entropy_metrics)  # entropy_first_k, context_entropy (stages.lib.policy_entropy)
     out_rows = generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens)
@@ -188,14 +224,31 @@ def main(
         "sampling and bootstrap seed. Default: the first of `seeds`.",
     ),
     params: Path = typer.Option(Path("params.yaml"), help="Params file to read."),
+    no_reward: bool = typer.Option(
+        False,
+        "--no-reward",
+        help="No reward model: measure entropy, nll, kl and distinct-n only; reward is "
+        "reported as not available.",
+    ),
+    external: bool = typer.Option(
+        False,
+        "--external",
+        help="The policy is the folder models/external/<policy>: any causal LM sharing the "
+        "SFT tokenizer, trained elsewhere.",
+    ),
 ) -> None:
     """Sample from a policy on held-out prompts; write reward, entropy, nll, kl, diversity."""
     values = load_params(params)
     seed = run_seed(values, seed)
-    metrics = evaluate(values, policy, seed)
+    metrics = evaluate(values, policy, seed, reward=not no_reward, external=external)
     gold = f", gold {metrics['gold']:.3f}" if metrics["gold"] is not None else ""
+    reward = (
+        "reward n/a (no reward model)"
+        if metrics["reward"] is None
+        else f"reward {metrics['reward']:.3f} [{metrics['reward_lo']:.3f}, "
+        f"{metrics['reward_hi']:.3f}]"
+    )
     typer.echo(
-        f"{policy} (seed {seed}): reward {metrics['reward']:.3f} [{metrics['reward_lo']:.3f}, "
-        f"{metrics['reward_hi']:.3f}], entropy {metrics['entropy']:.3f}, "
+        f"{policy} (seed {seed}): {reward}, entropy {metrics['entropy']:.3f}, "
         f"kl {metrics['kl']:.3f}{gold} -> {paths.eval_metrics(policy, seed)}"
     )

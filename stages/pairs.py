@@ -3,7 +3,9 @@
 Reads ``data/scored.jsonl`` (contract ``SCORED``), ``seed`` and ``pairs.*``; writes
 ``data/preferences.jsonl`` (contract ``PREFERENCES``: each scored row, its ``completion_ids`` and
 ``finished`` included, plus ``"pairs": [[w, l], ...]`` indices into its completions, w preferred,
-and ``"split"``: ``train`` or ``val``) and ``metrics/pairs.json``::
+and ``"split"``: ``train`` or ``val``), the same pairs in trl's preference format as a
+``datasets`` folder, ``data/pairs-trl/`` (``prompt``/``chosen``/``rejected`` texts; splits
+``train`` and ``test`` = our ``val``: :mod:`stages.lib.trl_format`), and ``metrics/pairs.json``::
 
     python -m stages pairs             # or: dvc repro pairs
 
@@ -34,32 +36,16 @@ from stages.lib import paths
 from stages.lib.common import write_json, write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREFERENCES, SCORED, check_row, read_rows
-from stages.lib.pairing import make_pairs
+from stages.lib.pairing import hold_out_by_text, make_pairs
+from stages.lib.trl_format import save_pairs
 
 
 def validation_ids(prompts: Sequence[tuple[str, str]], val_fraction: float, seed: int) -> set[str]:
     """The ids of about ``round(val_fraction * n)`` of the ``(prompt_id, prompt)`` pairs (at
-    least one when ``val_fraction`` > 0), held out for validation *by text*: the distinct
-    prompt texts (whitespace-normalised, case-sensitive) in a seeded order, each taken with all
-    its prompts until the count is reached, so no validation text is also a training text."""
-    groups: dict[str, list[str]] = {}
-    for prompt_id, text in prompts:
-        groups.setdefault(" ".join(text.split()), []).append(prompt_id)
-    n = len(prompts)
-    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
-    texts = sorted(groups)
-    random.Random(f"{seed}-pairs-val").shuffle(texts)
-    val: list[str] = []
-    for text in texts:
-        if len(val) >= n_val:
-            break
-        val.extend(groups[text])
-    if val and len(val) >= n:
-        raise ValueError(
-            f"params: pairs.val_fraction: must leave a train prompt among {n} prompts "
-            f"({len(groups)} distinct texts), got {val_fraction}"
-        )
-    return set(val)
+    least one when ``val_fraction`` > 0), held out for validation *by text*
+    (:func:`stages.lib.pairing.hold_out_by_text` under the seed string ``<seed>-pairs-val``), so
+    no validation text is also a training text."""
+    return hold_out_by_text(prompts, val_fraction, f"{seed}-pairs-val", "pairs.val_fraction")
 
 
 def build_preferences(rows: list[dict], cfg: PairsConfig, seed: int) -> tuple[list[dict], dict]:
@@ -136,6 +122,7 @@ def make_preference_file(params: dict) -> dict:
     if metrics["train"]["pairs"] == 0:
         raise ValueError(f"{paths.SCORED}: no train pair left (lower pairs.val_fraction)")
     write_jsonl(paths.PREFERENCES, out)
+    save_pairs(out, paths.PAIRS_TRL)
     write_json(paths.metrics_file("pairs"), metrics)
     return metrics
 

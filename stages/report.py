@@ -55,6 +55,13 @@ Jensen-Shannon variants and SFT are shown as points but not fitted. It is a labe
 reproduction of the original's figure, not a frontier: the ``frontier`` stage draws the Pareto
 envelope of non-dominated runs and compares families at matched KL. The fit needs at least
 3 family points with distinct entropies.
+
+**External policies** (``external`` in params.yaml: folders under ``models/external``, evaluated
+by ``evaluate-external@<name>-<seed>``) are reported like variants, labelled ``external`` in
+the loss column and drawn as grey diamonds; they have no align run (no val accuracy). **Without
+a reward model** (``evaluate --no-reward``) reward is shown as ``n/a`` in the tables (never 0),
+``metrics/summary.json`` has no reward keys, and the reward plots say that reward is not
+available.
 """
 
 from __future__ import annotations
@@ -78,15 +85,25 @@ from stages.lib.bootstrap import (
     replicates,
 )
 from stages.lib.common import atomic_path, write_json
-from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
+from stages.lib.config import (
+    ReportConfig,
+    load_params,
+    read_external,
+    read_section,
+    read_seed,
+    read_seeds,
+)
 from stages.lib.contracts import EVALUATION, read_rows
 from stages.lib.losses import LossConfig, read_variant_loss
 
 REPORTS = paths.REPORTS_DIR
 #: The metrics aggregated with a bootstrap interval and a paired difference.
 ESTIMATES = ("reward", "gold", "entropy", "kl")
-#: Fields of a run's metrics file that must be finite numbers.
-REQUIRED = ("reward", "entropy", "nll", "kl", "distinct_2", "length", "n_prompts", "n_samples")
+#: Fields of a run's metrics file that must be finite numbers (``reward`` too, unless null: no
+#: reward model).
+REQUIRED = ("entropy", "nll", "kl", "distinct_2", "length", "n_prompts", "n_samples")
+#: The loss label of an external policy (models/external/<name>), and what a missing reward shows.
+EXTERNAL, NOT_AVAILABLE = "external", "n/a"
 #: Metrics of a run's file averaged over seeds without an interval.
 MEANS = ("nll", "distinct_1", "distinct_2", "length")
 LABELS = ("policy", "loss", "divergence", "alpha")
@@ -146,6 +163,13 @@ def variant_info(params: dict) -> dict[str, dict]:
             raise ValueError("params: align.variants.sft: clashes with the SFT policy's name")
         loss = variant_loss(align, name)
         info[str(name)] = {"loss": loss.loss, "divergence": loss.divergence, "alpha": loss.alpha}
+    for name in read_external(params):
+        if name in info:
+            raise ValueError(
+                f"params: external: {name!r} clashes with the name of a policy (sft or a "
+                f"variant of align.variants)"
+            )
+        info[name] = {"loss": EXTERNAL, "divergence": "", "alpha": None}
     return info
 
 
@@ -185,7 +209,6 @@ def _per_prompt(rows: list[dict], path: Path, sft: bool) -> tuple[dict, dict]:
         raise ValueError(f"{path}: field 'logp_sft' missing (kl of an aligned policy needs it)")
     ones = np.ones(len(rows))
     num = {
-        "reward": np.array([np.mean(r["rewards"]) for r in rows]),
         "kl": (
             np.zeros(len(rows))
             if sft
@@ -193,35 +216,49 @@ def _per_prompt(rows: list[dict], path: Path, sft: bool) -> tuple[dict, dict]:
         ),
         "entropy": np.array([np.dot(r["entropy"], r["n_generated"]) for r in rows], dtype=float),
     }
-    den = {"reward": ones, "kl": ones, "entropy": np.array([sum(r["n_generated"]) for r in rows])}
+    den = {"kl": ones, "entropy": np.array([sum(r["n_generated"]) for r in rows])}
+    if all("rewards" in r for r in rows):  # none without a reward model
+        num["reward"], den["reward"] = np.array([np.mean(r["rewards"]) for r in rows]), ones
     if all("gold" in r for r in rows):
         num["gold"], den["gold"] = np.array([np.mean(r["gold"]) for r in rows]), ones
     return num, den
 
 
-def read_run(policy: str, seed: int) -> Run:
-    """The files of one (policy, seed) run, checked (one-line errors naming the file)."""
+def read_run(policy: str, seed: int, external: bool = False) -> Run:
+    """The files of one (policy, seed) run, checked (one-line errors naming the file);
+    ``external``: an external policy's run (no align run)."""
     stage = f"evaluate-sft@{seed}" if policy == "sft" else f"evaluate@{policy}-{seed}"
-    what = f"run `dvc repro {stage}` or `python -m stages evaluate {policy} --seed {seed}`"
+    flag = ""
+    if external:
+        stage, flag = f"evaluate-external@{policy}-{seed}", " --external"
+    what = f"run `dvc repro {stage}` or `python -m stages evaluate {policy}{flag} --seed {seed}`"
     metrics_path = paths.eval_metrics(policy, seed)
     metrics = _read_json(metrics_path, what)
     for key in REQUIRED:
         value = metrics.get(key)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{metrics_path}: field '{key}' missing or not a finite number")
+    value = metrics.get("reward")
+    if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise ValueError(f"{metrics_path}: field 'reward' must be a finite number or null")
     samples_path = paths.eval_samples(policy, seed)
     if not samples_path.is_file():
         raise FileNotFoundError(f"{samples_path}: not found ({what})")
     rows = read_rows(samples_path, EVALUATION)
     num, den = _per_prompt(rows, samples_path, policy == "sft")
-    reward = num["reward"].mean()
-    if abs(reward - metrics["reward"]) > 1e-4 * max(1.0, abs(reward)):
+    if ("reward" in num) != (metrics.get("reward") is not None):
+        raise ValueError(
+            f"{samples_path}: rewards {'present' if 'reward' in num else 'absent'} but "
+            f"{metrics_path} has reward {metrics.get('reward')!r} (files of different runs?)"
+        )
+    reward = num["reward"].mean() if "reward" in num else None
+    if reward is not None and abs(reward - metrics["reward"]) > 1e-4 * max(1.0, abs(reward)):
         raise ValueError(
             f"{samples_path}: mean reward {reward:.6f} differs from {metrics_path}'s "
             f"{metrics['reward']:.6f} (files of different runs?)"
         )
     val = None
-    if policy != "sft":
+    if policy != "sft" and not external:
         align_path = paths.align_metrics(policy, seed)
         align = _read_json(align_path, f"run `dvc repro align@{policy}-{seed}`")
         val = align.get("val_accuracy")
@@ -249,7 +286,10 @@ def _check_same_prompts(runs: list[Run]) -> None:
 
 def read_runs(info: dict[str, dict], seeds: list[int]) -> dict[str, list[Run]]:
     """policy -> its runs, one per seed (params order), all on the same prompts."""
-    runs = {policy: [read_run(policy, s) for s in seeds] for policy in info}
+    runs = {
+        policy: [read_run(policy, s, labels["loss"] == EXTERNAL) for s in seeds]
+        for policy, labels in info.items()
+    }
     _check_same_prompts([r for per in runs.values() for r in per])
     _note_extra(info, seeds)
     return runs
@@ -366,6 +406,7 @@ def family_fit(
     fam = [r for r in rows if r["loss"] == "sigmoid" and r["divergence"] in FAMILY_DIVERGENCES]
     if plain is not None:
         fam = [r for r in fam if r["policy"] in plain]
+    fam = [r for r in fam if r["reward"] is not None]  # no reward model: nothing to fit
     if len({round(r["entropy"], 9) for r in fam}) < 3:
         return None
     coef = np.polyfit([r["entropy"] for r in fam], [r["reward"] for r in fam], 2)
@@ -378,7 +419,7 @@ def _fmt(v, digits: int = 3) -> str:
 
 def _interval(r: dict, key: str) -> str:
     if r.get(key) is None:
-        return "–"
+        return NOT_AVAILABLE if key == "reward" else "–"
     return f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]"
 
 
@@ -416,7 +457,7 @@ def _policy_table(rows: list[dict]) -> list[str]:
 
 def _difference(r: dict, key: str) -> str:
     if r.get(f"d_{key}") is None:
-        return "–"
+        return NOT_AVAILABLE if key == "reward" else "–"
     star = " *" if r[f"d_{key}_excludes_0"] else ""
     return f"{r[f'd_{key}']:+.3f} [{r[f'd_{key}_lo']:+.3f}, {r[f'd_{key}_hi']:+.3f}]{star}"
 
@@ -451,6 +492,28 @@ def _fit_line(fit) -> str:
     )
 
 
+def _reward_note(rows: list[dict]) -> list[str]:
+    """A line naming the policies without a reward (no reward model), if any, and the
+    external ones."""
+    lines = []
+    missing = [r["policy"] for r in rows if r["reward"] is None]
+    if missing:
+        lines += [
+            f"Reward {NOT_AVAILABLE} for {', '.join(missing)}: evaluated without a reward "
+            "model (`evaluate --no-reward`); entropy, KL, nll and distinct-n are measured as "
+            "for every policy.",
+            "",
+        ]
+    external = [r["policy"] for r in rows if r["loss"] == EXTERNAL]
+    if external:
+        lines += [
+            f"External policies (trained elsewhere, `models/external/<name>`, loss column "
+            f"`{EXTERNAL}`): {', '.join(external)}.",
+            "",
+        ]
+    return lines
+
+
 def summary_markdown(rows: list[dict], fit, seeds: list[int], baseline: str, n: int) -> str:
     """The Markdown summary: the policy table, the paired differences, the frontier fit."""
     r0 = rows[0]
@@ -466,6 +529,7 @@ def summary_markdown(rows: list[dict], fit, seeds: list[int], baseline: str, n: 
         "",
         *_policy_table(rows),
         "",
+        *_reward_note(rows),
         f"## Paired differences against {baseline}",
         "",
         f"Policy minus {baseline} on the same seeds and prompts, bootstrapped the same way; "
@@ -539,7 +603,9 @@ def scatter_png(
     rows: list[dict], per_seed: list[dict], x: str, path: Path, xlabel: str, fit=None
 ) -> None:
     """Aggregated reward against ``x``, both with their intervals as bars, single runs as faint
-    dots, points labelled; optional fit (the original's figure)."""
+    dots, points labelled (external policies as ``<name> (external)``); optional fit (the
+    original's figure). Policies without a reward (no reward model) are not drawn; with none
+    left the figure says that reward is not available."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -548,9 +614,13 @@ def scatter_png(
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     by_policy = {r["policy"]: r for r in rows}
     for s in per_seed:
+        if s["reward"] is None:
+            continue
         color, _ = _style(by_policy[s["policy"]])
         ax.plot(s[x], s["reward"], ".", color=color, alpha=0.35, ms=4)
     for r in rows:
+        if r["reward"] is None:
+            continue
         color, marker = _style(r)
         ax.errorbar(
             r[x],
@@ -562,8 +632,17 @@ def scatter_png(
             capsize=3,
             ms=7,
         )
+        label = f"{r['policy']} (external)" if r["loss"] == EXTERNAL else r["policy"]
         ax.annotate(
-            r["policy"], (r[x], r["reward"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+            label, (r[x], r["reward"]), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
+    if all(r["reward"] is None for r in rows):
+        ax.text(
+            0.5,
+            0.5,
+            "reward not available (no reward model)",
+            transform=ax.transAxes,
+            ha="center",
         )
     if fit is not None:
         coef, names = fit

@@ -161,3 +161,17 @@ def test_params_file_errors(tmp_path):
     bad.write_text("- 1\n")
     with pytest.raises(ValueError, match="expected a mapping of sections"):
         load_params(bad)
+
+
+def test_external_policies(params):
+    from stages.lib.config import read_external
+
+    assert (
+        read_external(params) == []
+        and read_external({}) == []
+        and read_external({"external": None}) == []
+    )
+    assert read_external({"external": ["trl-dpo", "orpo_2"]}) == ["trl-dpo", "orpo_2"]
+    for bad in ("x", ["a.b"], ["../x"], ["x", "x"], [1], {"a": "b"}):
+        with pytest.raises(ValueError, match=r"^params: external: must be a list of distinct"):
+            read_external({"external": bad})

@@ -270,3 +270,18 @@ def test_read_reference_mismatches(tmp_path):
         read_reference(path, prefs)
     with pytest.raises(FileNotFoundError, match="file not found"):
         read_reference(tmp_path / "none.jsonl", prefs)
+
+
+def test_evaluation_rows_without_rewards():
+    """`evaluate --no-reward` writes no rewards: the row is still checked, against its
+    entropies."""
+    from stages.lib.contracts import EVALUATION
+
+    row = {"prompt_id": "test-1", "entropy": [2.0, 2.5], "n_generated": [3, 4], "logp": [-1, -2]}
+    assert check_row(row, EVALUATION, "f:1") == row
+    with pytest.raises(ValueError, match=r"^f:1: logp has 1 values for 2 completions$"):
+        check_row({**row, "logp": [-1.0]}, EVALUATION, "f:1")
+    with pytest.raises(ValueError, match=r"^f:1: entropy must hold at least one sample$"):
+        check_row({**row, "entropy": [], "n_generated": [], "logp": []}, EVALUATION, "f:1")
+    with pytest.raises(ValueError, match=r"^f:1: entropy has 1 values for 2 completions$"):
+        check_row({**row, "rewards": [1.0, 2.0], "entropy": [1.0]}, EVALUATION, "f:1")

@@ -13,6 +13,7 @@ benchmarks, and no module imports another module's private ``_name``.
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -73,15 +74,29 @@ def closure(module: str) -> set[Path]:
     return files
 
 
+#: The pipelines: the main one and the bring-your-own-preferences one, whose stages run in
+#: byo/ (their deps are relative to it: ../stages/...).
+PIPELINES = (Path("dvc.yaml"), Path("byo/dvc.yaml"))
+
+
 def dvc_stages() -> dict[str, tuple[str, set[Path]]]:
-    """``{stage: (module, .py deps)}`` from dvc.yaml (foreach stages by their ``do`` block)."""
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """``{stage: (module, .py deps)}`` from every pipeline file (foreach stages by their ``do``
+    block; stages of byo/dvc.yaml named ``byo/dvc.yaml:<stage>``, their deps relative to the
+    repository root)."""
     out = {}
-    for name, stage in spec.items():
-        body = stage.get("do", stage)
-        command = body["cmd"].split()[3]  # python -m stages <command> ...
-        deps = {Path(d) for d in body.get("deps", []) if str(d).endswith(".py")}
-        out[name] = (COMMANDS[command][0], deps)
+    for pipeline in PIPELINES:
+        spec = yaml.safe_load((ROOT / pipeline).read_text())["stages"]
+        prefix = "" if pipeline.parent == Path(".") else f"{pipeline.as_posix()}:"
+        for name, stage in spec.items():
+            body = stage.get("do", stage)
+            words = body["cmd"].split()
+            command = words[words.index("stages") + 1]  # [PYTHONPATH=..] python -m stages <cmd>
+            deps = {
+                Path(os.path.normpath(pipeline.parent / d))
+                for d in body.get("deps", [])
+                if str(d).endswith(".py")
+            }
+            out[prefix + name] = (COMMANDS[command][0], deps)
     return out
 
 

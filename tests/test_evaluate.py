@@ -230,3 +230,63 @@ def test_eval_prompt_also_in_train_fails(workspace, monkeypatch, tmp_path):
         result.exit_code == 1
         and "share their prompt_id with a prompt of data/prompts/train.jsonl" in result.output
     )
+
+
+# ------------------------------------------------------------------------ bring your own
+
+
+def _copy(workspace: Path, root: Path, *items: str) -> Path:
+    for item in items:
+        shutil.copytree(workspace / item, root / item)
+    return root
+
+
+def test_without_a_reward_model_reward_is_not_available(workspace, monkeypatch, tmp_path):
+    """--no-reward: nothing reads models/reward (there is none here) nor reward.* / data.*;
+    entropy, nll, kl and distinct-n are measured, reward and gold are null."""
+    from stages.lib.contracts import EVALUATION, read_rows
+
+    root = _copy(workspace, tmp_path / "plain", "data", "models/sft", "models/aligned/dpo")
+    for policy in ("sft", "dpo"):
+        result = _run(root, monkeypatch, policy, "--no-reward")
+        assert result.exit_code == 0, result.output
+        assert f"{policy} (seed 0): reward n/a (no reward model), entropy" in result.output
+    metrics = json.loads((root / "metrics/eval/dpo/seed-0.json").read_text())
+    assert set(metrics) == set(METRIC_KEYS)
+    assert all(metrics[k] is None for k in ("reward", "reward_lo", "reward_hi", "gold"))
+    assert metrics["entropy"] > 0 and metrics["nll"] > 0 and metrics["kl"] != 0.0
+    assert 0 < metrics["distinct_2"] <= 1 and metrics["n_prompts"] == 5
+    rows = read_rows(root / "data/eval/dpo/seed-0.jsonl", EVALUATION)
+    assert all("rewards" not in r and "gold" not in r and len(r["logp_sft"]) == 2 for r in rows)
+    # without --no-reward the same folder fails: the reward model is missing
+    result = _run(root, monkeypatch, "sft")
+    assert result.exit_code == 1 and "models/reward: reward model not found" in result.output
+
+
+def test_external_policy_folder(workspace, monkeypatch, tmp_path):
+    """--external: models/external/<name> is any causal LM with the SFT tokenizer, evaluated
+    like an aligned policy (kl against models/sft); another tokenizer is refused up front."""
+    root = _copy(workspace, tmp_path / "ext", "data", "models/sft", "models/reward")
+    shutil.copytree(workspace / "models/aligned/dpo/seed-1", root / "models/external/trl-dpo")
+    result = _run(root, monkeypatch, "trl-dpo", "--external", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((root / "metrics/eval/trl-dpo/seed-1.json").read_text())
+    assert metrics["kl"] != 0.0 and metrics["reward"] is not None
+    rows = _rows(root / "data/eval/trl-dpo/seed-1.jsonl")
+    assert all(len(r["logp_sft"]) == 2 for r in rows)
+
+    train, _ = generate_splits(30, 10, 7)  # another corpus: another BPE vocabulary
+    other = train_bpe_tokenizer([r["text"][::-1] for r in train], vocab_size=280)
+    save_pretrained(tiny_gpt2(other, TINY_GPT2), other, root / "models/external/other")
+    result = _run(root, monkeypatch, "other", "--external")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(
+        "error: models/external/other: tokenizer differs from models/sft's (vocabulary: "
+    )
+    assert "; first difference " in result.output and ": not in the vocabulary vs id " in (
+        result.output
+    )
+    assert not (root / "metrics/eval/other").exists() and not (root / "data/eval/other").exists()
+    result = _run(root, monkeypatch, "missing", "--external")
+    assert result.exit_code == 1
+    assert "error: models/external/missing: no model found" in result.output

@@ -230,3 +230,15 @@ def test_make_pairs_rso_uses_its_settings():
 def test_unknown_strategy_in_make_pairs():
     with pytest.raises(ValueError, match=r"params: pairs\.strategy: must be one of .*'bogus'"):
         make_pairs([1.0, 2.0], PairsConfig(strategy="bogus"), random.Random(0))
+
+
+def test_hold_out_by_text_names_its_parameter_and_keeps_texts_whole():
+    from stages.lib.pairing import hold_out_by_text
+
+    prompts = [(f"p{i}", f"text {i % 4}") for i in range(12)]
+    out = hold_out_by_text(prompts, 0.25, "0-ingest-eval", "ingest.eval_fraction")
+    assert len(out) == 3 and len({f"text {int(p[1:]) % 4}" for p in out}) == 1  # one whole text
+    assert out == hold_out_by_text(prompts, 0.25, "0-ingest-eval", "ingest.eval_fraction")
+    assert hold_out_by_text(prompts, 0.0, "k", "x") == set()
+    with pytest.raises(ValueError, match=r"^params: ingest\.eval_fraction: must leave a kept "):
+        hold_out_by_text(prompts[:1], 0.5, "k", "ingest.eval_fraction", kept="a kept prompt")

@@ -114,6 +114,19 @@ def test_make_preference_file_end_to_end(tmp_path, monkeypatch):
     ]
     assert json.loads(Path("metrics/pairs.json").read_text()) == metrics
     assert metrics["pairs_per_prompt"] == 3
+    # the same pairs, out in trl's preference format (a datasets folder): train and val (test)
+    import datasets
+
+    exported = datasets.load_from_disk("data/pairs-trl")
+    for split, name in (("train", "train"), ("val", "test")):
+        expected = [
+            {"prompt": r["prompt"], "chosen": r["completions"][w], "rejected": r["completions"][l]}
+            for r in rows
+            if r["split"] == split
+            for w, l in r["pairs"]
+        ]
+        assert exported[name].to_list() == expected
+        assert len(expected) == metrics[split]["pairs"]
 
 
 # --- bad input ----------------------------------------------------------------------------

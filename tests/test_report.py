@@ -465,3 +465,88 @@ def test_family_fit_takes_only_plain_sigmoid_variants(repo):
     assert names == list(FAMILY)
     assert coef == pytest.approx([-1.0, 4.0, 0.0], abs=1e-6)
     assert family_fit(rows)[1] == [*FAMILY, *extra]  # without the filter they would count
+
+
+# --------------------------------------------------------------------------- bring your own
+
+
+def _drop_rewards(policy: str, seed: int) -> None:
+    """The files `evaluate --no-reward` writes: no rewards (nor gold), reward null."""
+    path = Path(f"data/eval/{policy}/seed-{seed}.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "rewards"}) + "\n" for r in rows)
+    )
+    metrics_path = Path(f"metrics/eval/{policy}/seed-{seed}.json")
+    metrics = json.loads(metrics_path.read_text())
+    metrics.update(reward=None, reward_lo=None, reward_hi=None)
+    metrics_path.write_text(json.dumps(metrics))
+
+
+def test_without_a_reward_model_reward_is_na_not_zero(repo):
+    for policy, point in POINTS.items():
+        for i, seed in enumerate(SEEDS):
+            write_run(policy, i, *point, gold=False)
+            _drop_rewards(policy, seed)
+    rows = report(PARAMS)
+    assert all(r["reward"] is None and r["d_reward"] is None for r in rows)
+    fkl = next(r for r in rows if r["policy"] == "fkl")
+    assert fkl["kl"] == pytest.approx(6.0) and fkl["entropy"] == pytest.approx(4.0)
+    md = (repo / "reports/summary.md").read_text()
+    assert "| fkl | sigmoid | forward_kl | – | n/a | – | 4.000 [" in md
+    assert "| fkl | n/a | – | " in md.split("## Paired differences")[1]
+    assert "Reward n/a for sft, dpo, hinge" in md and "`evaluate --no-reward`" in md
+    assert "Frontier fit: fewer than 3" in md
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert all("reward" not in m and "d_reward" not in m and "kl" in m for m in summary.values())
+    header, first = (repo / "reports/summary.csv").read_text().splitlines()[:2]
+    assert first.split(",")[header.split(",").index("reward")] == ""  # blank, not 0
+    for png in ("frontier.png", "reward_vs_kl.png"):
+        assert (repo / "reports" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rewards_and_metrics_must_agree_on_having_a_reward(repo):
+    _drop_rewards("ipo", SEEDS[1])
+    write_run("ipo", 1, *POINTS["ipo"])  # rewards back in the samples file ...
+    metrics = json.loads(Path(f"metrics/eval/ipo/seed-{SEEDS[1]}.json").read_text())
+    metrics["reward"] = None  # ... but not in the metrics file
+    Path(f"metrics/eval/ipo/seed-{SEEDS[1]}.json").write_text(json.dumps(metrics))
+    with pytest.raises(
+        ValueError, match=r"ipo/seed-1\.jsonl: rewards present but .* has reward None"
+    ):
+        report(PARAMS)
+
+
+def test_external_policies_are_reported_labelled_external(repo):
+    params = {**PARAMS, "external": ["trl-dpo"]}
+    for i in range(len(SEEDS)):
+        write_run("trl-dpo", i, 3.0, 2.4, 6.5)
+    for seed in SEEDS:  # no align run behind an external policy
+        Path(f"metrics/align/trl-dpo/seed-{seed}.json").unlink()
+    rows = report(params)
+    ext = rows[-1]
+    assert (ext["policy"], ext["loss"], ext["val_accuracy"]) == ("trl-dpo", "external", None)
+    assert ext["reward"] == pytest.approx(3.0) and ext["d_reward"] == pytest.approx(-1.0)
+    md = (repo / "reports/summary.md").read_text()
+    assert "| trl-dpo | external | – | – | 3.000 [" in md
+    assert "External policies (trained elsewhere, `models/external/<name>`" in md
+    assert "trl-dpo" in json.loads((repo / "metrics/summary.json").read_text())
+    files = [Path(f"metrics/eval/trl-dpo/seed-{s}.json") for s in SEEDS]
+    files[0].unlink()
+    with pytest.raises(FileNotFoundError, match=r"dvc repro evaluate-external@trl-dpo-0"):
+        report(params)
+
+
+@pytest.mark.parametrize(
+    "external, message",
+    [
+        (["dpo"], "params: external: 'dpo' clashes with the name of a policy"),
+        (["sft"], "params: external: 'sft' clashes"),
+        ("trl-dpo", "params: external: must be a list of distinct folder names"),
+        (["a.b"], "params: external: must be a list of distinct folder names"),
+        (["x", "x"], "params: external: must be a list of distinct folder names"),
+    ],
+)
+def test_bad_external_names(repo, external, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        report({**PARAMS, "external": external})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -176,6 +177,29 @@ def run_seed(params: dict, seed: int | None) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed: must be an integer >= 0, got {seed!r}")
     return seed
+
+
+#: The name of an external policy (``models/external/<name>``; a DVC matrix key, no dots).
+EXTERNAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def read_external(params: dict) -> list[str]:
+    """The external policies ``external`` (optional; absent or null = none): distinct names of
+    folders under ``models/external``, each evaluated as ``evaluate-external@<name>-<seed>``."""
+    names = params.get("external")
+    if names is None:
+        return []
+    ok = (
+        isinstance(names, list)
+        and all(isinstance(n, str) and EXTERNAL_NAME.match(n) for n in names)
+        and len(set(names)) == len(names)
+    )
+    if not ok:
+        raise ValueError(
+            f"params: external: must be a list of distinct folder names under models/external "
+            f"(letters, digits, _ and -), got {names!r}"
+        )
+    return list(names)
 
 
 def field_docs(cls: type) -> dict[str, str]:

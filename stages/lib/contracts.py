@@ -113,9 +113,10 @@ def _preferences(row: dict) -> str | None:
 
 
 def _evaluation(row: dict) -> str | None:
-    n = len(row["rewards"])
+    key = "rewards" if "rewards" in row else "entropy"  # no rewards without a reward model
+    n = len(row[key])
     if n < 1:
-        return "rewards must hold at least one sample"
+        return f"{key} must hold at least one sample"
     for key in ("rewards", "entropy", "logp", "logp_sft", "gold"):
         err = _floats(row, key, n) if key in row else None
         if err:
@@ -168,12 +169,13 @@ PREFERENCES = Contract(
 )
 #: ``data/eval/<policy>/seed-<s>.jsonl`` (written by ``evaluate``, read by ``report``): per eval
 #: prompt, each sample's reward (and gold), mean entropy per generated token, generated
-#: positions (EOS included) and log-prob under the policy (and under the SFT policy).
+#: positions (EOS included) and log-prob under the policy (and under the SFT policy). Without a
+#: reward model (``evaluate --no-reward``) a row has no ``rewards``.
 EVALUATION = Contract(
     "evaluation samples",
-    {"prompt_id": str, "rewards": list, "entropy": list, "n_generated": list, "logp": list},
+    {"prompt_id": str, "entropy": list, "n_generated": list, "logp": list},
     _evaluation,
-    optional={"gold": list, "logp_sft": list},
+    optional={"rewards": list, "gold": list, "logp_sft": list},
 )
 #: ``data/reference.jsonl``: per preferences row, the SFT log-prob (summed over completion
 #: tokens, EOS included when generated) and token count of each of its K completions, in the

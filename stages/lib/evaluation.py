@@ -149,7 +149,7 @@ def bootstrap_interval(
 
 
 def summarize(
-    scores: np.ndarray,
+    scores: np.ndarray | None,
     gold: np.ndarray | None,
     stats: dict[str, np.ndarray],
     sft_logp: np.ndarray | None,
@@ -157,14 +157,23 @@ def summarize(
     *,
     n_resamples: int,
     seed: int,
+    samples_per_prompt: int | None = None,
 ) -> dict:
     """The flat metrics dict (:data:`METRIC_KEYS`); ``scores``/``gold`` are [prompts, samples],
     ``stats`` and ``sft_logp`` flat over samples (prompt-major); ``sft_logp=None`` means
-    kl = 0."""
-    n_prompts, n_samples = scores.shape
+    kl = 0. ``scores=None`` (no reward model): reward and its interval are None, and
+    ``samples_per_prompt`` gives the shape."""
+    if scores is None:
+        n_samples = samples_per_prompt
+        n_prompts = len(stats["n"]) // n_samples
+    else:
+        n_prompts, n_samples = scores.shape
     metrics = {
         "n_prompts": n_prompts,
         "n_samples": n_samples,
+        "reward": None,
+        "reward_lo": None,
+        "reward_hi": None,
         "gold": None,
         "gold_lo": None,
         "gold_hi": None,

@@ -296,3 +296,55 @@ def save_pretrained(model, tokenizer, folder: str | Path) -> None:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(name: str, parameter: str):
+    """The tokenizer of a hub id or a local ``save_pretrained`` folder (no model weights read);
+    any failure is a one-line ``ValueError`` naming ``parameter``."""
+    path = resolve_path(name)
+    if not path.is_dir() and not is_hub_id(name):
+        raise ValueError(f"{parameter}: {name!r} is not an existing folder or a hub id")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name)
+    except Exception as err:  # noqa: BLE001 - any loader failure is a bad model parameter
+        raise ValueError(
+            f"{parameter}: cannot load the tokenizer of {name!r} ({first_line(err)})"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def tokenizer_difference(ours, theirs) -> str | None:
+    """What differs between two tokenizers as a policy sees them (the vocabulary, token by
+    token, then the EOS token), or None when they encode every text to the same ids."""
+    a, b = ours.get_vocab(), theirs.get_vocab()
+    if a != b:
+        only = sorted(set(a) ^ set(b)) or sorted(t for t in a if a[t] != b[t])
+        token = only[0]
+
+        def has(vocab: dict) -> str:
+            return f"id {vocab[token]}" if token in vocab else "not in the vocabulary"
+
+        return (
+            f"vocabulary: {len(a)} vs {len(b)} tokens; first difference {token!r}: "
+            f"{has(a)} vs {has(b)}"
+        )
+    if ours.eos_token_id != theirs.eos_token_id:
+        return f"eos_token: {ours.eos_token!r} vs {theirs.eos_token!r}"
+    return None
+
+
+def check_same_tokenizer(folder: str | Path, reference: str | Path) -> None:
+    """A policy folder must share the tokenizer of ``reference`` (the SFT policy's folder):
+    the same tokens, ids and EOS, so both score the same token ids. One-line ``ValueError``
+    naming the folder and what differs; a folder without a tokenizer or model is an error too."""
+    folder, reference = Path(folder), Path(reference)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no model found (expected a save_pretrained folder)")
+    theirs = load_tokenizer(str(folder), str(folder))
+    ours = load_tokenizer(str(reference), str(reference))
+    diff = tokenizer_difference(theirs, ours)
+    if diff is not None:
+        raise ValueError(f"{folder}: tokenizer differs from {reference}'s ({diff})")

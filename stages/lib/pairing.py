@@ -23,6 +23,9 @@ Strategies (``pairs.strategy``):
   accept every candidate (no selection: first_round in disguise), so it is an error.
 
 In every strategy a pair of equal rewards is skipped.
+
+:func:`hold_out_by_text` draws the prompts held out of training *by text* (the ``pairs``
+stage's validation prompts; ``ingest``'s validation and eval prompts).
 """
 
 from __future__ import annotations
@@ -165,3 +168,36 @@ def make_pairs(
             f"got {cfg.strategy!r}"
         )
     return fn(rewards, rng), list(range(len(rewards)))
+
+
+def hold_out_by_text(
+    prompts: Sequence[tuple[str, str]],
+    fraction: float,
+    key: str,
+    parameter: str,
+    kept: str = "a train prompt",
+) -> set[str]:
+    """The ids of about ``round(fraction * n)`` of the ``(prompt_id, prompt)`` pairs (at least
+    one when ``fraction`` > 0), held out *by text*: the distinct prompt texts
+    (whitespace-normalised, case-sensitive) in an order shuffled by the seed string ``key``, each
+    taken with all its prompts until the count is reached, so no held-out text is also a kept
+    text. Holding out every prompt is an error naming ``parameter`` (the fraction's key) and
+    what must be ``kept``."""
+    groups: dict[str, list[str]] = {}
+    for prompt_id, text in prompts:
+        groups.setdefault(" ".join(text.split()), []).append(prompt_id)
+    n = len(prompts)
+    n_out = max(1, round(fraction * n)) if fraction > 0 else 0
+    texts = sorted(groups)
+    random.Random(key).shuffle(texts)
+    out: list[str] = []
+    for text in texts:
+        if len(out) >= n_out:
+            break
+        out.extend(groups[text])
+    if out and len(out) >= n:
+        raise ValueError(
+            f"params: {parameter}: must leave {kept} among {n} prompts "
+            f"({len(groups)} distinct texts), got {fraction}"
+        )
+    return set(out)

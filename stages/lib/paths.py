@@ -106,3 +106,18 @@ def best_of_n_samples(seed: int) -> Path:
 def best_of_n_metrics(seed: int) -> Path:
     """``metrics/best_of_n/seed-<s>.json``: best-of-n reward (and gold) per n, one seed."""
     return METRICS_DIR / "best_of_n" / f"{run_name(seed)}.json"
+
+
+# Bring your own preferences and policies (README, "Bring your own preferences and policies")
+#: ``data/pairs-trl/``: the training pairs in trl's preference format, a ``datasets`` folder
+#: (``save_to_disk``; splits ``train`` and ``test``, the validation prompts), written by ``pairs``
+#: (and by ``ingest`` in the ``byo/`` pipeline).
+PAIRS_TRL = Path("data/pairs-trl")
+#: ``models/external/<name>/``: policies trained elsewhere, evaluated as ``evaluate-external@``.
+EXTERNAL_DIR = Path("models/external")
+
+
+def external_model(name: str) -> Path:
+    """``models/external/<name>``: an external policy folder (any causal LM sharing the SFT
+    tokenizer), listed by name under ``external`` in params.yaml."""
+    return EXTERNAL_DIR / name

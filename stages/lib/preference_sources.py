@@ -1,0 +1,248 @@
+"""Preference datasets in: trl's standard format or the ranked form, read and checked row by row.
+
+A source (``ingest.source``) is a Hugging Face dataset id, a local ``save_to_disk`` folder (what
+``datasets.load_from_disk`` reads, e.g. our own ``data/pairs-trl``), a local folder of split
+files (``train.jsonl`` and optionally ``test.jsonl``; jsonl, json, csv or parquet) or one such
+file (the train split). Every split is one of two formats, told apart by its columns:
+
+* **pairwise**, trl's standard preference format: ``prompt``, ``chosen``, ``rejected``, plain
+  text (one preference pair per row);
+* **ranked**: ``prompt``, ``completions`` (a list of K >= 2 texts) and ``rewards`` (K numbers),
+  for the listwise losses; pairs are drawn from the rewards with ``pairs.strategy``.
+
+Every row is checked before anything is written; a bad one is a one-line ``ValueError`` naming
+the file and line (jsonl, csv), array item (json) or row (parquet, datasets) and the field::
+
+    from stages.lib.preference_sources import load_tables, read_records
+    tables = load_tables("preferences", "ingest.source")       # {"train": Table, "test": Table}
+    records = read_records(tables["train"], "ingest.source")
+    # ingest.source: preferences/train.jsonl:7: field 'rejected' is identical to 'chosen'
+
+Refused: a missing or null field, a field that is not plain text (trl's *conversational*
+format, lists of messages, is not supported), an empty (or whitespace-only) text, ``chosen``
+identical to ``rejected``, a ranked row with fewer than 2 completions, two identical
+completions, or rewards that are not one finite number per completion. Texts are kept exactly
+as given (no stripping): the completion is what follows the prompt.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.lib.common import first_line, is_hub_id, resolve_path
+from stages.lib.tables import FORMATS, check_table
+
+PAIRWISE = ("prompt", "chosen", "rejected")
+RANKED = ("prompt", "completions", "rewards")
+
+
+@dataclass
+class Table:
+    """One split of a source: its rows, the location of each (for messages) and its name."""
+
+    name: str
+    rows: list[dict]
+    where: list[str]
+
+    @property
+    def format(self) -> str:
+        """``ranked`` when the rows have ``completions`` or ``rewards``, else ``pairwise``."""
+        columns = set(self.rows[0]) if self.rows else set()
+        return "ranked" if columns & {"completions", "rewards"} else "pairwise"
+
+
+@dataclass
+class Record:
+    """A checked row: the prompt, its completions (chosen first for a pairwise row), one
+    reward per completion (pairwise: 1 chosen, 0 rejected), the pair of a pairwise row (None
+    for a ranked row: drawn later), the row's location and the field name of each completion."""
+
+    where: str
+    prompt: str
+    completions: list[str]
+    rewards: list[float]
+    pairs: list[list[int]] | None
+    fields: list[str]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _locations(path: Path, n: int) -> list[str]:
+    """Where each of the ``n`` rows of a local file is: ``<path>:<line>`` (jsonl, csv),
+    ``<path>: array item <i>`` (a json array) or ``<path>: row <i>`` (parquet)."""
+    suffix = path.suffix.lower()
+    found: list[str] = []
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text(encoding="utf-8-sig")
+        if suffix == ".json" and text.lstrip().startswith("["):
+            found = [f"{path}: array item {i}" for i in range(1, n + 1)]
+        else:
+            found = [f"{path}:{i}" for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    elif suffix == ".csv":
+        reader = csv.reader(path.read_text(encoding="utf-8-sig").splitlines(keepends=True))
+        next(reader, None)
+        found = [f"{path}:{reader.line_num}" for fields in reader if fields]
+    return found if len(found) == n else [f"{path}: row {i}" for i in range(1, n + 1)]
+
+
+def _rows(dataset) -> list[dict]:
+    columns = dataset.column_names
+    data = dataset.to_dict()
+    return [{c: data[c][i] for c in columns} for i in range(len(dataset))]
+
+
+def _split_files(folder: Path, parameter: str) -> dict[str, Path]:
+    """``{split: file}`` of a folder of split files (one file per split name)."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in FORMATS:
+            if path.stem in files:
+                raise ValueError(
+                    f"{parameter}: {folder} has several '{path.stem}' files "
+                    f"({files[path.stem].name}, {path.name}); keep one"
+                )
+            files[path.stem] = path
+    if not files:
+        raise ValueError(
+            f"{parameter}: {folder} holds no split file (train.jsonl, train.csv, "
+            f"train.parquet, ...) and is not a datasets save_to_disk folder"
+        )
+    return files
+
+
+def _load_files(files: dict[str, Path], parameter: str) -> dict[str, Table]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    tables = {}
+    for split, path in files.items():
+        check_table(path, ("prompt",), parameter)
+        try:
+            loaded = datasets.load_dataset(
+                FORMATS[path.suffix.lower()], data_files={split: str(path)}, split=split
+            )
+        except Exception as err:  # noqa: BLE001 - any loader failure is a bad source file
+            raise ValueError(f"{parameter}: {path}: cannot load ({first_line(err)})") from None
+        rows = _rows(loaded)
+        tables[split] = Table(str(path), rows, _locations(path, len(rows)))
+    return tables
+
+
+def _load_dataset_dict(data, name: str) -> dict[str, Table]:
+    import datasets
+
+    if isinstance(data, datasets.Dataset):
+        data = {"train": data}
+    tables = {}
+    for split, ds in data.items():
+        rows, where = _rows(ds), f"{name} split '{split}'"
+        tables[split] = Table(where, rows, [f"{where} row {i}" for i in range(1, len(rows) + 1)])
+    return tables
+
+
+def load_tables(source: str, parameter: str) -> dict[str, Table]:
+    """Every split of ``source`` (see the module docstring) as a :class:`Table`."""
+    import datasets
+
+    path = resolve_path(source)
+    datasets.disable_progress_bars()
+    if path.is_file():
+        return _load_files({"train": path}, parameter)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            try:
+                data = datasets.load_from_disk(str(path))
+            except Exception as err:  # noqa: BLE001 - any loader failure is a bad source
+                raise ValueError(f"{parameter}: {path}: cannot load ({first_line(err)})") from None
+            return _load_dataset_dict(data, str(path))
+        return _load_files(_split_files(path, parameter), parameter)
+    if not is_hub_id(source):
+        raise ValueError(
+            f"{parameter}: {source!r} is not an existing file or folder, or a Hugging Face "
+            f"dataset id"
+        )
+    try:
+        data = datasets.load_dataset(source)
+    except Exception as err:  # noqa: BLE001 - any loader failure is a bad source
+        raise ValueError(f"{parameter}: cannot load {source!r} ({first_line(err)})") from None
+    return _load_dataset_dict(data, repr(source))
+
+
+# --------------------------------------------------------------------------- checking rows
+
+
+def _text(value, where: str, field: str) -> str:
+    if value is None:
+        raise ValueError(f"{where}: field '{field}' is missing")
+    if isinstance(value, (list, dict)):
+        raise ValueError(
+            f"{where}: field '{field}' must be plain text, got a {type(value).__name__} "
+            f"(trl's conversational format is not supported)"
+        )
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field '{field}' must be text, got {value!r}")
+    if not value.strip():
+        raise ValueError(f"{where}: field '{field}' is empty")
+    return value
+
+
+def pairwise_record(row: dict, where: str) -> Record:
+    """A checked pairwise row (``prompt``, ``chosen``, ``rejected``)."""
+    prompt, chosen, rejected = (_text(row.get(f), where, f) for f in PAIRWISE)
+    if chosen == rejected:
+        raise ValueError(f"{where}: field 'rejected' is identical to 'chosen'")
+    return Record(where, prompt, [chosen, rejected], [1.0, 0.0], [[0, 1]], ["chosen", "rejected"])
+
+
+def ranked_record(row: dict, where: str) -> Record:
+    """A checked ranked row (``prompt``, ``completions``, ``rewards``)."""
+    prompt = _text(row.get("prompt"), where, "prompt")
+    completions, rewards = row.get("completions"), row.get("rewards")
+    for field, value in (("completions", completions), ("rewards", rewards)):
+        if value is None:
+            raise ValueError(f"{where}: field '{field}' is missing")
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: field '{field}' must be a list, got {value!r}")
+    if len(completions) < 2:
+        raise ValueError(
+            f"{where}: field 'completions' has {len(completions)} completion(s); a ranked row "
+            f"needs at least 2"
+        )
+    texts = [_text(c, where, f"completions[{k}]") for k, c in enumerate(completions)]
+    seen: dict[str, int] = {}
+    for k, text in enumerate(texts):
+        if text in seen:
+            raise ValueError(
+                f"{where}: field 'completions[{k}]' is identical to 'completions[{seen[text]}]'"
+            )
+        seen[text] = k
+    if len(rewards) != len(texts):
+        raise ValueError(
+            f"{where}: field 'rewards' has {len(rewards)} values for {len(texts)} completions"
+        )
+    for k, r in enumerate(rewards):
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
+            raise ValueError(f"{where}: field 'rewards[{k}]' must be a finite number, got {r!r}")
+    fields = [f"completions[{k}]" for k in range(len(texts))]
+    return Record(where, prompt, texts, [float(r) for r in rewards], None, fields)
+
+
+def read_records(table: Table, parameter: str) -> list[Record]:
+    """Every row of ``table`` checked (its format's columns first, then row by row)."""
+    if not table.rows:
+        raise ValueError(f"{parameter}: {table.name} has no rows")
+    columns = PAIRWISE if table.format == "pairwise" else RANKED
+    present = set(table.rows[0])
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise ValueError(
+            f"{parameter}: {table.name}: no {', '.join(repr(c) for c in missing)} column "
+            f"(columns: {', '.join(map(str, table.rows[0]))}; expected "
+            f"{', '.join(PAIRWISE)} or {', '.join(RANKED)})"
+        )
+    check = pairwise_record if table.format == "pairwise" else ranked_record
+    return [check(row, f"{parameter}: {where}") for row, where in zip(table.rows, table.where)]
