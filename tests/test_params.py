@@ -11,19 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose(tmp_path: Path, profile: str) -> dict:
-    """Compose conf/ exactly as `dvc exp run -S profile=<name>` does."""
-    from dvc.utils.hydra import compose_and_dump
+    """Compose conf/ exactly as `dvc exp run -S profile=<name>` does (the study estimate's
+    reader, so both read profiles the same way)."""
+    from stages.bench.study import compose as compose_profile
 
-    out = tmp_path / f"{profile}.yaml"
-    compose_and_dump(
-        out,
-        str(ROOT / "conf"),
-        None,
-        "config",
-        str(ROOT / ".dvc" / "hydra"),
-        [f"profile={profile}"],
-    )
-    return yaml.safe_load(out.read_text())
+    return compose_profile(profile)
 
 
 def test_demo_profile_is_params_yaml(tmp_path):
