@@ -59,6 +59,8 @@ def test_paper_rehearsal_end_to_end(imdb_dir, tmp_path):
         "evaluate-sft@0",
         "evaluate@dpo-0",
         "report",
+        "best-of-n@0",
+        "frontier",
     ]
     assert all(s["wall_s"] > 0 and s["peak_mib"] > 0 for s in result["stages"].values())
     # the policy starts as the SFT copy: zero implicit reward at the first step (float32 head)
