@@ -68,7 +68,7 @@ def _family(variant: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in variant.items() if k not in ("beta", "learning_rate")))
 
 
-def test_study_profiles_give_every_family_five_betas(tmp_path):
+def test_study_profiles_give_every_family_at_least_five_betas(tmp_path):
     study, core = compose(tmp_path, "study"), compose(tmp_path, "study-fdpo")
     demo = compose(tmp_path, "demo")
     assert set(core["align"]["variants"]) < set(study["align"]["variants"])
@@ -83,7 +83,7 @@ def test_study_profiles_give_every_family_five_betas(tmp_path):
             families.setdefault(_family(v), set()).add(v["beta"])
         studied = {_family(v) for v in new.values()}
         assert len(studied) == n_families
-        assert all(len(families[f]) == 5 for f in studied)  # the demo's beta is one of the five
+        assert all(len(families[f]) >= 5 for f in studied)  # the demo's beta is one of them
         assert {k: v for k, v in params.items() if k != "align"} == {
             k: v for k, v in demo.items() if k != "align"
         }
