@@ -108,8 +108,21 @@ def test_kl_levels_are_quartiles_of_the_common_range():
     levels, how = kl_levels({"a": (1.0, 5.0), "b": (2.0, 6.0)})
     assert levels == pytest.approx([2.75, 3.5, 4.25])
     assert "[2.000, 5.000]" in how and "2 families" in how
-    levels, how = kl_levels({"a": (1.0, 2.0), "b": (3.0, 4.0)}, fallback=(3.0, 7.0))
-    assert levels == pytest.approx([4.0, 5.0, 6.0]) and "do not overlap" in how
+    levels, how = kl_levels({"a": (1.0, 2.0), "b": (5.0, 9.0)}, fallback=(3.0, 7.0))
+    assert levels == pytest.approx([5.5, 6.0, 6.5]) and "do not all overlap" in how
+    assert "1 of the 2 families" in how and "(b)" in how
+    # no family meets the baseline: its own range
+    levels, how = kl_levels({"a": (1.0, 2.0), "b": (8.0, 9.0)}, fallback=(3.0, 7.0))
+    assert levels == pytest.approx([4.0, 5.0, 6.0]) and "0 of the 2" in how
+
+
+def test_kl_levels_narrow_the_baseline_range_greedily_by_overlap():
+    """As on real IMDB: reverse KL [3.3, 8.2] meets alpha [4.8, 8.2] and JS [7.2, 9.3] but not
+    forward KL [8.7, 9.7]; the levels lie in [7.2, 8.2], shared by the first three."""
+    ranges = {"rkl": (3.3, 8.2), "alpha": (4.8, 8.2), "jsd": (7.2, 9.3), "fkl": (8.7, 9.7)}
+    levels, how = kl_levels(ranges, fallback=ranges["rkl"])
+    assert levels == pytest.approx([7.2 + q * 1.0 for q in (0.25, 0.5, 0.75)])
+    assert "3 of the 4 families" in how and "(rkl, alpha, jsd)" in how
     assert kl_levels({}, None)[0] == [] and kl_levels({"a": (1, 2), "b": (3, 4)})[0] == []
 
 

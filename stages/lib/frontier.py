@@ -226,8 +226,10 @@ def kl_levels(
     ranges: dict[str, tuple[float, float]], fallback: tuple[float, float] | None = None
 ) -> tuple[list[float], str]:
     """The :data:`QUANTILES` of the intersection of the families' KL ranges (name -> (min,
-    max) of its curve), with a sentence saying how they were chosen; when the ranges do not
-    overlap, the quantiles of ``fallback`` (the baseline family's range), else none."""
+    max) of its curve), with a sentence saying how they were chosen. When the ranges do not
+    all overlap: the baseline's range ``fallback`` narrowed by each other family in turn, the
+    largest overlap first, skipping any that would leave nothing (so the levels lie where the
+    baseline meets as many families as a greedy pass finds); else none."""
     qs = ", ".join(f"{q:g}" for q in QUANTILES)
     if ranges:
         lo, hi = max(r[0] for r in ranges.values()), min(r[1] for r in ranges.values())
@@ -238,9 +240,19 @@ def kl_levels(
             )
     if fallback is not None and fallback[1] > fallback[0]:
         lo, hi = fallback
+
+        def overlap(r: tuple[float, float]) -> float:
+            return min(hi, r[1]) - max(lo, r[0])
+
+        for r in sorted(ranges.values(), key=overlap, reverse=True):
+            if min(hi, r[1]) > max(lo, r[0]):
+                lo, hi = max(lo, r[0]), min(hi, r[1])
+        shared = [n for n, r in ranges.items() if r[0] <= lo and r[1] >= hi]
         return [lo + q * (hi - lo) for q in QUANTILES], (
-            f"the families' KL ranges do not overlap: the {qs} quantiles of the baseline "
-            f"family's range [{lo:.3f}, {hi:.3f}]"
+            f"the families' KL ranges do not all overlap: the {qs} quantiles of "
+            f"[{lo:.3f}, {hi:.3f}], the part of the baseline family's range "
+            f"[{fallback[0]:.3f}, {fallback[1]:.3f}] that {len(shared)} of the {len(ranges)} "
+            f"families with at least 2 β values cover ({', '.join(shared) or 'none'})"
         )
     return [], "no family has 2 or more β values: no KL level to compare at"
 
