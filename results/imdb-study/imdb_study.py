@@ -4,6 +4,7 @@ Stage commands are the ones dvc.yaml runs (`python -m stages <stage> ...`); DVC 
 skipped (no dvc.lock): what comes back are the stages' own outputs (reports/, metrics/).
     python3 .gpu/imdb_study.py PARAMS IMDB_GZ_DIR WORKDIR BUDGET_S WORKERS
 """
+
 import concurrent.futures as cf
 import gzip
 import json
@@ -33,20 +34,43 @@ shutil.copy(root / "dvc.yaml", repo / "dvc.yaml")
 params = yaml.safe_load(Path(params_file).read_text())
 params["data"]["source"] = str(imdb)
 (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-env = {**os.environ, "OMP_NUM_THREADS": str(max(1, 16 // W)), "TQDM_DISABLE": "1",
-       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(repo)}
-for args in (["git", "init", "-q"], ["git", "-c", "user.name=x", "-c", "user.email=x@x",
-             "commit", "-q", "--allow-empty", "-m", "study"]):
+env = {
+    **os.environ,
+    "OMP_NUM_THREADS": str(max(1, 16 // W)),
+    "TQDM_DISABLE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONPATH": str(repo),
+}
+for args in (
+    ["git", "init", "-q"],
+    [
+        "git",
+        "-c",
+        "user.name=x",
+        "-c",
+        "user.email=x@x",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "study",
+    ],
+):
     subprocess.run(args, cwd=repo, check=True)
 log = []
 
 
 def run(args):
     start = time.time()
-    p = subprocess.run([sys.executable, "-m", "stages", *args], cwd=repo, env=env,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "stages", *args], cwd=repo, env=env, capture_output=True, text=True
+    )
     log.append({"cmd": " ".join(args), "s": round(time.time() - start, 1), "rc": p.returncode})
-    print(f"[{time.time() - T0:6.0f} s] {' '.join(args)}: {time.time() - start:.1f} s rc {p.returncode}", flush=True)
+    print(
+        f"[{time.time() - T0:6.0f} s] {' '.join(args)}: {time.time() - start:.1f} s rc {p.returncode}",
+        flush=True,
+    )
     if p.returncode:
         print(p.stderr[-2000:], flush=True)
     return p.returncode
@@ -69,7 +93,8 @@ def task(kind, variant, seed):
         rc = run(["best-of-n", "--seed", str(seed)])
     else:
         rc = run(["align", variant, "--seed", str(seed)]) or run(
-            ["evaluate", variant, "--seed", str(seed)])
+            ["evaluate", variant, "--seed", str(seed)]
+        )
     return kind, variant, seed, "ok" if rc == 0 else "failed"
 
 
@@ -77,6 +102,8 @@ jobs = [("sft", None, s) for s in seeds] + [("bon", None, s) for s in seeds]
 jobs += [("run", v, s) for s in seeds for v in variants]  # every variant's seed 0 first
 with cf.ThreadPoolExecutor(W) as pool:
     results = list(pool.map(lambda j: task(*j), jobs))
+
+
 def complete(k):
     return [v for v in variants if all(("run", v, s, "ok") in results for s in seeds[:k])]
 
@@ -92,6 +119,10 @@ for v in missing:
 run(["report"])
 run(["frontier"])
 (repo / "logs").mkdir(exist_ok=True)
-(repo / "reports/study_log.json").write_text(json.dumps(
-    {"wall_s": round(time.time() - T0, 1), "workers": W, "missing": missing, "runs": log}, indent=1))
+(repo / "reports/study_log.json").write_text(
+    json.dumps(
+        {"wall_s": round(time.time() - T0, 1), "workers": W, "missing": missing, "runs": log},
+        indent=1,
+    )
+)
 print(f"total {time.time() - T0:.0f} s", flush=True)
