@@ -17,6 +17,7 @@ params.yaml and, for ``sft`` and every variant and every seed of ``seeds``,
     metrics/frontier.json                  the matched-KL values, under dvc.yaml's `metrics:`
 
     python -m stages frontier                 # or: dvc repro frontier
+    python -m stages frontier --kl-levels 3.6,4,4.4 --out reports/frontier-low   # analysis
 
 **Families** are the variants equal in everything but β (:mod:`stages.lib.frontier`: the loss
 settings read as the align stage reads them, plus the curriculum); ``frontier.baseline`` names
@@ -250,8 +251,26 @@ def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
             writer.writerow({k: cell(r.get(k)) for k in columns})
 
 
-def frontier(params: dict, out: Path = OUT) -> dict:
-    """Run the stage; returns what it wrote to ``metrics/frontier.json`` plus the rows."""
+def parse_levels(text: str) -> list[float]:
+    """``--kl-levels`` ("3.6,4,4.4") as increasing non-negative floats, or a one-line error."""
+    try:
+        levels = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--kl-levels: must be comma-separated numbers, got {text!r}") from None
+    if not all(0 <= v < math.inf for v in levels) or levels != sorted(set(levels)):
+        raise ValueError(f"--kl-levels: must be increasing finite KL values >= 0, got {text!r}")
+    return levels
+
+
+def frontier(
+    params: dict,
+    out: Path = OUT,
+    levels: list[float] | None = None,
+    metrics_path: Path = paths.FRONTIER_METRICS,
+) -> dict:
+    """Run the stage; returns what it wrote to ``metrics/frontier.json`` plus the rows.
+    ``levels``: KL levels to compare at instead of the automatic ones (an analysis outside the
+    pipeline: ``--kl-levels`` with ``--out`` elsewhere)."""
     cfg = read_section(params, "frontier", FrontierConfig)
     seeds = read_seeds(params)
     settings = variant_settings(params)
@@ -281,7 +300,10 @@ def frontier(params: dict, out: Path = OUT) -> dict:
     ranges = {c.name: c.kl_range for c in curves[:-1] if c.n_betas >= 2}
     base_curve = next(c for c in curves if c.name == base.name)
     fallback = base_curve.kl_range if base.n_betas >= 2 else None
-    levels, how = kl_levels(ranges, fallback)
+    if levels is None:
+        levels, how = kl_levels(ranges, fallback)
+    else:
+        how = "given with --kl-levels (not the pipeline's automatic levels)"
     matched = matched_kl(curves, base.name, levels, metrics)
     points = point_rows(est, families, metrics)
     bon_rows = [{"n": n, **{k: e[k]["value"] for k in e}, **_cis(e)} for n, e in bon_est.items()]
@@ -302,7 +324,7 @@ def frontier(params: dict, out: Path = OUT) -> dict:
     write_csv(out / "points.csv", points, POINT_COLUMNS)
     write_csv(out / "best_of_n.csv", bon_rows, BON_COLUMNS)
     summary = frontier_metrics(setup, matched)
-    write_json(paths.FRONTIER_METRICS, summary)
+    write_json(metrics_path, summary)
     from stages.lib.frontier_plots import families_png, overview_png
 
     overview_png(out / "overview.png", families, est, bon_est, points, metrics)
@@ -310,13 +332,25 @@ def frontier(params: dict, out: Path = OUT) -> dict:
     return {"metrics": summary, "matched": matched, "points": points, "best_of_n": bon_rows}
 
 
-def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="Params file to read."),
+    kl_levels: str = typer.Option(
+        "",
+        help="Analysis outside the pipeline: compare at these KL levels (e.g. 3.6,4,4.4) "
+        "instead of the automatic ones; needs --out, which also receives frontier.json.",
+    ),
+    out: Path = typer.Option(OUT, help="Folder for the tables and plots."),
+) -> None:
     """Compare the β families at matched KL; Pareto envelopes; the best-of-n baseline."""
-    result = frontier(load_params(params))
-    levels = list(result["metrics"]["kl_levels"].values())
+    levels = parse_levels(kl_levels) if kl_levels else None
+    if levels is not None and out.resolve() == OUT.resolve():
+        raise ValueError(f"--kl-levels: give --out another folder than {OUT} (a DVC output)")
+    metrics_path = paths.FRONTIER_METRICS if levels is None else out / "frontier.json"
+    result = frontier(load_params(params), out, levels, metrics_path)
+    found = list(result["metrics"]["kl_levels"].values())
     typer.echo(
         f"frontier: {len(result['points']) - 1} variants, KL levels "
-        f"{', '.join(f'{v:.2f}' for v in levels) or 'none'} -> {OUT}/matched_kl.md, "
+        f"{', '.join(f'{v:.2f}' for v in found) or 'none'} -> {out}/matched_kl.md, "
         f"matched_kl.csv, points.csv, best_of_n.csv, overview.png, families.png, "
-        f"{paths.FRONTIER_METRICS}"
+        f"{metrics_path}"
     )

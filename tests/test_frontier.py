@@ -110,7 +110,7 @@ def test_kl_levels_are_quartiles_of_the_common_range():
     assert "[2.000, 5.000]" in how and "2 families" in how
     levels, how = kl_levels({"a": (1.0, 2.0), "b": (5.0, 9.0)}, fallback=(3.0, 7.0))
     assert levels == pytest.approx([5.5, 6.0, 6.5]) and "do not all overlap" in how
-    assert "1 of the 2 families" in how and "(b)" in how
+    assert "1 of the 2 families" in how and "(b;" in how
     # no family meets the baseline: its own range
     levels, how = kl_levels({"a": (1.0, 2.0), "b": (8.0, 9.0)}, fallback=(3.0, 7.0))
     assert levels == pytest.approx([4.0, 5.0, 6.0]) and "0 of the 2" in how
@@ -118,11 +118,25 @@ def test_kl_levels_are_quartiles_of_the_common_range():
 
 def test_kl_levels_narrow_the_baseline_range_greedily_by_overlap():
     """As on real IMDB: reverse KL [3.3, 8.2] meets alpha [4.8, 8.2] and JS [7.2, 9.3] but not
-    forward KL [8.7, 9.7]; the levels lie in [7.2, 8.2], shared by the first three."""
+    forward KL [8.7, 9.7]. JS would leave [7.2, 8.2], under a quarter of the baseline's range:
+    the levels lie in [4.8, 8.2], shared by reverse KL and alpha."""
     ranges = {"rkl": (3.3, 8.2), "alpha": (4.8, 8.2), "jsd": (7.2, 9.3), "fkl": (8.7, 9.7)}
     levels, how = kl_levels(ranges, fallback=ranges["rkl"])
-    assert levels == pytest.approx([7.2 + q * 1.0 for q in (0.25, 0.5, 0.75)])
-    assert "3 of the 4 families" in how and "(rkl, alpha, jsd)" in how
+    assert levels == pytest.approx([4.8 + q * 3.4 for q in (0.25, 0.5, 0.75)])
+    assert "2 of the 4 families" in how and "(rkl, alpha;" in how
+    # where its overlap is a quarter of the baseline range or more, JS joins
+    levels, how = kl_levels({**ranges, "rkl": (3.3, 8.2)}, fallback=(7.0, 8.2))
+    assert "(rkl, alpha, jsd;" in how
+
+
+def test_kl_levels_keep_a_quarter_of_the_baseline_range():
+    """As in the demo study: reverse KL [5.09, 11.2], hinge [5.73, 11.7] and IPO [0.77, 5.74]
+    all overlap, but only over 0.01 nats; IPO is skipped (its overlap is under a quarter of the
+    baseline's range)."""
+    ranges = {"rkl": (5.09, 11.23), "hinge": (5.73, 11.66), "ipo": (0.77, 5.74)}
+    levels, how = kl_levels(ranges, fallback=ranges["rkl"])
+    assert levels == pytest.approx([5.73 + q * (11.23 - 5.73) for q in (0.25, 0.5, 0.75)])
+    assert "2 of the 3 families" in how and "(rkl, hinge;" in how
     assert kl_levels({}, None)[0] == [] and kl_levels({"a": (1, 2), "b": (3, 4)})[0] == []
 
 

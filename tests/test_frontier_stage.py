@@ -257,3 +257,35 @@ def test_missing_and_mismatched_files_name_the_file(repo):
         match=r"^data/eval/jsd-lo/seed-2\.jsonl: not found \(run `dvc repro evaluate@jsd-lo-2`\)",
     ):
         frontier(_params())
+
+
+def test_kl_levels_given_on_the_command_line_go_to_their_own_folder(repo):
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    result = CliRunner().invoke(app, ["--kl-levels", "2.5,3.5", "--out", "reports/low"])
+    assert result.exit_code == 0, result.output
+    assert "KL levels 2.50, 3.50" in result.output
+    md = (repo / "reports/low/matched_kl.md").read_text()
+    assert "given with --kl-levels" in md
+    rows = {(float(r["kl"]), r["family"]): r for r in _csv(repo / "reports/low/matched_kl.csv")}
+    assert float(rows[2.5, "sigmoid-reverse_kl"]["reward"]) == pytest.approx(1 + 2.5 / 2)
+    assert rows[2.5, "sigmoid-jsd"]["status"] == "KL level outside the family's range"
+    assert float(rows[3.5, "sigmoid-jsd"]["d_reward"]) == pytest.approx(-0.5)
+    assert (repo / "reports/low/frontier.json").is_file()
+    assert not (repo / "metrics/frontier.json").exists()  # the pipeline's metrics untouched
+    assert not (repo / "reports/frontier").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kl-levels", "3,x", "--out", "r"], "--kl-levels: must be comma-separated numbers"),
+        (["--kl-levels", "4,3", "--out", "r"], "--kl-levels: must be increasing"),
+        (["--kl-levels", "3,4"], "--kl-levels: give --out another folder"),
+    ],
+)
+def test_bad_kl_levels_are_one_line_errors(repo, args, message):
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and message in result.output, result.output

@@ -222,18 +222,25 @@ def interpolate(x, y, level: float) -> np.ndarray:
     return out.reshape(()) if one else out
 
 
+#: The narrowest window of KL levels, as a fraction of the baseline family's KL range, when
+#: the families' ranges do not all overlap (three levels a hair apart compare nothing new).
+MIN_WIDTH = 0.25
+
+
 def kl_levels(
     ranges: dict[str, tuple[float, float]], fallback: tuple[float, float] | None = None
 ) -> tuple[list[float], str]:
     """The :data:`QUANTILES` of the intersection of the families' KL ranges (name -> (min,
     max) of its curve), with a sentence saying how they were chosen. When the ranges do not
-    all overlap: the baseline's range ``fallback`` narrowed by each other family in turn, the
-    largest overlap first, skipping any that would leave nothing (so the levels lie where the
-    baseline meets as many families as a greedy pass finds); else none."""
+    all overlap, or over less than :data:`MIN_WIDTH` of the baseline's range: the baseline's range ``fallback`` narrowed by each other family in turn, the
+    largest overlap first, skipping any that would leave less than :data:`MIN_WIDTH` of the
+    baseline's range (so the levels lie where the baseline meets as many families as a greedy
+    pass finds, and stay apart); else none."""
     qs = ", ".join(f"{q:g}" for q in QUANTILES)
     if ranges:
         lo, hi = max(r[0] for r in ranges.values()), min(r[1] for r in ranges.values())
-        if hi > lo:
+        wide = fallback is None or hi - lo >= MIN_WIDTH * (fallback[1] - fallback[0])
+        if hi > lo and wide:
             return [lo + q * (hi - lo) for q in QUANTILES], (
                 f"the {qs} quantiles of [{lo:.3f}, {hi:.3f}], the KL range every family with "
                 f"at least 2 β values covers ({len(ranges)} families)"
@@ -244,15 +251,18 @@ def kl_levels(
         def overlap(r: tuple[float, float]) -> float:
             return min(hi, r[1]) - max(lo, r[0])
 
+        min_width = MIN_WIDTH * (hi - lo)
         for r in sorted(ranges.values(), key=overlap, reverse=True):
-            if min(hi, r[1]) > max(lo, r[0]):
+            if min(hi, r[1]) - max(lo, r[0]) >= min_width:
                 lo, hi = max(lo, r[0]), min(hi, r[1])
         shared = [n for n, r in ranges.items() if r[0] <= lo and r[1] >= hi]
         return [lo + q * (hi - lo) for q in QUANTILES], (
-            f"the families' KL ranges do not all overlap: the {qs} quantiles of "
+            f"the families' KL ranges do not all overlap (over {MIN_WIDTH:g} of the baseline's "
+            f"range at least): the {qs} quantiles of "
             f"[{lo:.3f}, {hi:.3f}], the part of the baseline family's range "
             f"[{fallback[0]:.3f}, {fallback[1]:.3f}] that {len(shared)} of the {len(ranges)} "
-            f"families with at least 2 β values cover ({', '.join(shared) or 'none'})"
+            f"families with at least 2 β values cover ({', '.join(shared) or 'none'}; a family "
+            f"is left out where it would narrow the window below {MIN_WIDTH:g} of that range)"
         )
     return [], "no family has 2 or more β values: no KL level to compare at"
 
