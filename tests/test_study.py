@@ -8,13 +8,15 @@ from stages.bench.study import SECONDS, compose, main, study_size
 
 
 def test_study_profile_counts_five_betas_per_family_and_the_new_runs():
+    """Five β per family, seven for forward KL (two added at small β after the study-fdpo run)."""
     study, demo = compose("study"), compose("demo")
     size = study_size(study, set(demo["align"]["variants"]), from_scratch=False)
-    assert len(size["families"]) == 11 and all(n == 5 for _, n in size["families"])
-    assert size["new_variants"] == 45 and size["seeds"] == 3
-    assert size["runs"]["align"] == size["runs"]["evaluate"] == 135
+    betas = sorted(n for _, n in size["families"])
+    assert len(betas) == 11 and betas == [5] * 10 + [7]
+    assert size["new_variants"] == 47 and size["seeds"] == 3
+    assert size["runs"]["align"] == size["runs"]["evaluate"] == 141
     assert size["runs"]["best-of-n"] == 0 and size["runs"]["shared"] == 0
-    expected = 135 * (SECONDS["align"] + SECONDS["evaluate"]) + SECONDS["report"]
+    expected = 141 * (SECONDS["align"] + SECONDS["evaluate"]) + SECONDS["report"]
     assert size["seconds"] == pytest.approx(expected + SECONDS["frontier"])
 
 
