@@ -247,12 +247,11 @@ def kl_levels(
             )
     if fallback is not None and fallback[1] > fallback[0]:
         lo, hi = fallback
-
-        def overlap(r: tuple[float, float]) -> float:
-            return min(hi, r[1]) - max(lo, r[0])
-
         min_width = MIN_WIDTH * (hi - lo)
-        for r in sorted(ranges.values(), key=overlap, reverse=True):
+        by_overlap = sorted(
+            ranges.values(), key=lambda r: min(hi, r[1]) - max(lo, r[0]), reverse=True
+        )  # overlap with the baseline's whole range, computed before the loop narrows it
+        for r in by_overlap:
             if min(hi, r[1]) - max(lo, r[0]) >= min_width:
                 lo, hi = max(lo, r[0]), min(hi, r[1])
         shared = [n for n, r in ranges.items() if r[0] <= lo and r[1] >= hi]
