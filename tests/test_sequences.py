@@ -18,6 +18,7 @@ from stages.lib.sequences import (
     encode_ids,
     final_hidden,
     head_logits,
+    logsumexp_keep_softmax,
     reference_autocast,
     reference_logprobs,
     reference_rows,
@@ -168,6 +169,36 @@ def test_packed_path_matches_the_plain_path_values_and_gradients(tiny_lm):
             base, {**batch, "completion_index": completion_index(batch["completion_mask"])}
         )[0]
         assert torch.equal(given, completion_logprobs(base, batch)[0])
+
+
+@pytest.mark.parametrize("scale, shift", [(1.0, 0.0), (30.0, 0.0), (5.0, 1e4), (5.0, -1e4)])
+def test_logsumexp_keep_softmax_matches_torch(scale, shift):
+    """Values and gradients as accurate as torch.logsumexp's (float32 rounding against a float64
+    reference), for peaked logits, logits far from 0 (where exp overflows without the max shift)
+    and -inf entries (a masked vocabulary entry gets probability and gradient 0)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 2048, generator=g) * scale + shift
+    logits[3, :100] = -torch.inf
+    weights = torch.randn(64, generator=g)
+    mine, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    (weights * logsumexp_keep_softmax(mine)).sum().backward()
+    (weights * torch.logsumexp(theirs, dim=-1)).sum().backward()
+    exact = torch.logsumexp(logits.double(), dim=-1)
+    exact_grad = weights.double()[:, None] * torch.softmax(logits.double(), dim=-1)
+    ulp = 1.2e-7 * max(1.0, exact.abs().max().item())  # float32 rounding at the lse's scale
+    for value, grad in ((logsumexp_keep_softmax(logits), mine.grad), (None, theirs.grad)):
+        if value is not None:
+            assert (value.double() - exact).abs().max() <= 4 * ulp
+        assert torch.allclose(grad.double(), exact_grad, rtol=4 * ulp, atol=1e-10)
+    assert torch.all(mine.grad[3, :100] == 0)
+
+
+def test_logsumexp_keep_softmax_gradient_is_the_softmax():
+    """Its backward is the closed form d lse / d x = softmax(x), checked numerically in float64."""
+    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(logsumexp_keep_softmax, (x,))
+    (grad,) = torch.autograd.grad(logsumexp_keep_softmax(x).sum(), x)
+    assert torch.allclose(grad, torch.softmax(x, dim=-1), rtol=0, atol=1e-15)
 
 
 def test_packed_gradients_are_bitwise_reproducible_on_two_threads():
