@@ -176,6 +176,24 @@ def test_load_causal_lm(tmp_path, tokenizer):
         load_causal_lm(tmp_path / "clf")
 
 
+def test_a_reloaded_tokenizer_saves_the_same_files_online_and_offline(
+    tmp_path, tokenizer, monkeypatch
+):
+    """HF_HUB_OFFLINE=1 makes transformers load with local_files_only=True, which a tokenizer
+    remembers and would save: the folders written with and without it must be identical."""
+    import huggingface_hub.constants
+
+    save_pretrained(tiny_gpt2(tokenizer, GPT2), tokenizer, tmp_path / "sft")
+    saved = {}
+    for offline in (False, True):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        model, tok = load_pretrained(str(tmp_path / "sft"), "causal", "sft.model")
+        save_pretrained(model, tok, tmp_path / f"copy-{offline}")
+        saved[offline] = (tmp_path / f"copy-{offline}" / "tokenizer_config.json").read_text()
+    assert "local_files_only" not in saved[True]
+    assert saved[True] == saved[False]
+
+
 def test_save_pretrained_is_atomic(tmp_path, tokenizer):
     class Broken:
         def save_pretrained(self, folder):

@@ -246,6 +246,9 @@ def load_pretrained(name: str, kind: str, parameter: str, *, strict_head: bool =
             f"{parameter}: {name!r} has no trained weights for {missing[0]} "
             f"(and {len(missing) - 1} more); train it with epochs >= 1"
         )
+    # a loaded tokenizer remembers local_files_only (true under HF_HUB_OFFLINE=1) and would save
+    # it into tokenizer_config.json: the same run would hash differently with and without it
+    tokenizer.init_kwargs.pop("local_files_only", None)
     ensure_pad_token(model, tokenizer, parameter)
     return fuse_activations(model), tokenizer
 
