@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.bench.align import align_throughput, bench_rows, clean_boundary, trl_completion_ids
-from stages.bench.cli import align_optimizer, markdown
+from stages.bench.cli import align_optimizer, machine, markdown
 from stages.bench.flops import alignment_flops, step_flops
 from stages.bench.runs import INPUTS, side_by_side, timed_run, workspace
 from stages.cli import build_app
@@ -236,7 +236,7 @@ def test_bench_command_errors_are_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert (
         result.output.strip() == "error: --only: unknown item 'nope' (items: align, sample, "
-        "eval, flops, runs, sweep, paper)"
+        "eval, flops, runs, sweep, paper, dvc)"
     )
     result = CliRunner().invoke(app, ["bench", "--only", "align"])
     assert result.exit_code == 1
@@ -244,6 +244,23 @@ def test_bench_command_errors_are_one_line(tmp_path, monkeypatch):
         result.output.strip() == "error: bench align: models/sft not found (run `dvc repro` first)"
     )
     assert not (tmp_path / "reports").exists()
+
+
+def test_lockfile_cost_times_the_loaders_on_the_same_text(tmp_path):
+    """The dvc item reads a dvc.lock: its stage count, both loaders (the C one installed as a
+    dependency) and DVC's round trip, all on the same file; the Markdown line names them."""
+    from stages.bench.lockfile import lockfile_cost
+
+    stage = "    cmd: python -m stages x\n    deps:\n    - path: a\n      md5: 0\n      size: 1\n"
+    text = "schema: '2.0'\nstages:\n" + "".join(f"  s{i}:\n{stage}" for i in range(30))
+    (tmp_path / "dvc.lock").write_text(text)
+    cost = lockfile_cost(tmp_path / "dvc.lock", repeats=1)
+    assert cost["stages"] == 30 and cost["lines"] == text.count("\n")
+    assert cost["loader"] == "CParser"  # ruamel.yaml.clib, a dependency of the project
+    assert cost["c_load_s"] > 0 and cost["pure_load_s"] > 0 and cost["roundtrip_s"] > 0
+    assert cost["load_speedup"] == cost["pure_load_s"] / cost["c_load_s"]
+    md = markdown({"machine": machine(1), "date": "now", "dvc": {**cost, "status_s": 1.0}})
+    assert "`dvc.lock`: 30 stages" in md and "`dvc status` 1.0 s" in md
 
 
 def test_bench_help_lists_its_options():

@@ -1,7 +1,7 @@
 """Benchmarks, side by side in one run on one machine; writes reports/bench.{json,md}.
 
     dvc repro                                   # the demo outputs the benchmarks read
-    python -m stages bench                      # items 1, 2, 3, 5, 6 (about 10 minutes on 2 cores)
+    python -m stages bench                      # items 1, 2, 3, 5, 6, 8 (about 10 minutes on 2 cores)
     python -m stages bench --baseline 05687a1   # item 6 also runs that commit's code, side by side
     python -m stages bench --sweep              # + item 4: `dvc repro` of a fresh clone, per stage
     python -m stages bench --only paper         # item 7: the paper profile's dress rehearsal
@@ -25,6 +25,9 @@
 7. ``paper``: the ``paper`` profile end to end through ``dvc repro`` with local stand-ins for
    its hub data and models, cut to a few prompts and steps: wall time and peak memory per stage
    (:mod:`stages.bench.rehearsal`).
+8. ``dvc``: what DVC spends around every stage on this repo's ``dvc.lock``: its load with
+   ruamel's C and pure-Python loaders side by side, its round-trip rewrite after a stage, and
+   ``dvc status`` (:mod:`stages.bench.lockfile`).
 
 Benchmarks are not tests: nothing here asserts a time. Thread count, torch version and CPU are
 recorded with the figures.
@@ -54,6 +57,7 @@ from transformers.utils import logging as hf_logging
 from stages.bench.align import align_throughput
 from stages.bench.flops import alignment_flops, matmul_flops
 from stages.bench.generate import evaluation_cost, sampling_throughput
+from stages.bench.lockfile import lockfile_cost, status_seconds
 from stages.bench.rehearsal import rehearse
 from stages.bench.runs import run_wall_times
 from stages.lib import paths
@@ -76,9 +80,9 @@ from stages.lib.trainer import (
     build_items,
 )
 
-ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep", "paper")
+ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep", "paper", "dvc")
 #: Items run by default (``sweep`` and ``paper`` take minutes of their own: ask for them).
-DEFAULT_ITEMS = ("align", "sample", "eval", "flops", "runs")
+DEFAULT_ITEMS = ("align", "sample", "eval", "flops", "runs", "dvc")
 
 
 def repro_sweep(repo: Path) -> dict:
@@ -177,6 +181,7 @@ def run(
         "eval": [paths.SFT_DIR, paths.REWARD_DIR, paths.EVAL_PROMPTS],
         "flops": [paths.SFT_DIR, paths.PREFERENCES],
         "runs": [paths.SFT_DIR, paths.REWARD_DIR, paths.PREFERENCES, paths.REFERENCE],
+        "dvc": [Path("dvc.lock")],
     }
     for item in items:
         for path in needs.get(item, []):
@@ -277,6 +282,14 @@ def run(
         print(
             f"paper rehearsal: {out['paper']['total_s']:.0f} s, peak "
             f"{out['paper']['peak_mib']} MiB",
+            file=sys.stderr,
+        )
+    if "dvc" in items:
+        out["dvc"] = {**lockfile_cost(Path("dvc.lock")), "status_s": status_seconds(Path("."))}
+        d = out["dvc"]
+        print(
+            f"dvc: dvc.lock load {d['c_load_s']:.2f} s ({d['loader']}) vs "
+            f"{d['pure_load_s']:.2f} s pure Python, rewrite {d['roundtrip_s']:.2f} s",
             file=sys.stderr,
         )
     if "sweep" in items:
@@ -394,6 +407,16 @@ def markdown(b: dict) -> str:
             f"| {name} | {t['wall_s']:.1f} | {t['peak_mib']} |" for name, t in r["stages"].items()
         ]
         lines.append("")
+    if "dvc" in b:
+        d = b["dvc"]
+        lines += [
+            f"DVC around each stage (`dvc.lock`: {d['stages']} stages, {d['lines']} lines): "
+            f"loading it {d['c_load_s']:.2f} s with ruamel's C loader against "
+            f"{d['pure_load_s']:.2f} s with its pure-Python one ({d['load_speedup']:.1f}x); "
+            f"rewriting it after a stage (round trip, pure Python) {d['roundtrip_s']:.2f} s; "
+            f"`dvc status` {d['status_s']:.1f} s.",
+            "",
+        ]
     if "sweep" in b:
         w = b["sweep"]
         lines += [
