@@ -199,6 +199,19 @@ def test_runs_work_in_a_scratch_workspace_with_the_given_code(tmp_path, monkeypa
     assert not any((repo / "models").glob("aligned*"))  # the repository is never written
 
 
+def test_runs_inputs_are_the_data_deps_of_align_and_evaluate():
+    """The scratch workspace links every data and model dep that dvc.yaml gives the align and
+    evaluate stages (their code comes from PYTHONPATH, the aligned model from the align run)."""
+    stages = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]
+    deps = {
+        d
+        for name in ("align", "evaluate")
+        for d in stages[name]["deps"]
+        if not d.startswith(("stages/", "models/aligned/"))
+    }
+    assert deps == set(INPUTS)
+
+
 def test_bench_command_writes_json_and_markdown(
     tiny_lm_dir, tmp_path, monkeypatch, torch_one_thread
 ):
