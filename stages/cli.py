@@ -77,8 +77,24 @@ def stage_command(fn: Callable) -> Callable:
             text = str(err).strip() or type(err).__name__
             typer.echo(f"error: {text.splitlines()[0]}", err=True)
             raise typer.Exit(code=1) from None
+        finally:
+            end_distributed()
 
     return wrapper
+
+
+def end_distributed() -> None:
+    """Destroy the process group a training stage leaves under ``accelerate launch`` or
+    ``torchrun`` before the interpreter exits: without it a CPU (gloo) rank now and then aborted
+    at exit ("terminate called without an active exception"), failing the stage. torch is only
+    looked up, never imported here."""
+    torch = sys.modules.get("torch")
+    if (
+        torch is not None
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    ):
+        torch.distributed.destroy_process_group()
 
 
 def build_app(only: str | None = None) -> typer.Typer:

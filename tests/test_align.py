@@ -573,6 +573,42 @@ def test_seed_picks_the_run_and_its_files(project):
     assert first["train_loss"] != seeded["train_loss"]  # another data order, another run
 
 
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch(project):
+    """`accelerate launch` with two CPU processes (DDP over gloo, as two GPUs would run it): each
+    rank takes batch_prompts prompts a step, so the run takes half the steps of one process; rank
+    0 alone writes the outputs, and every rank exits cleanly (``stages.cli.end_distributed``)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    params = _params(epochs=1)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    result = subprocess.run(
+        [*cmd, "-m", "stages", "align", "jsd", "--seed", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    two = json.loads(Path("metrics/align/jsd/seed-0.json").read_text())
+    assert "align@jsd-0: train " in result.stdout  # rank 0's timing line
+    assert Path("models/aligned/jsd/seed-0/model.safetensors").is_file()
+    assert not list(Path("models/aligned/jsd").glob(".*"))  # no staging folder left behind
+    one = align("jsd", params)  # the same run in one process
+    assert two["steps"] == math.ceil(one["steps"] / 2)
+    assert two["train_prompts"] == one["train_prompts"]
+
+
 # ------------------------------------------------------------------------------ the newer losses
 
 NEW_VARIANTS = {

@@ -53,6 +53,26 @@ def test_bugs_are_not_hidden():
     assert result.exit_code != 0 and isinstance(result.exception, KeyError)
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_stage_command_ends_the_process_group_it_leaves(tmp_path, fails):
+    """A training stage under accelerate launch leaves a torch.distributed process group; the
+    wrapper destroys it when the command returns or fails (a one-rank gloo group here)."""
+    import torch.distributed as dist
+
+    def train() -> None:
+        store = dist.FileStore(str(tmp_path / "store"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        assert dist.is_initialized()
+        if fails:
+            raise ValueError("params: x: bad")
+
+    app = typer.Typer()
+    app.command()(stage_command(train))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == (1 if fails else 0), result.output
+    assert not dist.is_initialized()
+
+
 def test_a_stage_command_imports_only_its_own_stage_module():
     code = (
         "import sys; from stages.cli import build_app; build_app('pairs'); "
