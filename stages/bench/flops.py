@@ -35,6 +35,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from stages.bench import best_seconds
 from stages.bench.align import SequentialOrder, quiet_trainer
 from stages.lib.losses import LossConfig
 from stages.lib.modeling import fuse_activations
@@ -45,12 +46,7 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of an n x n float32 matmul (best of ``repeats`` after a warm-up)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return 2 * n**3 / best_seconds(lambda: torch.mm(a, b), repeats)
 
 
 def step_flops(config, batch_seqs: int, seq_len: int, head_tokens: int | None = None) -> float:

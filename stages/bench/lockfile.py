@@ -18,20 +18,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 from ruamel.yaml import YAML
 
-
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from stages.bench import best_seconds
 
 
 def lockfile_cost(lock: Path, repeats: int = 3) -> dict:
@@ -41,9 +33,9 @@ def lockfile_cost(lock: Path, repeats: int = 3) -> dict:
     text = lock.read_text()
     c_loader = YAML(typ="safe")
     stages = len((c_loader.load(text) or {}).get("stages", {}))
-    c_s = _best(lambda: YAML(typ="safe").load(text), repeats)
-    pure_s = _best(lambda: YAML(typ="safe", pure=True).load(text), repeats)
-    roundtrip_s = _best(lambda: dumps_yaml(parse_yaml_for_update(text, str(lock))), repeats)
+    c_s = best_seconds(lambda: YAML(typ="safe").load(text), repeats)
+    pure_s = best_seconds(lambda: YAML(typ="safe", pure=True).load(text), repeats)
+    roundtrip_s = best_seconds(lambda: dumps_yaml(parse_yaml_for_update(text, str(lock))), repeats)
     return {
         "lockfile": str(lock),
         "bytes": len(text.encode()),
@@ -60,4 +52,4 @@ def lockfile_cost(lock: Path, repeats: int = 3) -> dict:
 def status_seconds(repo: Path, repeats: int = 2) -> float:
     """Wall time of ``dvc status -q`` in ``repo`` (best of ``repeats``), process start included."""
     cmd = [sys.executable, "-m", "dvc", "status", "-q"]
-    return _best(lambda: subprocess.run(cmd, cwd=repo, capture_output=True), repeats)
+    return best_seconds(lambda: subprocess.run(cmd, cwd=repo, capture_output=True), repeats)

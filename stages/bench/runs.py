@@ -4,8 +4,8 @@ A *run* is what the pipeline does for one (variant, seed): ``python -m stages al
 --seed <s>`` then ``python -m stages evaluate <variant> --seed <s>``, each a fresh process, as
 ``dvc repro`` starts them. Runs execute in a scratch workspace holding links to the demo's
 inputs (``models/sft``, ``models/reward``, ``data/preferences.jsonl``, ``data/reference.jsonl``,
-``data/prompts``, ``data/prepared/test.jsonl``) and the code's own ``params.yaml``, so the repository's outputs are never
-touched. ``baseline`` names a commit whose code runs the same way from a clone, side by side in
+``data/prompts``, ``data/prepared/test.jsonl``) and the code's own ``params.yaml``, so the
+repository's outputs are never touched. ``baseline`` names a commit whose code runs the same way from a clone, side by side in
 the same benchmark run::
 
     from stages.bench.runs import run_wall_times
