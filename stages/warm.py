@@ -175,7 +175,7 @@ def _readline(conn: socket.socket) -> str:
 
 def _wait_child(conn: socket.socket, pid: int) -> int:
     """Forward the signals a command gets to the child; its wait status (-1 if the server went
-    away)."""
+    away, after ending the child)."""
 
     def forward(signum, _frame):
         with contextlib.suppress(ProcessLookupError):
@@ -184,7 +184,11 @@ def _wait_child(conn: socket.socket, pid: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
     answer = _readline(conn)
-    return int(answer.split()[1]) if answer.startswith("exit ") else -1
+    if answer.startswith("exit "):
+        return int(answer.split()[1])
+    with contextlib.suppress(ProcessLookupError):  # the server died: end its orphan too
+        os.kill(pid, signal.SIGTERM)
+    return -1
 
 
 def _exit_like(status: int) -> None:

@@ -85,7 +85,7 @@ def serve(key: str) -> int:
     info.write_text(json.dumps(record))
     print(f"stages.warm: serving {PROJECT} as pid {os.getpid()}", flush=True)
     try:
-        Server(listener, path, added).run(float(os.environ.get(ENV_IDLE, DEFAULT_IDLE_S)))
+        Server(listener, path, added, lock).run(float(os.environ.get(ENV_IDLE, DEFAULT_IDLE_S)))
     finally:
         for leftover in (path, info):
             with contextlib.suppress(FileNotFoundError):
@@ -96,8 +96,8 @@ def serve(key: str) -> int:
 class Server:
     """The accept / fork / reap loop (single-threaded; SIGCHLD and SIGTERM wake it)."""
 
-    def __init__(self, listener: socket.socket, path: Path, added: dict[str, str]):
-        self.listener, self.path, self.added = listener, path, added
+    def __init__(self, listener: socket.socket, path: Path, added: dict[str, str], lock):
+        self.listener, self.path, self.added, self.lock = listener, path, added, lock
         self.children: dict[int, socket.socket] = {}
         self.stopping = False
         self.wake_r, self.wake_w = socket.socketpair()
@@ -153,6 +153,7 @@ class Server:
         pid = os.fork()
         if pid == 0:
             others = [self.listener, self.wake_r, self.wake_w, conn, *self.children.values()]
+            others.append(self.lock)  # a child must not keep the server's lock once it is gone
             run_child(request, fds, others, self.added)
         for fd in fds:
             os.close(fd)
@@ -228,8 +229,8 @@ def run_child(request: dict, fds: list[int], others: list, added: dict[str, str]
     code = 70  # EX_SOFTWARE, should the set-up itself fail
     try:
         signal.set_wakeup_fd(-1)
-        for sock in others:
-            sock.close()
+        for item in others:  # sockets and the lock file: the server's, not the command's
+            item.close()
         for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -609,6 +609,59 @@ def test_two_processes_under_accelerate_launch(project):
     assert two["train_prompts"] == one["train_prompts"]
 
 
+@pytest.mark.slow
+def test_a_warm_run_writes_what_a_cold_one_does(project, tmp_path_factory):
+    """``STAGES_WARM=1`` (a child forked from a server that has torch imported) trains the same
+    run as a fresh process: the model's and the metrics' bytes are equal, the logged curves too."""
+    import filecmp
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    Path("params.yaml").write_text(yaml.safe_dump(_params(epochs=1)))
+    runtime = tmp_path_factory.mktemp("warm")
+    runtime.chmod(0o700)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    env.update({"STAGES_WARM_DIR": str(runtime), "STAGES_WARM_IDLE": "30"})
+    outputs = ("models/aligned/jsd/seed-0", "metrics/align/jsd/seed-0.json", "logs/align/jsd")
+    runs = {}
+    try:
+        for mode in ("cold", "warm", "warm again"):
+            env["STAGES_WARM"] = "0" if mode == "cold" else "1"
+            result = subprocess.run(
+                [sys.executable, "-m", "stages", "align", "jsd", "--seed", "0"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert "running cold" not in result.stderr
+            runs[mode] = Path(f"run-{mode.replace(' ', '-')}")
+            for out in outputs:
+                (runs[mode] / out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(out, runs[mode] / out)
+    finally:
+        subprocess.run([sys.executable, "-m", "stages.warm", "stop"], env=env, check=False)
+    assert len(list(runtime.glob("*.log"))) == 1  # one server served both warm runs
+    for mode in ("warm", "warm again"):
+        compared = filecmp.dircmp(runs["cold"], runs[mode])
+        assert _same_tree(compared), f"{mode}: {compared.report_full_closure()}"
+
+
+def _same_tree(cmp) -> bool:
+    """Every file in both trees, with equal bytes (``filecmp.dircmp`` compares shallowly)."""
+    import filecmp
+
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(cmp.left, cmp.right, cmp.common_files, shallow=False)
+    return not mismatch and not errors and all(_same_tree(s) for s in cmp.subdirs.values())
+
+
 # ------------------------------------------------------------------------------ the newer losses
 
 NEW_VARIANTS = {

@@ -12,10 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from stages.bench import runs as runs_module
 from stages.bench.align import align_throughput, bench_rows, clean_boundary, trl_completion_ids
 from stages.bench.cli import align_optimizer, machine, markdown
 from stages.bench.flops import alignment_flops, step_flops
-from stages.bench.runs import INPUTS, side_by_side, timed_run, workspace
+from stages.bench.runs import INPUTS, run_wall_times, side_by_side, timed_run, workspace
 from stages.cli import build_app
 from stages.lib.config import load_params
 
@@ -158,16 +159,27 @@ def test_alignment_flops_on_a_saved_policy_fast_and_plain(tiny_lm_dir, tiny_lm, 
 
 def _fake_code(root: Path) -> Path:
     """A code tree whose ``python -m stages <stage> <variant> --seed <s>`` records its call in
-    the working folder, fails for variant ``bad`` and checks the thread setting it was given."""
+    the working folder (with the thread and warm settings it was given), fails for variant
+    ``bad``, and whose ``python -m stages.warm stop`` records that it was called."""
     (root / "stages").mkdir(parents=True)
     (root / "stages/__init__.py").write_text("")
     (root / "stages/__main__.py").write_text(
         "import os, sys, pathlib\n"
+        "if sys.argv[1:] == ['--help']:\n"
+        "    pathlib.Path(f\"help-{os.environ['STAGES_WARM']}\").write_text('')\n"
+        "    sys.exit(0)\n"
         "stage, variant, seed = sys.argv[1], sys.argv[2], sys.argv[4]\n"
         "if variant == 'bad':\n"
         "    sys.exit('error: no such variant')\n"
         "threads = os.environ.get('OMP_NUM_THREADS', 'all')\n"
+        "warm = 'warm' if os.environ['STAGES_WARM'] == '1' else 'cold'\n"
         "pathlib.Path(f'{stage}-{variant}-{seed}-{threads}').write_text(str(pathlib.Path.cwd()))\n"
+        "pathlib.Path(f'{stage}-{variant}-{seed}-{warm}').write_text(os.environ.get('STAGES_WARM_DIR', ''))\n"
+    )
+    (root / "stages/warm.py").write_text(
+        "import os, sys, pathlib\n"
+        "assert sys.argv[1:] == ['stop']\n"
+        "pathlib.Path('stopped').write_text(os.environ['STAGES_WARM_DIR'])\n"
     )
     (root / "params.yaml").write_text("seed: 0\n")
     return root
@@ -197,6 +209,42 @@ def test_runs_work_in_a_scratch_workspace_with_the_given_code(tmp_path, monkeypa
         assert (folder / f"evaluate-ipo-{seed}-1").is_file()
     assert both["speedup"] == pytest.approx(both["sequential_s"] / both["parallel_one_thread_s"])
     assert not any((repo / "models").glob("aligned*"))  # the repository is never written
+
+
+def test_runs_time_this_tree_cold_and_warm_alternating(tmp_path, monkeypatch):
+    """The `runs` item: this tree cold (STAGES_WARM=0 even when the caller set 1), then warm
+    (STAGES_WARM=1, a private server folder, its server started before and stopped after)."""
+    monkeypatch.setenv("STAGES_WARM", "1")
+    repo = _fake_code(tmp_path / "repo")
+    for rel in INPUTS:
+        target = repo / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir() if "." not in target.name else target.write_text("{}\n")
+    seen = {}
+    real_workspace = runs_module.workspace
+
+    def keep(repo_, code, folder):  # the scratch folder is deleted: look inside it on the way
+        seen["folder"] = real_workspace(repo_, code, folder)
+        return seen["folder"]
+
+    real_stop = runs_module.stop_warm
+
+    def stop(code, folder, warm_dir):
+        real_stop(code, folder, warm_dir)
+        seen["files"] = {p.name: p.read_text() for p in folder.iterdir() if p.is_file()}
+        seen["warm_dir"] = str(warm_dir)
+
+    monkeypatch.setattr(runs_module, "workspace", keep)
+    monkeypatch.setattr(runs_module, "stop_warm", stop)
+    out = run_wall_times(repo, variant="dpo", seed=2, repeats=1, parallel=False)
+    files = seen["files"]
+    assert files["help-1"] == "" and files["stopped"] == seen["warm_dir"]
+    for stage in ("align", "evaluate"):
+        assert files[f"{stage}-dpo-2-cold"] == ""
+        assert files[f"{stage}-dpo-2-warm"] == seen["warm_dir"]
+    assert set(out) >= {"head", "warm", "warm_speedup"} and "baseline" not in out
+    assert out["warm"]["server_start_s"] > 0
+    assert out["warm_speedup"] == pytest.approx(out["head"]["total_s"] / out["warm"]["total_s"])
 
 
 def test_runs_inputs_are_the_data_deps_of_align_and_evaluate():

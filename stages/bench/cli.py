@@ -20,7 +20,8 @@
    weights), each with the plain path and unfused AdamW (the code before the performance work)
    and with the fast path and ``align.common.optimizer`` (and fused AdamW).
 6. ``runs``: wall time of one demo run, ``align`` + ``evaluate`` of one variant and seed, each
-   process from start to metrics written, of this tree and of ``--baseline``'s code, and of two
+   process from start to metrics written, of this tree, of this tree under ``STAGES_WARM=1``
+   (forked from a warm server, :mod:`stages.warm`) and of ``--baseline``'s code, and of two
    runs side by side with one thread each (:mod:`stages.bench.runs`).
 7. ``paper``: the ``paper`` profile end to end through ``dvc repro`` with local stand-ins for
    its hub data and models, cut to a few prompts and steps: wall time and peak memory per stage
@@ -104,6 +105,7 @@ def repro_sweep(repo: Path) -> dict:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
+            "STAGES_WARM": "0",  # the default dvc repro: every stage in its own fresh process
         }
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -273,7 +275,8 @@ def run(
         out["runs"] = run_wall_times(Path("."), variant=run_variant, baseline=baseline)
         r = out["runs"]
         print(
-            f"runs: align + evaluate {r['head']['total_s']:.1f} s"
+            f"runs: align + evaluate {r['head']['total_s']:.1f} s, "
+            f"warm {r['warm']['total_s']:.1f} s"
             + (f", baseline {r['baseline']['total_s']:.1f} s" if baseline else ""),
             file=sys.stderr,
         )
@@ -373,16 +376,25 @@ def markdown(b: dict) -> str:
             "align (s) | evaluate (s) | total (s) |",
             "|---|---|---|---|",
         ]
-        for name in ("baseline", "head"):
+        labels = {"baseline": f"commit {r.get('baseline_commit')}", "head": "this tree"}
+        labels["warm"] = "this tree, `STAGES_WARM=1`"
+        for name, label in labels.items():
             if name in r:
-                label = f"commit {r['baseline_commit']}" if name == "baseline" else "this tree"
                 t = r[name]
                 lines.append(
                     f"| {label} | {t['align_s']:.1f} | {t['evaluate_s']:.1f} | {t['total_s']:.1f} |"
                 )
         if "speedup" in r:
-            lines.append(f"| speedup | | | {r['speedup']:.2f}x |")
+            lines.append(f"| speedup, this tree | | | {r['speedup']:.2f}x |")
+            lines.append(f"| speedup, this tree warm | | | {r['speedup_warm']:.2f}x |")
         lines.append("")
+        if "warm" in r:
+            lines += [
+                f"Warm (`STAGES_WARM=1`): {r['warm_speedup']:.2f}x this tree's cold run; the server"
+                f" that each warm command forks from took {r['warm']['server_start_s']:.1f} s to "
+                "start (once, by the first command).",
+                "",
+            ]
         if "side_by_side" in r:
             p = r["side_by_side"]
             lines += [

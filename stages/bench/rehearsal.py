@@ -182,6 +182,7 @@ def rehearse(root: Path, imdb: Path, workdir: Path | None = None) -> dict:
             "TRANSFORMERS_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "TQDM_DISABLE": "1",
+            "STAGES_WARM": "0",  # each stage's own process: its peak memory is measured
             "GIT_AUTHOR_NAME": "rehearsal",
             "GIT_AUTHOR_EMAIL": "rehearsal@example.invalid",
             "GIT_COMMITTER_NAME": "rehearsal",

@@ -12,6 +12,10 @@ the same benchmark run::
     result = run_wall_times(Path("."), variant="dpo", seed=0, baseline="05687a1")
     result["speedup"]                      # baseline total / this tree's total
 
+``warm`` times the same run of this tree with ``STAGES_WARM=1`` (:mod:`stages.warm`): each
+command forks from a server that has torch and transformers imported, started once before the
+timed runs (its start is reported apart).
+
 ``side_by_side`` also times two runs (seeds ``seed`` and ``seed + 1``) one after the other with
 every core, against the same two started together with one thread each (``OMP_NUM_THREADS=1``),
 which is what ``dvc queue start -j 2`` does with queued experiments.
@@ -51,13 +55,28 @@ def workspace(repo: Path, code: Path, folder: Path) -> Path:
     return folder
 
 
-def _start(code: Path, folder: Path, args: list[str], threads: int | None) -> subprocess.Popen:
+def _env(code: Path, warm_dir: Path | None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code.resolve()), "TQDM_DISABLE": "1"}
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env["STAGES_WARM"] = "1" if warm_dir else "0"  # cold unless asked, whatever the caller set
+    if warm_dir:
+        env["STAGES_WARM_DIR"] = str(warm_dir)
+    return env
+
+
+def _start(
+    code: Path,
+    folder: Path,
+    args: list[str],
+    threads: int | None,
+    warm_dir: Path | None = None,
+    module: str = "stages",
+) -> subprocess.Popen:
+    env = _env(code, warm_dir)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.Popen(
-        [sys.executable, "-m", "stages", *args],
+        [sys.executable, "-m", module, *args],
         cwd=folder,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -74,16 +93,35 @@ def _wait(proc: subprocess.Popen, what: str) -> None:
 
 
 def timed_run(
-    code: Path, folder: Path, variant: str, seed: int, threads: int | None = None
+    code: Path,
+    folder: Path,
+    variant: str,
+    seed: int,
+    threads: int | None = None,
+    warm_dir: Path | None = None,
 ) -> dict:
-    """Seconds of ``align`` and of ``evaluate`` for one run, each from process start to exit."""
+    """Seconds of ``align`` and of ``evaluate`` for one run, each from process start to exit
+    (with ``warm_dir``: under ``STAGES_WARM=1``, servers in that folder)."""
     out = {}
     for stage in ("align", "evaluate"):
         start = time.perf_counter()
-        _wait(_start(code, folder, [stage, variant, "--seed", str(seed)], threads), stage)
+        args = [stage, variant, "--seed", str(seed)]
+        _wait(_start(code, folder, args, threads, warm_dir), stage)
         out[f"{stage}_s"] = time.perf_counter() - start
     out["total_s"] = out["align_s"] + out["evaluate_s"]
     return out
+
+
+def start_warm(code: Path, folder: Path, warm_dir: Path) -> float:
+    """Start ``code``'s warm server for ``folder`` (the first warm command does); its seconds."""
+    start = time.perf_counter()
+    _wait(_start(code, folder, ["--help"], None, warm_dir), "the warm server's first command")
+    return time.perf_counter() - start
+
+
+def stop_warm(code: Path, folder: Path, warm_dir: Path) -> None:
+    """Stop the warm servers in ``warm_dir``."""
+    _wait(_start(code, folder, ["stop"], None, warm_dir, "stages.warm"), "stopping the server")
 
 
 def side_by_side(code: Path, folder: Path, variant: str, seeds: tuple[int, int]) -> dict:
@@ -115,8 +153,9 @@ def run_wall_times(
     repeats: int = 2,
     parallel: bool = True,
 ) -> dict:
-    """Wall times of one run of this tree (and of ``baseline``'s code, alternating with it),
-    best of ``repeats``; with ``parallel``, :func:`side_by_side` for this tree."""
+    """Wall times of one run of this tree (and of ``baseline``'s code, and of this tree under
+    ``STAGES_WARM=1``, alternating), best of ``repeats``; with ``parallel``,
+    :func:`side_by_side` for this tree."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         codes = {"head": repo}
@@ -126,16 +165,27 @@ def run_wall_times(
             subprocess.run(["git", "-C", str(clone), "checkout", "-q", baseline], check=True)
             codes["baseline"] = clone
         spaces = {name: workspace(repo, code, tmp / f"run-{name}") for name, code in codes.items()}
+        warm_dir = tmp / "warm"
+        warm_dir.mkdir(mode=0o700)
+        server_start = start_warm(repo, spaces["head"], warm_dir)
         best: dict[str, dict] = {}
-        for _ in range(repeats):
-            for name, code in codes.items():
-                t = timed_run(code, spaces[name], variant, seed)
-                if name not in best or t["total_s"] < best[name]["total_s"]:
-                    best[name] = t
+        try:
+            for _ in range(repeats):
+                for name, code in [*codes.items(), ("warm", repo)]:
+                    space = spaces["head" if name == "warm" else name]
+                    where = warm_dir if name == "warm" else None
+                    t = timed_run(code, space, variant, seed, warm_dir=where)
+                    if name not in best or t["total_s"] < best[name]["total_s"]:
+                        best[name] = t
+        finally:
+            stop_warm(repo, spaces["head"], warm_dir)
         out = {"variant": variant, "seed": seed, "repeats": repeats, **best}
+        out["warm"]["server_start_s"] = server_start
+        out["warm_speedup"] = best["head"]["total_s"] / best["warm"]["total_s"]
         if baseline:
             out["baseline_commit"] = baseline
             out["speedup"] = best["baseline"]["total_s"] / best["head"]["total_s"]
+            out["speedup_warm"] = best["baseline"]["total_s"] / best["warm"]["total_s"]
         if parallel:
             out["side_by_side"] = side_by_side(repo, spaces["head"], variant, (seed, seed + 1))
     return out
