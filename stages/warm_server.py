@@ -142,6 +142,9 @@ class Server:
         try:
             if _peer_uid(conn) not in (None, os.getuid()):
                 raise PermissionError("another user's command")
+            refusal = fork_refusal()
+            if refusal:
+                raise ValueError(refusal)
             request, fds = _read_request(conn)
         except (OSError, ValueError) as err:
             with contextlib.suppress(OSError):
@@ -187,6 +190,15 @@ class Server:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(conn)
             conn.close()
+
+
+def fork_refusal() -> str | None:
+    """Why this server must not fork now (None: it may): a CUDA context does not survive a
+    fork, so a server where one exists sends every command back to run cold."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA is initialized in the server, a forked child could not use it"
+    return None
 
 
 def _peer_uid(conn: socket.socket) -> int | None:

@@ -5,8 +5,9 @@ Each pipeline stage runs ``python -m stages <command>``, which imports the stage
 module it imports inside the ``stages`` package, transitively (``ast``, function-level imports
 included). ``dvc.yaml`` must list exactly those files as the stage's ``.py`` deps: a missing one
 lets ``dvc status`` call a stale output up to date, an extra one re-runs a stage for nothing. The
-entry shim (``stages/__main__.py``, ``stages/cli.py``) and empty package ``__init__.py`` files
-are not deps. Also checked: stages never import stages, the library never imports a stage or the
+entry shim (``stages/__main__.py``, ``stages/cli.py``, and ``stages/warm.py`` with
+``stages/warm_server.py``, which only start the process that runs it) and empty package
+``__init__.py`` files are not deps. Also checked: stages never import stages, the library never imports a stage or the
 benchmarks, and no module imports another module's private ``_name``.
 """
 

@@ -282,3 +282,17 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_a_server_with_cuda_initialized_refuses_to_fork(monkeypatch):
+    """A CUDA context does not survive a fork: such a server sends commands back to run cold."""
+    import types
+
+    from stages.warm_server import fork_refusal
+
+    for initialized in (False, True):
+        cuda = types.SimpleNamespace(is_initialized=lambda i=initialized: i)
+        monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+        assert (fork_refusal() is not None) == initialized
+    monkeypatch.delitem(sys.modules, "torch")
+    assert fork_refusal() is None
