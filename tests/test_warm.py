@@ -107,6 +107,19 @@ def probe(root: Path, runtime: Path, *args: str, stdin: str = "", cwd: Path | No
     )
 
 
+def sleeper(root: Path, runtime: Path) -> tuple[subprocess.Popen, int]:
+    """A warm ``probe sleep`` command, and the pid of the child that runs it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages", "probe", "sleep"],
+        cwd=root,
+        env=environment(runtime),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, int(proc.stdout.readline())
+
+
 def servers(root: Path, runtime: Path) -> list[int]:
     out = subprocess.run(
         [sys.executable, "-m", "stages.warm", "status"],
@@ -182,15 +195,7 @@ def test_another_environment_gets_another_server(project):
 def test_a_signal_to_the_command_reaches_the_child(project, sig):
     """The command forwards it and dies of it, as the child did (SIGINT: KeyboardInterrupt)."""
     root, runtime = project
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stages", "probe", "sleep"],
-        cwd=root,
-        env=environment(runtime),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    child = int(proc.stdout.readline())
+    proc, child = sleeper(root, runtime)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -sig
@@ -201,14 +206,7 @@ def test_a_signal_to_the_command_reaches_the_child(project, sig):
 
 def test_a_killed_command_takes_its_child_with_it(project):
     root, runtime = project
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stages", "probe", "sleep"],
-        cwd=root,
-        env=environment(runtime),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    child = int(proc.stdout.readline())
+    proc, child = sleeper(root, runtime)
     proc.kill()
     proc.wait(timeout=60)
     wait_for(lambda: not _alive(child), "the server to end the orphaned child")
@@ -219,15 +217,7 @@ def test_a_dead_server_is_replaced_at_once(project):
     """A server killed while a child runs: its command fails with one line, and the next
     command starts a new server at once (the child holds neither its lock nor its socket)."""
     root, runtime = project
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stages", "probe", "sleep"],
-        cwd=root,
-        env=environment(runtime),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    child = int(proc.stdout.readline())
+    proc, child = sleeper(root, runtime)
     try:
         [server] = servers(root, runtime)
         os.kill(server, signal.SIGKILL)
