@@ -16,10 +16,11 @@ Environment: ``STAGES_WARM=1`` turns it on; ``STAGES_WARM_IDLE`` idle seconds be
 exits (default 600); ``STAGES_WARM_DIR`` the private folder of its sockets, locks and logs
 (default ``$XDG_RUNTIME_DIR`` or the temp folder, ``stages-warm-<uid>``). A server serves one
 *key*: the interpreter and its flags, ``sys.path``, the install folders' modification times,
-the project's folder and the whole environment except DVC's per-stage ``DVC_*`` variables (what
-libraries read when imported); any difference starts another server. Under ``torchrun`` or
-``accelerate launch`` (``RANK`` or ``WORLD_SIZE`` set) a command always runs in its own process,
-and whenever the server cannot be reached or started it does so too, after one line on stderr.
+the project's folder, the warm modules' own modification times and the whole environment except
+DVC's per-stage ``DVC_*`` variables (what libraries read when imported); any difference starts
+another server. Under ``torchrun`` or ``accelerate launch`` (``RANK``, ``WORLD_SIZE`` or
+``LOCAL_RANK`` set) a command always runs in its own process, and whenever the server cannot be
+reached or started it does so too, after one line on stderr.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def server_key() -> str:
     env = {k: v for k, v in os.environ.items() if k not in KEY_IGNORES and not k.startswith("DVC_")}
     installs = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     stamps = [(p, os.stat(p).st_mtime_ns if os.path.isdir(p) else None) for p in installs]
-    me = os.stat(__file__).st_mtime_ns
+    me = [os.stat(Path(__file__).with_name(f)).st_mtime_ns for f in ("warm.py", "warm_server.py")]
     blob = [sys.executable, sys.version, tuple(sys.flags), sys.warnoptions, sys._xoptions]
     blob += [sys.path, PROJECT, env, stamps, me]
     text = json.dumps(blob, sort_keys=True, default=str)
@@ -129,7 +130,7 @@ def _start_server(folder: Path, key: str) -> socket.socket:
         if conn is not None:
             return conn
         code = proc.poll()
-        if code not in (None, 0, BUSY):  # BUSY: another command is starting the same server
+        if code not in (None, BUSY):  # BUSY: another command is starting the same server
             raise OSError(f"the server exited with {code}, see {folder / f'{key}.log'}")
         time.sleep(0.05)
     raise OSError(f"no server listening after {START_TIMEOUT_S:.0f} s")

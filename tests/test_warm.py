@@ -191,6 +191,17 @@ def test_another_environment_gets_another_server(project):
     assert sorted(servers(root, runtime)) == sorted([one["ppid"], two["ppid"]])
 
 
+def test_an_edited_server_module_gets_a_new_server(project):
+    """The warm modules' own modification times are in the key: an edit is never served by a
+    server still running the old code."""
+    root, runtime = project
+    old = json.loads(probe(root, runtime, "show").stdout)["ppid"]
+    server_file = root / "stages" / "warm_server.py"
+    stamp = server_file.stat().st_mtime_ns + 10**9
+    os.utime(server_file, ns=(stamp, stamp))
+    assert json.loads(probe(root, runtime, "show").stdout)["ppid"] not in (old, os.getpid())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_command_reaches_the_child(project, sig):
     """The command forwards it and dies of it, as the child did (SIGINT: KeyboardInterrupt)."""
