@@ -114,7 +114,8 @@ class Server:
         self.sel.register(self.wake_r, selectors.EVENT_READ)
         last = time.monotonic()
         while not (self.stopping and not self.children):
-            timeout = max(0.0, idle_s - (time.monotonic() - last)) if not self.children else None
+            busy = bool(self.children)  # idle time counts from the moment the last child ended
+            timeout = None if busy else max(0.0, idle_s - (time.monotonic() - last))
             for key, _ in self.sel.select(timeout=timeout):
                 if key.fileobj is self.listener:
                     self._accept()
@@ -124,7 +125,7 @@ class Server:
                 else:
                     self._gone(key.fileobj, key.data)
             self._reap()
-            if self.children:
+            if busy or self.children:
                 last = time.monotonic()
             elif time.monotonic() - last >= idle_s:
                 return

@@ -58,6 +58,8 @@ def run(argv):
         sys.exit(int(argv[2]))
     elif what == "raise":
         raise RuntimeError("boom")
+    elif what == "nap":
+        time.sleep(float(argv[2]))
     elif what == "sleep":
         print(os.getpid(), flush=True)
         time.sleep(120)
@@ -243,7 +245,14 @@ def test_a_dead_server_is_replaced_at_once(project):
 
 
 def test_an_idle_server_exits_and_stop_stops_one(project):
+    """Idle time counts from the end of the last command, not from its start; then the server
+    exits. ``stop`` stops a server at once."""
     root, runtime = project
+    server = json.loads(probe(root, runtime, "show", STAGES_WARM_IDLE="2").stdout)["ppid"]
+    assert probe(root, runtime, "nap", "3", STAGES_WARM_IDLE="2").returncode == 0
+    seen = json.loads(probe(root, runtime, "show", STAGES_WARM_IDLE="2").stdout)
+    assert seen["ppid"] == server  # the nap outlasted the idle time; the server waited after it
+    wait_for(lambda: not _alive(server), "the idle server to exit")
     assert probe(root, runtime, "exit", "0", STAGES_WARM_IDLE="0.5").returncode == 0
     wait_for(lambda: not list(runtime.glob("*.sock")), "the idle server to exit")
     assert probe(root, runtime, "exit", "0").returncode == 0
