@@ -67,7 +67,8 @@ def runtime_dir() -> Path:
 def server_key() -> str:
     """What a server must share with a command to run it: see the module docstring."""
     env = {k: v for k, v in os.environ.items() if k not in KEY_IGNORES and not k.startswith("DVC_")}
-    installs = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    folders = sysconfig.get_paths()
+    installs = sorted({folders["purelib"], folders["platlib"]})
     stamps = [(p, os.stat(p).st_mtime_ns if os.path.isdir(p) else None) for p in installs]
     me = [os.stat(Path(__file__).with_name(f)).st_mtime_ns for f in ("warm.py", "warm_server.py")]
     blob = [sys.executable, sys.version, tuple(sys.flags), sys.warnoptions, sys._xoptions]
@@ -199,10 +200,15 @@ def _exit_like(status: int) -> None:
         os._exit(1)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
+        die_of(-code)
         code = 128 - code
     os._exit(code)
+
+
+def die_of(signum: int) -> None:
+    """End this process by ``signum`` with its default action, as the child ended."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 if __name__ == "__main__":

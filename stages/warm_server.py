@@ -22,7 +22,6 @@ import fcntl
 import importlib
 import json
 import os
-import random
 import runpy
 import selectors
 import signal
@@ -35,7 +34,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from stages.warm import BUSY, CHILD_MARK, ENV_IDLE, PROJECT, runtime_dir, server_key
+from stages.warm import BUSY, CHILD_MARK, ENV_IDLE, PROJECT, die_of, runtime_dir, server_key
 
 DEFAULT_IDLE_S = 600.0
 #: The default seed of torch's CPU generator in a fresh process (what a child starts from).
@@ -271,14 +270,13 @@ def run_child(request: dict, fds: list[int], others: list, added: dict[str, str]
 
 def fresh_random_state() -> None:
     """The random state a fresh process starts with: torch's default seed, fresh entropy for
-    numpy's global generator (``random`` reseeds itself after a fork)."""
+    numpy's global generator (``random`` reseeds itself after a fork, by its own at-fork hook)."""
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.random.default_generator.manual_seed(TORCH_DEFAULT_SEED)
     np = sys.modules.get("numpy")
     if np is not None:
         np.random.seed()
-    random.seed()
 
 
 def _run_stages() -> int:
@@ -310,19 +308,18 @@ def _exit(code: int) -> NoReturn:
         with contextlib.suppress(BaseException):
             stream.flush()
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
+        die_of(-code)
     os._exit(code & 0xFF)
 
 
 def stop_all() -> list[int]:
-    """SIGTERM every server of this user (each ends once its children have); their pids."""
+    """SIGTERM every running server of this user (each ends once its children have); their
+    pids."""
     stopped = []
-    for info in sorted(runtime_dir().glob("*.json")):
-        with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
-            pid = json.loads(info.read_text())["pid"]
-            os.kill(pid, signal.SIGTERM)
-            stopped.append(pid)
+    for record in status():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record["pid"], signal.SIGTERM)
+            stopped.append(record["pid"])
     return stopped
 
 
@@ -330,7 +327,7 @@ def status() -> list[dict]:
     """The running servers' records (pid, project, started, key)."""
     out = []
     for info in sorted(runtime_dir().glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError):
             record = json.loads(info.read_text())
             os.kill(record["pid"], 0)
             out.append(record)

@@ -185,13 +185,18 @@ def _fake_code(root: Path) -> Path:
     return root
 
 
-def test_runs_work_in_a_scratch_workspace_with_the_given_code(tmp_path, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # sequential runs inherit the setting
-    repo = tmp_path / "repo"
+def _fake_inputs(repo: Path) -> Path:
+    """Every run input under ``repo``: folders empty, files ``{}``."""
     for rel in INPUTS:
         target = repo / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.mkdir() if "." not in target.name else target.write_text("{}\n")
+    return repo
+
+
+def test_runs_work_in_a_scratch_workspace_with_the_given_code(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # sequential runs inherit the setting
+    repo = _fake_inputs(tmp_path / "repo")
     code = _fake_code(tmp_path / "code")
     with pytest.raises(FileNotFoundError, match="models/sft not found"):
         workspace(tmp_path / "empty", code, tmp_path / "ws0")
@@ -215,11 +220,7 @@ def test_runs_time_this_tree_cold_and_warm_alternating(tmp_path, monkeypatch):
     """The `runs` item: this tree cold (STAGES_WARM=0 even when the caller set 1), then warm
     (STAGES_WARM=1, a private server folder, its server started before and stopped after)."""
     monkeypatch.setenv("STAGES_WARM", "1")
-    repo = _fake_code(tmp_path / "repo")
-    for rel in INPUTS:
-        target = repo / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.mkdir() if "." not in target.name else target.write_text("{}\n")
+    repo = _fake_inputs(_fake_code(tmp_path / "repo"))
     seen = {}
     real_workspace = runs_module.workspace
 

@@ -122,16 +122,20 @@ def sleeper(root: Path, runtime: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
-def servers(root: Path, runtime: Path) -> list[int]:
-    out = subprocess.run(
-        [sys.executable, "-m", "stages.warm", "status"],
+def warm_cli(root: Path, runtime: Path, what: str) -> str:
+    """``python -m stages.warm <what>`` (status, stop) in the project; its stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "stages.warm", what],
         cwd=root,
         env=environment(runtime),
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return [int(line.split()[1]) for line in out.splitlines()]
+
+
+def servers(root: Path, runtime: Path) -> list[int]:
+    return [int(line.split()[1]) for line in warm_cli(root, runtime, "status").splitlines()]
 
 
 def wait_for(condition, what: str, timeout: float = 60.0) -> None:
@@ -257,13 +261,7 @@ def test_an_idle_server_exits_and_stop_stops_one(project):
     wait_for(lambda: not list(runtime.glob("*.sock")), "the idle server to exit")
     assert probe(root, runtime, "exit", "0").returncode == 0
     [server] = servers(root, runtime)
-    subprocess.run(
-        [sys.executable, "-m", "stages.warm", "stop"],
-        cwd=root,
-        env=environment(runtime),
-        check=True,
-        capture_output=True,
-    )
+    assert warm_cli(root, runtime, "stop") == f"stopped 1 server(s): [{server}]\n"
     wait_for(lambda: not _alive(server), "the stopped server to exit")
     assert not list(runtime.glob("*.json"))
 

@@ -5,8 +5,8 @@ A *run* is what the pipeline does for one (variant, seed): ``python -m stages al
 ``dvc repro`` starts them. Runs execute in a scratch workspace holding links to the demo's
 inputs (``models/sft``, ``models/reward``, ``data/preferences.jsonl``, ``data/reference.jsonl``,
 ``data/prompts``, ``data/prepared/test.jsonl``) and the code's own ``params.yaml``, so the
-repository's outputs are never touched. ``baseline`` names a commit whose code runs the same way from a clone, side by side in
-the same benchmark run::
+repository's outputs are never touched. ``baseline`` names a commit whose code runs the same way
+from a clone, side by side in the same benchmark run::
 
     from stages.bench.runs import run_wall_times
     result = run_wall_times(Path("."), variant="dpo", seed=0, baseline="05687a1")
