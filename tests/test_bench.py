@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from stages.bench import runs as runs_module
 from stages.bench.align import align_throughput, bench_rows, clean_boundary, trl_completion_ids
 from stages.bench.cli import align_optimizer, machine, markdown
-from stages.bench.flops import alignment_flops, step_flops
+from stages.bench.flops import alignment_flops, step_flops, step_scaling
 from stages.bench.runs import INPUTS, run_wall_times, side_by_side, timed_run, workspace
 from stages.cli import build_app
 from stages.lib.config import load_params
@@ -155,6 +155,49 @@ def test_alignment_flops_on_a_saved_policy_fast_and_plain(tiny_lm_dir, tiny_lm, 
     assert plain["useful_flops"] == pytest.approx(plain["achieved_flops"])
     assert fast["useful_flops"] < fast["achieved_flops"]  # the head skips prompt and padding
     assert fast["ratio"] == pytest.approx(fast["achieved_flops"] / 1e9)
+
+
+def test_step_scaling_times_the_fast_step_at_other_batches_and_threads(tiny_lm_dir, tiny_lm):
+    import torch
+
+    from stages.lib.trainer import build_items
+
+    _, tokenizer = tiny_lm
+    rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(12)]
+    items = build_items(rows, [{"logps": [-50.0] * 4} for _ in rows])
+    before = torch.get_num_threads()
+    scaling = step_scaling(
+        items,
+        tokenizer,
+        model_dir=tiny_lm_dir,
+        optimizer="adamw_torch",
+        batch_prompts=2,
+        threads=2,
+        steps=2,
+        peak=1e9,
+    )
+    assert torch.get_num_threads() == before  # restored
+    shapes = [(r["threads"], r["batch_prompts"]) for r in scaling]
+    assert shapes == [(2, 2), (2, 4), (1, 2), (1, 1)]
+    assert [r["batch_shapes"][0][0] for r in scaling] == [8, 16, 8, 4]  # 4 completions a prompt
+    assert all(r["path"] == "fast" for r in scaling)
+    for r in scaling:
+        assert r["ms_per_seq"] == pytest.approx(r["step_s"] / r["batch_shapes"][0][0] * 1e3)
+        assert r["vs_configured"] == pytest.approx(scaling[0]["ms_per_seq"] / r["ms_per_seq"])
+    assert scaling[0]["vs_configured"] == 1.0
+    md = markdown({"machine": machine(2), "date": "now", "flops_scaling": scaling})
+    assert md.count("\n| configured | 2 | 2 | 8 |") == 1 and "would at best take" in md
+    one = step_scaling(
+        items,
+        tokenizer,
+        model_dir=tiny_lm_dir,
+        optimizer="adamw_torch",
+        batch_prompts=1,
+        threads=1,
+        steps=1,
+        peak=1e9,
+    )
+    assert [(r["threads"], r["batch_prompts"]) for r in one] == [(1, 1), (1, 2)]  # no repeats
 
 
 def _fake_code(root: Path) -> Path:

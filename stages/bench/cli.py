@@ -18,7 +18,8 @@
    measured in the same run (:mod:`stages.bench.flops`), on the demo SFT policy with the demo's
    batch (``align.common.batch_prompts`` prompts x K completions) and on GPT-2 124M (random
    weights), each with the plain path and unfused AdamW (the code before the performance work)
-   and with the fast path and ``align.common.optimizer`` (and fused AdamW).
+   and with the fast path and ``align.common.optimizer`` (and fused AdamW); and the demo's fast
+   step at twice the batch and on one thread at the batch and half of it (time per sequence).
 6. ``runs``: wall time of one demo run, ``align`` + ``evaluate`` of one variant and seed, each
    process from start to metrics written, of this tree, of this tree under ``STAGES_WARM=1``
    (forked from a warm server, :mod:`stages.warm`) and of ``--baseline``'s code, and of two
@@ -56,7 +57,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from stages.bench.align import align_throughput
-from stages.bench.flops import alignment_flops, matmul_flops
+from stages.bench.flops import alignment_flops, matmul_flops, step_scaling
 from stages.bench.generate import evaluation_cost, sampling_throughput
 from stages.bench.lockfile import lockfile_cost, status_seconds
 from stages.bench.rehearsal import rehearse
@@ -264,6 +265,16 @@ def run(
                 for o in dict.fromkeys([configured, "adamw_torch_fused"])
             ),
         ]
+        out["flops_scaling"] = step_scaling(
+            items_,
+            tokenizer,
+            model_dir=paths.SFT_DIR,
+            optimizer=configured,
+            batch_prompts=batch,
+            threads=torch.get_num_threads(),
+            steps=align_steps,
+            peak=peak,
+        )
         for f in out["flops"]:
             print(
                 f"flops {f['model']} {f['path']} ({f['optimizer']}): "
@@ -368,6 +379,29 @@ def markdown(b: dict) -> str:
                 f"{f['achieved_flops'] / 1e9:.1f} | {f['matmul_flops'] / 1e9:.1f} | "
                 f"{f['ratio']:.2f} | {f['useful_ratio']:.2f} |"
             )
+        lines.append("")
+    if "flops_scaling" in b:
+        rows = b["flops_scaling"]
+        lines += [
+            "| Demo step, fast path | torch threads | prompts/step | seqs/step | step (s) | "
+            "ms per seq | configured / this, per seq |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for f in rows:
+            lines.append(
+                f"| {'configured' if f is rows[0] else ''} | {f['threads']} | "
+                f"{f['batch_prompts']} | {f['batch_shapes'][0][0]} | {f['step_s']:.3f} | "
+                f"{f['ms_per_seq']:.2f} | {f['vs_configured']:.2f}x |"
+            )
+        half = rows[-1]
+        if half["threads"] == 1 and 2 * half["batch_prompts"] == rows[0]["batch_prompts"]:
+            lines += [
+                "",
+                f"Two processes of one thread, each on half the batch (data parallel on the two "
+                f"cores), would at best take {half['step_s']:.3f} s a step against "
+                f"{rows[0]['step_s']:.3f} s ({rows[0]['step_s'] / half['step_s']:.2f}x), before "
+                "the gradient all-reduce and the two processes' contention for memory.",
+            ]
         lines.append("")
     if "runs" in b:
         r = b["runs"]

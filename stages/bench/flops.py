@@ -9,6 +9,8 @@ in the same run::
     fast = alignment_flops(items, tokenizer, model_dir="models/sft", optimizer="adamw_torch_fused")
     plain = alignment_flops(items, tokenizer, model_dir="models/sft", fast=False)
     fast["ratio"], fast["step_s"] / plain["step_s"]
+    rows = step_scaling(items, tokenizer, model_dir="models/sft", optimizer="adamw_torch_fused",
+                        batch_prompts=16, threads=2)
 
 ``fast=True`` is what ``align`` runs: GPT-2's tanh GELU as one fused kernel
 (:func:`stages.lib.modeling.fuse_activations`) and the LM head on the completion positions only
@@ -17,6 +19,11 @@ of the commit before (seven-kernel GELU, head over every position), kept so that
 timed side by side. ``ratio`` counts the FLOPs of the padded shapes as if the head ran on every
 position (the same numerator for both paths); ``useful_ratio`` counts the head on the completion
 positions only, the work the fast path does.
+
+:func:`step_scaling` times the same fast step at twice the batch (the issue's "fewer and larger
+steps") and on one thread at the batch and at half of it. The last is the step of one rank of a
+two-process data-parallel run with one thread each, so the configured step's time over it bounds
+what splitting each step over the two cores could gain (before the gradient all-reduce).
 """
 
 from __future__ import annotations
@@ -164,3 +171,44 @@ def alignment_flops(
         "ratio": flops / seconds / peak,
         "useful_ratio": useful / seconds / peak,
     }
+
+
+def step_scaling(
+    items: list[dict],
+    tokenizer,
+    *,
+    model_dir: str | Path,
+    optimizer: str,
+    batch_prompts: int,
+    threads: int,
+    steps: int = 10,
+    peak: float | None = None,
+) -> list[dict]:
+    """The fast step (:func:`alignment_flops`) at (``threads``, ``batch_prompts``), twice the
+    batch, and one thread at the batch and half of it; each row adds ``threads``,
+    ``batch_prompts``, ``ms_per_seq`` and ``vs_configured`` (the configured step's time per
+    sequence over the row's: above 1 is faster per sequence)."""
+    shapes = [(threads, batch_prompts), (threads, 2 * batch_prompts), (1, batch_prompts)]
+    shapes.append((1, max(1, batch_prompts // 2)))
+    before, rows = torch.get_num_threads(), []
+    for t, b in dict.fromkeys(shapes):
+        torch.set_num_threads(t)
+        try:
+            row = alignment_flops(
+                items,
+                tokenizer,
+                optimizer=optimizer,
+                model_dir=model_dir,
+                batch_prompts=b,
+                steps=steps,
+                peak=peak,
+            )
+        finally:
+            torch.set_num_threads(before)
+        seqs = sum(s[0] for s in row["batch_shapes"]) / len(row["batch_shapes"])
+        rows.append(
+            row | {"threads": t, "batch_prompts": b, "ms_per_seq": row["step_s"] / seqs * 1e3}
+        )
+    for row in rows:
+        row["vs_configured"] = rows[0]["ms_per_seq"] / row["ms_per_seq"]
+    return rows
