@@ -66,7 +66,6 @@ available.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -95,44 +94,23 @@ from stages.lib.config import (
 )
 from stages.lib.contracts import EVALUATION, read_rows
 from stages.lib.losses import LossConfig, read_variant_loss
+from stages.lib.report_plots import scatter_png
+from stages.lib.report_tables import (
+    COLUMNS,
+    ESTIMATES,
+    EXTERNAL,
+    MEANS,
+    SEED_COLUMNS,
+    summary_markdown,
+    summary_metrics,
+    write_csv,
+)
 
 REPORTS = paths.REPORTS_DIR
-#: The metrics aggregated with a bootstrap interval and a paired difference.
-ESTIMATES = ("reward", "gold", "entropy", "kl")
 #: Fields of a run's metrics file that must be finite numbers (``reward`` too, unless null: no
 #: reward model).
 REQUIRED = ("entropy", "nll", "kl", "distinct_2", "length", "n_prompts", "n_samples")
-#: The loss label of an external policy (models/external/<name>), and what a missing reward shows.
-EXTERNAL, NOT_AVAILABLE = "external", "n/a"
-#: Metrics of a run's file averaged over seeds without an interval.
-MEANS = ("nll", "distinct_1", "distinct_2", "length")
-LABELS = ("policy", "loss", "divergence", "alpha")
-COLUMNS = (
-    *LABELS,
-    "n_seeds",
-    *(f"{m}{s}" for m in ESTIMATES for s in ("", "_lo", "_hi")),
-    *MEANS,
-    "val_accuracy",
-    "val_accuracy_min",
-    "val_accuracy_max",
-    *(f"d_{m}{s}" for m in ESTIMATES for s in ("", "_lo", "_hi", "_excludes_0")),
-    "n_prompts",
-    "n_samples",
-)
-SEED_COLUMNS = (
-    "policy",
-    "seed",
-    "reward",
-    "reward_lo",
-    "reward_hi",
-    "gold",
-    "gold_lo",
-    "gold_hi",
-    "entropy",
-    "kl",
-    *MEANS,
-    "val_accuracy",
-)
+#: The divergences of the sigmoid-loss family that the original's quadratic fit goes through.
 FAMILY_DIVERGENCES = ("reverse_kl", "alpha", "forward_kl")
 
 
@@ -374,7 +352,7 @@ def seed_rows(runs: dict[str, list[Run]]) -> list[dict]:
     return out
 
 
-# --------------------------------------------------------------------------- tables
+# --------------------------------------------------------------------------- fit
 
 
 def plain_sigmoid(params: dict) -> set[str]:
@@ -411,266 +389,6 @@ def family_fit(
         return None
     coef = np.polyfit([r["entropy"] for r in fam], [r["reward"] for r in fam], 2)
     return coef, [r["policy"] for r in fam]
-
-
-def _fmt(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def _interval(r: dict, key: str) -> str:
-    if r.get(key) is None:
-        return NOT_AVAILABLE if key == "reward" else "–"
-    return f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]"
-
-
-def _range(r: dict) -> str:
-    if r["val_accuracy"] is None:
-        return "–"
-    return f"{r['val_accuracy']:.3f} ({r['val_accuracy_min']:.3f}–{r['val_accuracy_max']:.3f})"
-
-
-def _table(head: list[str], lines: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
-
-
-def _policy_table(rows: list[dict]) -> list[str]:
-    head = ["policy", "loss", "divergence", "alpha", "reward [95% CI]", "gold [95% CI]"]
-    head += ["entropy [95% CI]", "KL [95% CI]", "nll", "distinct-2", "length"]
-    head += ["val accuracy (min–max)"]
-    lines = [
-        [
-            r["policy"],
-            r["loss"] or "–",
-            r["divergence"] or "–",
-            "–" if r["alpha"] is None else str(r["alpha"]),
-            *(_interval(r, m) for m in ESTIMATES),
-            _fmt(r["nll"], 2),
-            _fmt(r["distinct_2"]),
-            _fmt(r["length"], 1),
-            _range(r),
-        ]
-        for r in rows
-    ]
-    return _table(head, lines)
-
-
-def _difference(r: dict, key: str) -> str:
-    if r.get(f"d_{key}") is None:
-        return NOT_AVAILABLE if key == "reward" else "–"
-    star = " *" if r[f"d_{key}_excludes_0"] else ""
-    return f"{r[f'd_{key}']:+.3f} [{r[f'd_{key}_lo']:+.3f}, {r[f'd_{key}_hi']:+.3f}]{star}"
-
-
-def _difference_table(rows: list[dict], baseline: str) -> list[str]:
-    head = ["policy", *(f"Δ {m} [95% CI]" for m in ("reward", "gold", "entropy", "KL"))]
-    lines = [
-        [r["policy"], *(_difference(r, m) for m in ESTIMATES)]
-        for r in rows
-        if r["policy"] != baseline
-    ]
-    return _table(head, lines)
-
-
-def _excluding_zero(rows: list[dict], baseline: str) -> str:
-    found = [
-        f"{r['policy']} ({', '.join(m for m in ESTIMATES if r.get(f'd_{m}_excludes_0'))})"
-        for r in rows
-        if r["policy"] != baseline and any(r.get(f"d_{m}_excludes_0") for m in ESTIMATES)
-    ]
-    return "; ".join(found) if found else "none"
-
-
-def _fit_line(fit) -> str:
-    if fit is None:
-        return "Frontier fit: fewer than 3 sigmoid-loss divergence-family points; not fitted."
-    (a, b, c), names = fit
-    a, b, c = (round(float(v), 9) + 0.0 for v in (a, b, c))
-    return (
-        f"Frontier fit, the original's figure (reward = a·H² + b·H + c through the means of "
-        f"{', '.join(names)}): a = {a:.4g}, b = {b:.4g}, c = {c:.4g}."
-    )
-
-
-def _reward_note(rows: list[dict]) -> list[str]:
-    """A line naming the policies without a reward (no reward model), if any, and the
-    external ones."""
-    lines = []
-    missing = [r["policy"] for r in rows if r["reward"] is None]
-    if missing:
-        lines += [
-            f"Reward {NOT_AVAILABLE} for {', '.join(missing)}: evaluated without a reward "
-            "model (`evaluate --no-reward`); entropy, KL, nll and distinct-n are measured as "
-            "for every policy.",
-            "",
-        ]
-    external = [r["policy"] for r in rows if r["loss"] == EXTERNAL]
-    if external:
-        lines += [
-            f"External policies (trained elsewhere, `models/external/<name>`, loss column "
-            f"`{EXTERNAL}`): {', '.join(external)}.",
-            "",
-        ]
-    return lines
-
-
-def summary_markdown(rows: list[dict], fit, seeds: list[int], baseline: str, n: int) -> str:
-    """The Markdown summary: the policy table, the paired differences, the frontier fit."""
-    r0 = rows[0]
-    lines = [
-        "# Evaluation summary",
-        "",
-        f"{r0['n_prompts']} held-out prompts × {r0['n_samples']} samples per policy and seed, "
-        f"temperature 1; seeds {', '.join(map(str, seeds))}. Each value is the mean over the "
-        "seeds of one run's metric; brackets: 95% interval of a two-level bootstrap over seeds "
-        f"and prompts ({n} resamples; stages/report.py). Entropy: nats per generated token "
-        "(token-weighted); KL: nats per sequence; val accuracy: the align run's final "
-        "validation accuracy (mean, min–max over seeds).",
-        "",
-        *_policy_table(rows),
-        "",
-        *_reward_note(rows),
-        f"## Paired differences against {baseline}",
-        "",
-        f"Policy minus {baseline} on the same seeds and prompts, bootstrapped the same way; "
-        "`*`: the 95% interval excludes 0.",
-        "",
-        *_difference_table(rows, baseline),
-        "",
-        f"Intervals that exclude 0: {_excluding_zero(rows, baseline)}.",
-        "",
-        _fit_line(fit),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
-    """Rows as CSV (empty cells for missing values)."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
-
-
-def summary_metrics(rows: list[dict]) -> dict:
-    """``metrics/summary.json``: per policy, the numeric aggregates (no labels)."""
-    keep = [c for c in COLUMNS if c not in LABELS and not c.endswith("_excludes_0")]
-    return {r["policy"]: {k: r[k] for k in keep if r.get(k) is not None} for r in rows}
-
-
-# --------------------------------------------------------------------------- plots
-
-COLORS = {
-    "reverse_kl": "tab:blue",
-    "forward_kl": "tab:red",
-    "jsd": "tab:green",
-    "alpha": "tab:purple",
-    "": "black",
-}
-MARKERS = {"sigmoid": "o", "hinge": "s", "ipo": "^", "": "*"}
-
-
-def _style(r: dict):
-    return COLORS.get(r["divergence"], "tab:gray"), MARKERS.get(r["loss"], "D")
-
-
-def _legend(ax, rows: list[dict]) -> None:
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles = [
-        Patch(color=COLORS.get(d, "tab:gray"), label=d)
-        for d in dict.fromkeys(r["divergence"] for r in rows)
-        if d
-    ]
-    handles += [
-        Line2D([], [], ls="", marker=MARKERS.get(lo, "D"), color="gray", label=lo)
-        for lo in dict.fromkeys(r["loss"] for r in rows)
-        if lo
-    ]
-    handles += [Line2D([], [], ls="", marker="*", color="black", label="sft")]
-    handles += [Line2D([], [], ls="", marker=".", color="gray", alpha=0.4, label="single seed")]
-    handles += [h for h in ax.get_legend_handles_labels()[0]]
-    ax.legend(handles=handles, fontsize=7, loc="best")
-
-
-def _bars(r: dict, key: str) -> list[list[float]]:
-    return [[r[key] - r[f"{key}_lo"]], [r[f"{key}_hi"] - r[key]]]
-
-
-def scatter_png(
-    rows: list[dict], per_seed: list[dict], x: str, path: Path, xlabel: str, fit=None
-) -> None:
-    """Aggregated reward against ``x``, both with their intervals as bars, single runs as faint
-    dots, points labelled (external policies as ``<name> (external)``); optional fit (the
-    original's figure). Policies without a reward (no reward model) are not drawn; with none
-    left the figure says that reward is not available."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    by_policy = {r["policy"]: r for r in rows}
-    for s in per_seed:
-        if s["reward"] is None:
-            continue
-        color, _ = _style(by_policy[s["policy"]])
-        ax.plot(s[x], s["reward"], ".", color=color, alpha=0.35, ms=4)
-    for r in rows:
-        if r["reward"] is None:
-            continue
-        color, marker = _style(r)
-        ax.errorbar(
-            r[x],
-            r["reward"],
-            xerr=_bars(r, x),
-            yerr=_bars(r, "reward"),
-            fmt=marker,
-            color=color,
-            capsize=3,
-            ms=7,
-        )
-        label = f"{r['policy']} (external)" if r["loss"] == EXTERNAL else r["policy"]
-        ax.annotate(
-            label, (r[x], r["reward"]), textcoords="offset points", xytext=(5, 4), fontsize=8
-        )
-    if all(r["reward"] is None for r in rows):
-        ax.text(
-            0.5,
-            0.5,
-            "reward not available (no reward model)",
-            transform=ax.transAxes,
-            ha="center",
-        )
-    if fit is not None:
-        coef, names = fit
-        xs = [r[x] for r in rows if r["policy"] in names]
-        grid = np.linspace(min(xs), max(xs), 100)
-        ax.plot(
-            grid,
-            np.polyval(coef, grid),
-            "--",
-            color="tab:purple",
-            lw=1,
-            label="quadratic fit through the means (the original's figure):\n"
-            "alpha family incl. reverse/forward KL",
-        )
-    _legend(ax, rows)
-    r0 = rows[0]
-    ax.set_title(
-        f"mean over {r0['n_seeds']} seeds, 95% intervals over seeds and prompts; "
-        f"{r0['n_prompts']} eval prompts × {r0['n_samples']} samples, temperature 1",
-        fontsize=8,
-    )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("reward (mean over seeds, 95% CI)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- stage
