@@ -232,10 +232,11 @@ def kl_levels(
 ) -> tuple[list[float], str]:
     """The :data:`QUANTILES` of the intersection of the families' KL ranges (name -> (min,
     max) of its curve), with a sentence saying how they were chosen. When the ranges do not
-    all overlap, or over less than :data:`MIN_WIDTH` of the baseline's range: the baseline's range ``fallback`` narrowed by each other family in turn, the
-    largest overlap first, skipping any that would leave less than :data:`MIN_WIDTH` of the
-    baseline's range (so the levels lie where the baseline meets as many families as a greedy
-    pass finds, and stay apart); else none."""
+    all overlap, or overlap over less than :data:`MIN_WIDTH` of the baseline's range: the
+    baseline's range ``fallback`` narrowed by each other family in turn, the largest overlap
+    first, skipping any that would leave less than :data:`MIN_WIDTH` of the baseline's range
+    (so the levels lie where the baseline meets as many families as a greedy pass finds, and
+    stay apart); else none."""
     qs = ", ".join(f"{q:g}" for q in QUANTILES)
     if ranges:
         lo, hi = max(r[0] for r in ranges.values()), min(r[1] for r in ranges.values())
