@@ -4,6 +4,7 @@ steps on the same pairs, the FLOP count follows the 6·N·T rule, the CLI writes
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 from pathlib import Path
@@ -165,17 +166,11 @@ def test_step_scaling_times_the_fast_step_at_other_batches_and_threads(tiny_lm_d
     _, tokenizer = tiny_lm
     rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(12)]
     items = build_items(rows, [{"logps": [-50.0] * 4} for _ in rows])
-    before = torch.get_num_threads()
-    scaling = step_scaling(
-        items,
-        tokenizer,
-        model_dir=tiny_lm_dir,
-        optimizer="adamw_torch",
-        batch_prompts=2,
-        threads=2,
-        steps=2,
-        peak=1e9,
+    scale = functools.partial(
+        step_scaling, items, tokenizer, model_dir=tiny_lm_dir, optimizer="adamw_torch", peak=1e9
     )
+    before = torch.get_num_threads()
+    scaling = scale(batch_prompts=2, threads=2, steps=2)
     assert torch.get_num_threads() == before  # restored
     shapes = [(r["threads"], r["batch_prompts"]) for r in scaling]
     assert shapes == [(2, 2), (2, 4), (1, 2), (1, 1)]
@@ -187,16 +182,7 @@ def test_step_scaling_times_the_fast_step_at_other_batches_and_threads(tiny_lm_d
     assert scaling[0]["vs_configured"] == 1.0
     md = markdown({"machine": machine(2), "date": "now", "flops_scaling": scaling})
     assert md.count("\n| configured | 2 | 2 | 8 |") == 1 and "would at best take" in md
-    one = step_scaling(
-        items,
-        tokenizer,
-        model_dir=tiny_lm_dir,
-        optimizer="adamw_torch",
-        batch_prompts=1,
-        threads=1,
-        steps=1,
-        peak=1e9,
-    )
+    one = scale(batch_prompts=1, threads=1, steps=1)
     assert [(r["threads"], r["batch_prompts"]) for r in one] == [(1, 1), (1, 2)]  # no repeats
 
 
