@@ -184,6 +184,8 @@ def test_step_scaling_times_the_fast_step_at_other_batches_and_threads(tiny_lm_d
     assert md.count("\n| configured | 2 | 2 | 8 |") == 1 and "would at best take" in md
     one = scale(batch_prompts=1, threads=1, steps=1)
     assert [(r["threads"], r["batch_prompts"]) for r in one] == [(1, 1), (1, 2)]  # no repeats
+    few = scale(batch_prompts=2, threads=2, steps=4)  # 12 prompts: 5 batches of 4 do not fit
+    assert [(r["threads"], r["batch_prompts"]) for r in few] == [(2, 2), (1, 2), (1, 1)]
 
 
 def _fake_code(root: Path) -> Path:

@@ -187,11 +187,13 @@ def step_scaling(
     """The fast step (:func:`alignment_flops`) at (``threads``, ``batch_prompts``), twice the
     batch, and one thread at the batch and half of it; each row adds ``threads``,
     ``batch_prompts``, ``ms_per_seq`` and ``vs_configured`` (the configured step's time per
-    sequence over the row's: above 1 is faster per sequence)."""
+    sequence over the row's: above 1 is faster per sequence). A shape needing more than the
+    ``len(items)`` prompts of ``steps`` + 1 full batches is skipped (the configured one never)."""
     shapes = [(threads, batch_prompts), (threads, 2 * batch_prompts), (1, batch_prompts)]
     shapes.append((1, max(1, batch_prompts // 2)))
+    fits = [s for s in shapes[1:] if s[1] * (steps + 1) <= len(items)]
     before, rows = torch.get_num_threads(), []
-    for t, b in dict.fromkeys(shapes):
+    for t, b in dict.fromkeys([shapes[0], *fits]):
         torch.set_num_threads(t)
         try:
             row = alignment_flops(
