@@ -279,6 +279,31 @@ def test_runs_time_this_tree_cold_and_warm_alternating(tmp_path, monkeypatch):
     assert out["warm_speedup"] == pytest.approx(out["head"]["total_s"] / out["warm"]["total_s"])
 
 
+def test_runs_against_a_baseline_give_each_repeats_speedups(tmp_path, monkeypatch):
+    """With a baseline commit, every repeat's totals are kept and the speedups within each
+    repeat (baseline over this tree, cold and warm) give the ratio's spread in one run."""
+    import subprocess
+
+    repo = _fake_inputs(_fake_code(tmp_path / "repo"))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "stages", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "code"], check=True)
+    out = run_wall_times(repo, variant="dpo", seed=0, baseline="HEAD", repeats=2, parallel=False)
+    totals = out["totals_s"]
+    assert {k: len(v) for k, v in totals.items()} == {"head": 2, "baseline": 2, "warm": 2}
+    for name in ("head", "baseline", "warm"):
+        assert out[name]["total_s"] == min(totals[name])  # the best of the repeats
+    assert out["speedups"] == [b / h for b, h in zip(totals["baseline"], totals["head"])]
+    assert out["speedups_warm"] == [b / w for b, w in zip(totals["baseline"], totals["warm"])]
+    assert out["speedup"] == pytest.approx(min(totals["baseline"]) / min(totals["head"]))
+    md = markdown({"machine": machine(1), "date": "now", "runs": out})
+    each = ", ".join(
+        f"{c:.2f}x cold and {w:.2f}x warm" for c, w in zip(out["speedups"], out["speedups_warm"])
+    )
+    assert f"within each repeat (the runs timed one after the other): {each}." in md
+
+
 def test_runs_inputs_are_the_data_deps_of_align_and_evaluate():
     """The scratch workspace links every data and model dep that dvc.yaml gives the align and
     evaluate stages (their code comes from PYTHONPATH, the aligned model from the align run)."""

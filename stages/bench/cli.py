@@ -422,6 +422,15 @@ def markdown(b: dict) -> str:
             lines.append(f"| speedup, this tree | | | {r['speedup']:.2f}x |")
             lines.append(f"| speedup, this tree warm | | | {r['speedup_warm']:.2f}x |")
         lines.append("")
+        if "speedups" in r:
+            each = ", ".join(
+                f"{c:.2f}x cold and {w:.2f}x warm"
+                for c, w in zip(r["speedups"], r["speedups_warm"])
+            )
+            lines += [
+                f"The speedups within each repeat (the runs timed one after the other): {each}.",
+                "",
+            ]
         if "warm" in r:
             lines += [
                 f"Warm (`STAGES_WARM=1`): {r['warm_speedup']:.2f}x this tree's cold run; the server"

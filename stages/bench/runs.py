@@ -154,7 +154,9 @@ def run_wall_times(
     parallel: bool = True,
 ) -> dict:
     """Wall times of one run of this tree (and of ``baseline``'s code, and of this tree under
-    ``STAGES_WARM=1``, alternating), best of ``repeats``; with ``parallel``,
+    ``STAGES_WARM=1``, alternating), best of ``repeats``, with every repeat's totals
+    (``totals_s``) and, with a ``baseline``, each repeat's speedups (``speedups``,
+    ``speedups_warm``: the spread of the ratio within one benchmark); with ``parallel``,
     :func:`side_by_side` for this tree."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -169,23 +171,28 @@ def run_wall_times(
         warm_dir.mkdir(mode=0o700)
         server_start = start_warm(repo, spaces["head"], warm_dir)
         best: dict[str, dict] = {}
+        totals: dict[str, list[float]] = {}
         try:
             for _ in range(repeats):
                 for name, code in [*codes.items(), ("warm", repo)]:
                     space = spaces["head" if name == "warm" else name]
                     where = warm_dir if name == "warm" else None
                     t = timed_run(code, space, variant, seed, warm_dir=where)
+                    totals.setdefault(name, []).append(t["total_s"])
                     if name not in best or t["total_s"] < best[name]["total_s"]:
                         best[name] = t
         finally:
             stop_warm(repo, spaces["head"], warm_dir)
-        out = {"variant": variant, "seed": seed, "repeats": repeats, **best}
+        out = {"variant": variant, "seed": seed, "repeats": repeats, **best, "totals_s": totals}
         out["warm"]["server_start_s"] = server_start
         out["warm_speedup"] = best["head"]["total_s"] / best["warm"]["total_s"]
         if baseline:
             out["baseline_commit"] = baseline
             out["speedup"] = best["baseline"]["total_s"] / best["head"]["total_s"]
             out["speedup_warm"] = best["baseline"]["total_s"] / best["warm"]["total_s"]
+            # the same ratios within each repeat (runs timed one right after the other)
+            for key, name in (("speedups", "head"), ("speedups_warm", "warm")):
+                out[key] = [b / t for b, t in zip(totals["baseline"], totals[name])]
         if parallel:
             out["side_by_side"] = side_by_side(repo, spaces["head"], variant, (seed, seed + 1))
     return out
