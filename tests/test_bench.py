@@ -167,7 +167,13 @@ def test_step_scaling_times_the_fast_step_at_other_batches_and_threads(tiny_lm_d
     rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(12)]
     items = build_items(rows, [{"logps": [-50.0] * 4} for _ in rows])
     scale = functools.partial(
-        step_scaling, items, tokenizer, model_dir=tiny_lm_dir, optimizer="adamw_torch", peak=1e9
+        step_scaling,
+        items,
+        tokenizer,
+        model_dir=tiny_lm_dir,
+        optimizer="adamw_torch",
+        peak=1e9,
+        repeats=1,
     )
     before = torch.get_num_threads()
     scaling = scale(batch_prompts=2, threads=2, steps=2)
@@ -182,10 +188,41 @@ def test_step_scaling_times_the_fast_step_at_other_batches_and_threads(tiny_lm_d
     assert scaling[0]["vs_configured"] == 1.0
     md = markdown({"machine": machine(2), "date": "now", "flops_scaling": scaling})
     assert md.count("\n| configured | 2 | 2 | 8 |") == 1 and "would at best take" in md
+    assert "(best of 1, alternating)" in md
     one = scale(batch_prompts=1, threads=1, steps=1)
     assert [(r["threads"], r["batch_prompts"]) for r in one] == [(1, 1), (1, 2)]  # no repeats
     few = scale(batch_prompts=2, threads=2, steps=4)  # 12 prompts: 5 batches of 4 do not fit
     assert [(r["threads"], r["batch_prompts"]) for r in few] == [(2, 2), (1, 2), (1, 1)]
+
+
+def test_step_scaling_keeps_each_shapes_fastest_of_the_repeats(monkeypatch):
+    """The shapes alternate over the repeats and each keeps its fastest step."""
+    import torch
+
+    from stages.bench import flops
+
+    # round 1 then round 2, in shape order (2, 2), (2, 4), (1, 2), (1, 1)
+    times, calls = iter([0.4, 0.5, 0.3, 0.2, 0.35, 0.9, 0.31, 0.1]), []
+
+    def fake(items, tokenizer, *, batch_prompts, **kwargs):
+        calls.append((torch.get_num_threads(), batch_prompts))
+        return {"step_s": next(times), "batch_shapes": [(4 * batch_prompts, 10)]}
+
+    monkeypatch.setattr(flops, "alignment_flops", fake)
+    rows = flops.step_scaling(
+        list(range(100)),
+        None,
+        model_dir="m",
+        optimizer="o",
+        batch_prompts=2,
+        threads=2,
+        steps=3,
+        repeats=2,
+    )
+    assert calls == [(2, 2), (2, 4), (1, 2), (1, 1)] * 2
+    assert [r["step_s"] for r in rows] == [0.35, 0.5, 0.3, 0.1]
+    assert [r["ms_per_seq"] for r in rows] == pytest.approx([43.75, 31.25, 37.5, 25.0])
+    assert rows[-1]["vs_configured"] == pytest.approx(1.75) and rows[0]["repeats"] == 2
 
 
 def _fake_code(root: Path) -> Path:
