@@ -316,7 +316,7 @@ def test_runs_time_this_tree_cold_and_warm_alternating(tmp_path, monkeypatch):
     assert out["warm_speedup"] == pytest.approx(out["head"]["total_s"] / out["warm"]["total_s"])
 
 
-def test_runs_against_a_baseline_give_each_repeats_speedups(tmp_path, monkeypatch):
+def test_runs_against_a_baseline_give_each_repeats_speedups(tmp_path):
     """With a baseline commit, every repeat's totals are kept and the speedups within each
     repeat (baseline over this tree, cold and warm) give the ratio's spread in one run."""
     import subprocess
