@@ -8,7 +8,7 @@ preference pairs.
     dvc exp run -S align.variants.dpo.beta=0.2     # re-runs align@dpo-<s> for every seed only
 
 The variant's settings are ``align.common`` overridden by ``align.variants.<name>``: the training
-settings (:class:`stages.lib.trainer.TrainConfig`) and the pair loss
+settings (:class:`stages.lib.align.TrainConfig`) and the pair loss
 (:class:`stages.lib.losses.LossConfig`). The training seed (data order, everything random in
 training) is the run's seed, ``--seed`` (one of ``seeds`` under DVC), never a key of
 ``align.common`` or ``align.variants.<name>``: such a key is refused. Everything is validated
@@ -39,12 +39,7 @@ import torch
 import typer
 
 from stages.lib import paths
-from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
-from stages.lib.config import load_params, read_mapping, run_seed
-from stages.lib.contracts import PREFERENCES, read_reference, read_rows
-from stages.lib.losses import LOSS_KEYS, LossConfig, read_variant_loss, variant_where
-from stages.lib.modeling import load_causal_lm
-from stages.lib.trainer import (
+from stages.lib.align import (
     TRAIN_KEYS,
     PreferenceTrainer,
     PromptCollator,
@@ -54,6 +49,11 @@ from stages.lib.trainer import (
     disable_dropout,
     training_arguments,
 )
+from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
+from stages.lib.config import load_params, read_mapping, run_seed
+from stages.lib.contracts import PREFERENCES, read_reference, read_rows
+from stages.lib.losses import LOSS_KEYS, LossConfig, read_variant_loss, variant_where
+from stages.lib.modeling import load_causal_lm
 
 #: DVC stage-name characters (``dvc.stage.utils.is_valid_name``) minus the dot, which would split
 #: the key in the dotted parameter path ``align.variants.<name>`` that dvc.yaml lists.

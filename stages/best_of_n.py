@@ -14,7 +14,7 @@ The draws are the evaluation's: the first ``evaluate.n_prompts`` eval prompts, t
 no top-k/top-p, ``evaluate.max_new_tokens``, so best-of-1 is the SFT policy as ``evaluate``
 measures it; they come from their own random stream (``best_of_n``, seeded by the run seed), so
 they are independent of ``evaluate-sft``'s samples. Scores are ``evaluate``'s
-(:func:`stages.lib.evaluation.reward_scores`). The estimator (all n-subsets of the n_max draws)
+(:func:`stages.lib.evaluate.reward_scores`). The estimator (all n-subsets of the n_max draws)
 and the analytic KL are in :mod:`stages.lib.best_of_n`; the ``frontier`` stage draws the curve
 with intervals over seeds and prompts.
 """
@@ -39,7 +39,7 @@ from stages.lib.config import (
     run_seed,
 )
 from stages.lib.contracts import PROMPTS, read_rows
-from stages.lib.evaluation import TEMPERATURE, load_policy, reward_scores
+from stages.lib.evaluate import TEMPERATURE, load_policy, reward_scores
 from stages.lib.generation import generate_completions
 
 #: The random stream of the best-of-n draws (``evaluate`` samples from ``evaluate``).

@@ -48,7 +48,7 @@ another seed's. Definitions (DESIGN.md §6):
   (context) values in the samples file so that ``frontier`` bootstraps them.
 
 The compute (sampling, the one-pass log-probs and entropies, reward scoring, the summary) is in
-:mod:`stages.lib.evaluation`; the LM head is applied only at the positions that predict
+:mod:`stages.lib.evaluate`; the LM head is applied only at the positions that predict
 generated tokens, ``evaluate.logit_chunk`` rows at a time, so the float32 logits held at once
 are ``logit_chunk × vocab`` (512 × 50257 ≈ 100 MB), never [B, T, V]. The metrics file holds no
 timings.
@@ -81,7 +81,7 @@ from stages.lib.config import (
     run_seed,
 )
 from stages.lib.contracts import PROMPTS, read_rows
-from stages.lib.evaluation import reward_scores, sample_and_score_tokens, summarize
+from stages.lib.evaluate import reward_scores, sample_and_score_tokens, summarize
 from stages.lib.modeling import check_same_tokenizer
 from stages.lib.policy_entropy import policy_entropies
 

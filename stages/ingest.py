@@ -6,7 +6,7 @@ Reads ``ingest.*``, ``pairs.*`` (``strategy`` for ranked rows, ``val_fraction``)
 (whose tokenizer tokenises the completions; the ``sft`` stage then keeps or fine-tunes that
 model, so ``models/sft`` has the same tokenizer) and ``seed``; the dataset ``ingest.source``
 (trl's ``prompt``/``chosen``/``rejected`` or the ranked ``prompt``/``completions``/``rewards``:
-:mod:`stages.lib.preference_sources`). Writes what the replaced stages would have written,
+:mod:`stages.lib.ingest_sources`). Writes what the replaced stages would have written,
 under the working directory (``byo/`` under ``dvc repro byo/dvc.yaml``)::
 
     data/preferences.jsonl         PREFERENCES rows: completions tokenised + EOS, pairs, split
@@ -18,7 +18,7 @@ under the working directory (``byo/`` under ``dvc repro byo/dvc.yaml``)::
     python -m stages ingest            # or, from the repository root: dvc repro byo/dvc.yaml
 
 How rows become preference rows, and where the eval prompts come from:
-:mod:`stages.lib.ingestion`. Every row is checked before anything is written.
+:mod:`stages.lib.ingest`. Every row is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import typer
 from stages.lib import paths
 from stages.lib.common import write_json, write_jsonl
 from stages.lib.config import TINY, PairsConfig, load_params, read_section, read_seed
-from stages.lib.ingestion import IngestConfig, Outputs, build_outputs
+from stages.lib.ingest import IngestConfig, Outputs, build_outputs
+from stages.lib.ingest_sources import load_tables
 from stages.lib.modeling import load_tokenizer
-from stages.lib.preference_sources import load_tables
 from stages.lib.trl_format import save_pairs
 
 

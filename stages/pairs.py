@@ -10,7 +10,7 @@ and ``"split"``: ``train`` or ``val``), the same pairs in trl's preference forma
     python -m stages pairs             # or: dvc repro pairs
 
 The strategies (``pairs.strategy``: first_round, tournament, best_worst, all, rso) are pure
-functions in :mod:`stages.lib.pairing`, one ``random.Random`` per prompt seeded by
+functions in :mod:`stages.lib.pairs`, one ``random.Random`` per prompt seeded by
 ``"<seed>-pairs-<prompt_id>"``. For ``rso`` get more candidates from ``sample.n_per_prompt``
 (e.g. 16).
 
@@ -36,14 +36,14 @@ from stages.lib import paths
 from stages.lib.common import write_json, write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREFERENCES, SCORED, check_row, read_rows
-from stages.lib.pairing import hold_out_by_text, make_pairs
+from stages.lib.pairs import hold_out_by_text, make_pairs
 from stages.lib.trl_format import save_pairs
 
 
 def validation_ids(prompts: Sequence[tuple[str, str]], val_fraction: float, seed: int) -> set[str]:
     """The ids of about ``round(val_fraction * n)`` of the ``(prompt_id, prompt)`` pairs (at
     least one when ``val_fraction`` > 0), held out for validation *by text*
-    (:func:`stages.lib.pairing.hold_out_by_text` under the seed string ``<seed>-pairs-val``), so
+    (:func:`stages.lib.pairs.hold_out_by_text` under the seed string ``<seed>-pairs-val``), so
     no validation text is also a training text."""
     return hold_out_by_text(prompts, val_fraction, f"{seed}-pairs-val", "pairs.val_fraction")
 

@@ -9,8 +9,8 @@ umask and standard streams (passed as file descriptors), imports this project's 
 that killed it, becomes the command's. What a stage computes does not change::
 
     STAGES_WARM=1 dvc repro            # the first stage starts a server (its ~5 s import, once)
-    python -m stages.warm status       # the servers running, one line each
-    python -m stages.warm stop         # stop them (each also exits after STAGES_WARM_IDLE s idle)
+    python -m stages.warm_server status   # the servers running, one line each
+    python -m stages.warm_server stop     # stop them (each also exits after STAGES_WARM_IDLE s idle)
 
 Environment: ``STAGES_WARM=1`` turns it on; ``STAGES_WARM_IDLE`` idle seconds before a server
 exits (default 600); ``STAGES_WARM_DIR`` the private folder of its sockets, locks and logs
@@ -209,9 +209,3 @@ def die_of(signum: int) -> None:
     """End this process by ``signum`` with its default action, as the child ended."""
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
-
-
-if __name__ == "__main__":
-    from stages.warm_server import main
-
-    main(sys.argv[1:])

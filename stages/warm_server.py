@@ -3,7 +3,7 @@
 ::
 
     python -m stages.warm_server serve KEY   # started by the first command under STAGES_WARM=1
-    python -m stages.warm status             # what users type (also: stop)
+    python -m stages.warm_server status      # what users type (also: stop)
 
 A server takes ``<key>.lock`` for its life, checks that its own key is ``KEY``, imports every
 stage module and then forgets this project's own modules (a child imports them afresh from the
@@ -347,7 +347,7 @@ def main(argv: list[str]) -> None:
         pids = stop_all()
         print(f"stopped {len(pids)} server(s)" + (f": {pids}" if pids else ""))
         return
-    sys.exit("usage: python -m stages.warm status | stop")
+    sys.exit("usage: python -m stages.warm_server status | stop")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from stages.align import align, variant_config
+from stages.lib.align import PromptCollator, TrainConfig, build_items, grouped_preference_loss
 from stages.lib.config import load_params
 from stages.lib.losses import LossConfig
 from stages.lib.sequences import completion_logprobs, encode_batch
-from stages.lib.trainer import PromptCollator, TrainConfig, build_items, grouped_preference_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -236,9 +236,9 @@ def test_training_lowers_loss_for_every_default_variant(project, variant):
 
 
 def test_nonfinite_loss_leaves_no_model(project, monkeypatch):
-    import stages.lib.trainer
+    import stages.lib.align
 
-    real = stages.lib.trainer.preference_loss
+    real = stages.lib.align.preference_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -248,7 +248,7 @@ def test_nonfinite_loss_leaves_no_model(project, monkeypatch):
             return type(out)(out.losses * float("inf"), out.chosen_rewards, out.rejected_rewards)
         return out
 
-    monkeypatch.setattr(stages.lib.trainer, "preference_loss", poisoned)
+    monkeypatch.setattr(stages.lib.align, "preference_loss", poisoned)
     with pytest.raises(FloatingPointError) as err:
         align("alpha-0_5", _params(eval_steps=100))
     msg = str(err.value)
@@ -645,7 +645,7 @@ def test_a_warm_run_writes_what_a_cold_one_does(project, tmp_path_factory):
                 (runs[mode] / out).parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(out, runs[mode] / out)
     finally:
-        subprocess.run([sys.executable, "-m", "stages.warm", "stop"], env=env, check=False)
+        subprocess.run([sys.executable, "-m", "stages.warm_server", "stop"], env=env, check=False)
     assert len(list(runtime.glob("*.log"))) == 1  # one server served both warm runs
     for mode in ("warm", "warm again"):
         compared = filecmp.dircmp(runs["cold"], runs[mode])
@@ -777,8 +777,8 @@ def test_a_curriculum_trains_on_the_prompts_in_margin_order(project, monkeypatch
     """Every epoch reads the training prompts by their reward margin (the collator sees them in
     that order), and the run records its curriculum."""
     from stages.lib import trainer as align_trainer
+    from stages.lib.align import curriculum_order, prompt_margin
     from stages.lib.contracts import PREFERENCES, read_rows
-    from stages.lib.trainer import curriculum_order, prompt_margin
 
     seen: list[str] = []
     call = align_trainer.PromptCollator.__call__

@@ -112,7 +112,7 @@ def test_step_flops_follows_the_6NT_rule():
 def test_alignment_flops_times_real_trainer_steps(tiny_lm, torch_one_thread):
     from transformers import GPT2Config
 
-    from stages.lib.trainer import build_items
+    from stages.lib.align import build_items
 
     _, tokenizer = tiny_lm
     rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(8)]
@@ -138,7 +138,7 @@ def test_step_flops_counts_the_head_on_the_given_positions():
 
 
 def test_alignment_flops_on_a_saved_policy_fast_and_plain(tiny_lm_dir, tiny_lm, torch_one_thread):
-    from stages.lib.trainer import build_items
+    from stages.lib.align import build_items
 
     _, tokenizer = tiny_lm
     rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(6)]
@@ -161,7 +161,7 @@ def test_alignment_flops_on_a_saved_policy_fast_and_plain(tiny_lm_dir, tiny_lm, 
 def test_step_scaling_times_the_fast_step_at_other_batches_and_threads(tiny_lm_dir, tiny_lm):
     import torch
 
-    from stages.lib.trainer import build_items
+    from stages.lib.align import build_items
 
     _, tokenizer = tiny_lm
     rows = [{**r, "pairs": [[0, 1], [2, 3]], "split": "train"} for r in _scored(12)]
@@ -228,7 +228,7 @@ def test_step_scaling_keeps_each_shapes_fastest_of_the_repeats(monkeypatch):
 def _fake_code(root: Path) -> Path:
     """A code tree whose ``python -m stages <stage> <variant> --seed <s>`` records its call in
     the working folder (with the thread and warm settings it was given), fails for variant
-    ``bad``, and whose ``python -m stages.warm stop`` records that it was called."""
+    ``bad``, and whose ``python -m stages.warm_server stop`` records that it was called."""
     (root / "stages").mkdir(parents=True)
     (root / "stages/__init__.py").write_text("")
     (root / "stages/__main__.py").write_text(

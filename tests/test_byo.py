@@ -25,7 +25,7 @@ from stages.lib.config import (
     read_section,
     read_seeds,
 )
-from stages.lib.ingestion import IngestConfig
+from stages.lib.ingest import IngestConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BYO = ROOT / "byo"

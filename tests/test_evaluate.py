@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from stages.cli import stage_command
 from stages.evaluate import check_held_out, main, policy_dir
 from stages.lib.config import TinyClassifierConfig, TinyGPT2Config, load_params
-from stages.lib.evaluation import METRIC_KEYS
+from stages.lib.evaluate import METRIC_KEYS
 from stages.lib.modeling import save_pretrained, tiny_classifier, tiny_gpt2, train_bpe_tokenizer
 from stages.lib.policy_entropy import ENTROPY_KEYS
 from stages.lib.synthetic import generate_splits

@@ -1,232 +1,291 @@
-"""The frontier's compute (stages/lib/frontier.py) and tables (stages/lib/frontier_tables.py) on
-hand-made examples with known answers: families, Pareto envelopes, interpolation, KL levels,
-the matched-KL comparison with bootstrap replicates (the stage: tests/test_frontier_stage.py)."""
+"""The ``frontier`` stage on hand-made evaluation and best-of-n files with known answers: two
+families along β, a single-β family, SFT and best-of-n; tables, plots, metrics, bad input."""
 
 from __future__ import annotations
 
-import math
+import copy
+import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
-from stages.lib.bootstrap import draw_resamples, replicates
-from stages.lib.frontier import (
-    Curve,
-    family_name,
-    group_families,
-    interpolate,
-    kl_levels,
-    matched_kl,
-    pareto_front,
-    per_prompt,
-)
-from stages.lib.frontier_tables import frontier_metrics
+from stages.cli import stage_command
+from stages.frontier import frontier, main
+from stages.lib.best_of_n import best_of_n_kl
+from stages.lib.config import load_params
+from stages.lib.frontier import variant_settings
 
-# --------------------------------------------------------------------------- families
+ROOT = Path(__file__).resolve().parents[1]
+BASE = load_params(ROOT / "params.yaml")
+SEEDS = BASE["seeds"]
+#: variant -> (settings, KL, reward): family rkl has reward 1 + KL/2 (KL 2, 4, 6), family jsd
+#: 0.5 + KL/2 (KL 3, 5): at every KL in [3, 5] jsd is exactly 0.5 below; hinge is one point.
+VARIANTS = {
+    "dpo": ({"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3}, 4.0),
+    "rkl-lo": ({"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.1}, 6.0),
+    "rkl-hi": ({"loss": "sigmoid", "divergence": "reverse_kl", "beta": 1.0}, 2.0),
+    "jsd": ({"loss": "sigmoid", "divergence": "jsd", "beta": 0.3}, 3.0),
+    "jsd-lo": ({"loss": "sigmoid", "divergence": "jsd", "beta": 0.1}, 5.0),
+    "hinge": ({"loss": "hinge", "divergence": "reverse_kl", "beta": 0.3}, 3.0),
+}
+OFFSET = {"dpo": 1.0, "rkl-lo": 1.0, "rkl-hi": 1.0, "jsd": 0.5, "jsd-lo": 0.5, "hinge": 0.0}
+SEED_EFFECT = np.array([-0.3, 0.0, 0.3])
+PROMPT_EFFECT = np.linspace(-1.0, 1.0, 6)
+SAMPLE_DEV = np.array([0.1, -0.1])
 
 
-def _s(loss="sigmoid", divergence="reverse_kl", beta=0.3, alpha=None, **extra) -> dict:
-    base = {"loss": loss, "divergence": divergence, "beta": beta, "alpha": alpha}
-    return {**base, "sft_weight": 0.0, "label_smoothing": 0.0, "curriculum": "shuffle", **extra}
+def _params() -> dict:
+    params = copy.deepcopy(BASE)
+    params["align"]["variants"] = {k: dict(v[0]) for k, v in VARIANTS.items()}
+    params["frontier"] = {"baseline": "dpo", "bootstrap": 300}
+    return params
 
 
-def test_families_group_everything_but_beta():
-    settings = {
-        "dpo": _s(beta=0.3),
-        "alpha-0_5": _s(divergence="alpha", alpha=0.5, beta=0.1),
-        "rkl-b1": _s(beta=1.0),
-        "a05-b1": _s(divergence="alpha", alpha=0.5, beta=1.0),
-        "a03": _s(divergence="alpha", alpha=0.3, beta=1.0),
-        "rpo": _s(sft_weight=1.0),
-        "cdpo": _s(label_smoothing=0.1),
-        "dpo-easy": _s(curriculum="easy_to_hard"),
-        "hinge": _s(loss="hinge"),
-        "rrhf": _s(loss="rrhf", divergence=None, beta=None, sft_weight=1.0),
-    }
-    fams = group_families(settings)
-    by = {f.name: f for f in fams}
-    assert [f.name for f in fams] == [
-        "sigmoid-reverse_kl",
-        "sigmoid-alpha-0_5",
-        "sigmoid-alpha-0_3",
-        "sigmoid-reverse_kl-sft1",
-        "sigmoid-reverse_kl-ls0_1",
-        "sigmoid-reverse_kl-easy_to_hard",
-        "hinge-reverse_kl",
-        "rrhf-sft1",
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_eval(policy: str, seed_index: int, reward: float, kl: float, entropy: float) -> None:
+    rows = []
+    for p, b in enumerate(PROMPT_EFFECT):
+        r = [reward + SEED_EFFECT[seed_index] + b + e for e in SAMPLE_DEV]
+        row = {
+            "prompt_id": f"test-{p}",
+            "prompt": "The film was",
+            "rewards": r,
+            "gold": [v / 2 for v in r],
+            "logp": [-10.0, -12.0],
+            "entropy": [entropy, entropy],
+            "n_generated": [3, 5],
+            "entropy_first_k": [3 + kl / 10, 3 + kl / 10],
+            "n_first_k": [2, 2],
+        }
+        if p < 4:  # fixed contexts: the first 4 prompts only
+            row.update(context_entropy=4 + kl / 10, context_tokens=7)
+        if policy != "sft":
+            row["logp_sft"] = [lp - kl for lp in row["logp"]]
+        rows.append(row)
+    _write(Path(f"data/eval/{policy}/seed-{SEEDS[seed_index]}.jsonl"), rows)
+
+
+def write_best_of_n(seed_index: int, n_prompts: int = len(PROMPT_EFFECT)) -> None:
+    rows = [
+        {
+            "prompt_id": f"test-{p}",
+            "prompt": "The film was",
+            "completions": ["a", "b", "c", "d"],
+            "rewards": [0.0, 1.0, 2.0, 3.0],
+            "gold": [0.0, 0.5, 1.0, 1.5],
+        }
+        for p in range(n_prompts)
     ]
-    assert by["sigmoid-reverse_kl"].variants == ("dpo", "rkl-b1")
-    assert by["sigmoid-reverse_kl"].betas == (0.3, 1.0) and by["sigmoid-reverse_kl"].n_betas == 2
-    assert by["sigmoid-alpha-0_5"].variants == ("alpha-0_5", "a05-b1")
-    assert by["rrhf-sft1"].n_betas == 0 and by["hinge-reverse_kl"].n_betas == 1
-    assert all("." not in f.name for f in fams)
+    _write(Path(f"data/best_of_n/seed-{SEEDS[seed_index]}.jsonl"), rows)
 
 
-def test_family_names_are_slugs():
-    assert family_name(_s(divergence="alpha", alpha=0.25)) == "sigmoid-alpha-0_25"
-    assert family_name(_s(loss="plackett_luce")) == "plackett_luce-reverse_kl"
-    assert family_name(_s(curriculum="hard_to_easy", sft_weight=0.5)) == (
-        "sigmoid-reverse_kl-sft0_5-hard_to_easy"
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for i in range(len(SEEDS)):
+        write_eval("sft", i, 0.0, 0.0, 2.0)
+        for name, (_, kl) in VARIANTS.items():
+            write_eval(name, i, OFFSET[name] + kl / 2, kl, 2.0 + kl / 10)
+        write_best_of_n(i)
+    (tmp_path / "params.yaml").write_text(json.dumps(_params()))
+    return tmp_path
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_matched_kl_reads_each_family_off_its_beta_curve(repo):
+    result = frontier(_params())
+    levels = list(result["metrics"]["kl_levels"].values())
+    assert levels == pytest.approx([3.5, 4.0, 4.5])  # quartiles of [3, 5] = rkl [2,6] ∩ jsd [3,5]
+    by = {(r["kl"], r["family"]): r for r in result["matched"]}
+    for level in levels:
+        rkl, jsd = by[level, "sigmoid-reverse_kl"], by[level, "sigmoid-jsd"]
+        assert rkl["reward"] == pytest.approx(1 + level / 2)
+        assert jsd["reward"] == pytest.approx(0.5 + level / 2)
+        assert jsd["gold"] == pytest.approx((0.5 + level / 2) / 2)
+        assert jsd["entropy"] == pytest.approx(2 + level / 10)
+        assert jsd["entropy_first_k"] == pytest.approx(3 + level / 10)
+        assert jsd["context_entropy"] == pytest.approx(4 + level / 10)
+        assert jsd["context_entropy_lo"] == pytest.approx(4 + level / 10)  # no prompt effect
+        assert rkl["reward_lo"] < rkl["reward"] - 0.2 and rkl["reward_hi"] > rkl["reward"] + 0.2
+        assert (jsd["d_reward"], jsd["d_reward_lo"], jsd["d_reward_hi"]) == pytest.approx(
+            (-0.5, -0.5, -0.5)
+        )
+        assert jsd["d_reward_excludes_0"] and not jsd["d_entropy_excludes_0"]
+        assert by[level, "hinge-reverse_kl"]["status"] == "fewer than 2 β values"
+        assert by[level, "best-of-n"]["status"] == "KL level outside the family's range"
+
+
+def test_best_of_n_and_pareto_points(repo):
+    result = frontier(_params())
+    bon = {r["n"]: r for r in result["best_of_n"]}
+    assert sorted(bon) == [1, 2, 4]
+    assert bon[1]["reward"] == pytest.approx(1.5) and bon[4]["reward"] == pytest.approx(3.0)
+    assert bon[2]["reward"] == pytest.approx(14 / 6) and bon[2]["gold"] == pytest.approx(7 / 6)
+    assert bon[2]["kl"] == pytest.approx(best_of_n_kl(2))
+    assert bon[4]["reward_lo"] == pytest.approx(3.0)  # identical draws on every prompt and seed
+    points = {r["policy"]: r for r in result["points"]}
+    assert points["jsd"]["family"] == "sigmoid-jsd" and points["jsd"]["beta"] == 0.3
+    # reward vs KL: jsd (3, 2) and hinge (3, 1.5) are dominated by rkl-hi (2, 2), jsd-lo
+    # (5, 3) by dpo (4, 3)
+    front = sorted(p for p, r in points.items() if r["front_reward_kl"])
+    assert front == ["dpo", "rkl-hi", "rkl-lo", "sft"]
+    assert points["sft"]["reward"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stage_writes_tables_plots_and_metrics(repo):
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 0, result.output
+    assert "KL levels 3.50, 4.00, 4.50" in result.output
+    out = repo / "reports/frontier"
+    md = (out / "matched_kl.md").read_text()
+    assert "3.500, 4.000, 4.500 nats: the 0.25, 0.5, 0.75 quantiles of [3.000, 5.000]" in md
+    assert "| **sigmoid-reverse_kl** (baseline) | 3 | dpo (0.3), rkl-lo (0.1), rkl-hi (1) |" in md
+    assert "| sigmoid-jsd | 2.500 [" in md and "-0.500 [-0.500, -0.500] * |" in md
+    assert "fewer than 2 β values" in md and "outside its KL range [0.000, 0.636]" in md
+    assert (
+        "Δ intervals that exclude 0 (sign of the difference): sigmoid-jsd (reward −, gold −)" in md
+    )
+    assert "| family | entropy [95% CI] | Δ entropy [95% CI] | entropy_first_k [95% CI] |" in md
+    assert "context_entropy [95% CI]" in md
+    rows = _csv(out / "matched_kl.csv")
+    assert len(rows) == 3 * 4  # levels x (3 families + best-of-n)
+    assert {r["status"] for r in rows} == {
+        "ok",
+        "fewer than 2 β values",
+        "KL level outside the family's range",
+    }
+    assert len(_csv(out / "points.csv")) == 1 + len(VARIANTS)
+    assert [r["n"] for r in _csv(out / "best_of_n.csv")] == ["1", "2", "4"]
+    for png in ("overview.png", "families.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10000
+    metrics = json.loads((repo / "metrics/frontier.json").read_text())
+    assert metrics["sigmoid-jsd"]["kl2"]["d_reward"] == pytest.approx(-0.5)
+    assert "hinge-reverse_kl" not in metrics and "best-of-n" not in metrics
+    assert all(
+        isinstance(v, (int, float))
+        for fam in metrics.values()
+        for level in fam.values()
+        for v in (level.values() if isinstance(level, dict) else [level])
     )
 
 
-# --------------------------------------------------------------------------- pareto
+def test_without_curves_there_is_no_level(repo):
+    params = _params()
+    params["align"]["variants"] = {
+        k: v for k, v in params["align"]["variants"].items() if k in ("dpo", "jsd")
+    }
+    result = frontier(params)
+    assert result["metrics"] == {"kl_levels": {}}
+    md = (repo / "reports/frontier/matched_kl.md").read_text()
+    assert "no family has 2 or more β values" in md and "### KL =" not in md
 
 
-def test_pareto_front_on_a_hand_made_set():
-    #        0    1    2    3    4    5    6
-    kl = [0.0, 1.0, 2.0, 2.0, 3.0, 4.0, 5.0]
-    reward = [0.0, 2.0, 1.5, 3.0, 2.5, 3.0, 4.0]
-    # 2 is dominated by 1 (less KL, more reward); 4 by 3; 5 by 3 (same reward, more KL)
-    assert pareto_front(kl, reward) == [0, 1, 3, 6]
-    # max both (reward against entropy): only points no other beats in both
-    assert pareto_front(kl, reward, x_higher_better=True) == [6]
-    # identical points: the first is kept
-    assert pareto_front([1.0, 1.0, 0.5], [2.0, 2.0, 1.0]) == [2, 0]
+def test_missing_gold_drops_the_metric(repo):
+    for path in Path("data").rglob("*.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        _write(path, [{k: v for k, v in r.items() if k != "gold"} for r in rows])
+    result = frontier(_params())
+    assert all("gold" not in r for r in result["matched"])
+    assert "gold" not in (repo / "reports/frontier/matched_kl.md").read_text().split("## Pareto")[0]
 
 
-# --------------------------------------------------------------------------- interpolation
+def test_families_are_read_like_the_align_stage():
+    params = _params()
+    params["align"]["common"]["divergence"] = "alpha"
+    params["align"]["variants"]["shared"] = {"loss": "sigmoid", "beta": 0.2, "alpha": 0.25}
+    settings = variant_settings(params)
+    assert settings["shared"]["divergence"] == "alpha" and settings["shared"]["alpha"] == 0.25
+    assert settings["dpo"]["curriculum"] == "shuffle"
 
 
-def test_interpolation_at_known_points():
-    x, y = [6.0, 2.0, 4.0], [4.0, 2.0, 3.0]  # y = 1 + x / 2, given out of x order
-    assert float(interpolate(x, y, 3.0)) == pytest.approx(2.5)
-    assert float(interpolate(x, y, 4.0)) == pytest.approx(3.0)  # a point itself
-    assert float(interpolate(x, y, 2.0)) == pytest.approx(2.0)  # the range's ends count
-    assert math.isnan(float(interpolate(x, y, 1.9)))  # no extrapolation
-    assert math.isnan(float(interpolate(x, y, 6.1)))
-    # piecewise: a kink at x = 4
-    assert float(interpolate([2, 4, 6], [0, 4, 0], 5.0)) == pytest.approx(2.0)
-    # rows are replicates, each with its own points and range
-    rows = interpolate([[0, 2], [1, 3], [3, 5]], [[0, 2], [10, 30], [0, 1]], 2.0)
-    np.testing.assert_allclose(rows, [2.0, 20.0, np.nan])
-    # equal x at the level: the mean of their y
-    assert float(interpolate([1.0, 2.0, 2.0, 3.0], [0, 1, 3, 0], 2.0)) == pytest.approx(2.0)
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: p["frontier"].update(baseline="nope"),
+            "params: frontier.baseline: must be a variant of align.variants (dpo, ",
+        ),
+        (
+            lambda p: p["frontier"].update(bootstrap=0),
+            "params: frontier.bootstrap: must be >= 1, got 0",
+        ),
+        (
+            lambda p: p["align"]["variants"]["dpo"].update(beta=-1.0),
+            "params: align.variants.dpo.beta: must be a finite number > 0, got -1.0",
+        ),
+    ],
+)
+def test_bad_params_are_one_line_errors(repo, edit, message):
+    params = _params()
+    edit(params)
+    with pytest.raises(ValueError) as err:
+        frontier(params)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_kl_levels_are_quartiles_of_the_common_range():
-    levels, how = kl_levels({"a": (1.0, 5.0), "b": (2.0, 6.0)})
-    assert levels == pytest.approx([2.75, 3.5, 4.25])
-    assert "[2.000, 5.000]" in how and "2 families" in how
-    levels, how = kl_levels({"a": (1.0, 2.0), "b": (5.0, 9.0)}, fallback=(3.0, 7.0))
-    assert levels == pytest.approx([5.5, 6.0, 6.5]) and "do not all overlap" in how
-    assert "1 of the 2 families" in how and "(b;" in how
-    # no family meets the baseline: its own range
-    levels, how = kl_levels({"a": (1.0, 2.0), "b": (8.0, 9.0)}, fallback=(3.0, 7.0))
-    assert levels == pytest.approx([4.0, 5.0, 6.0]) and "0 of the 2" in how
+def test_missing_and_mismatched_files_name_the_file(repo):
+    Path("data/best_of_n/seed-1.jsonl").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^data/best_of_n/seed-1\.jsonl: not found \(run `dvc repro best-of-n@1`\)",
+    ):
+        frontier(_params())
+    write_best_of_n(1, n_prompts=5)
+    with pytest.raises(
+        ValueError, match=r"^data/best_of_n/seed-1\.jsonl: its 5 prompts differ from the 6"
+    ):
+        frontier(_params())
+    write_best_of_n(1)
+    Path("data/eval/jsd-lo/seed-2.jsonl").unlink()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^data/eval/jsd-lo/seed-2\.jsonl: not found \(run `dvc repro evaluate@jsd-lo-2`\)",
+    ):
+        frontier(_params())
 
 
-def test_kl_levels_narrow_the_baseline_range_greedily_by_overlap():
-    """As on real IMDB: reverse KL [3.3, 8.2] meets alpha [4.8, 8.2] and JS [7.2, 9.3] but not
-    forward KL [8.7, 9.7]. JS would leave [7.2, 8.2], under a quarter of the baseline's range:
-    the levels lie in [4.8, 8.2], shared by reverse KL and alpha."""
-    ranges = {"rkl": (3.3, 8.2), "alpha": (4.8, 8.2), "jsd": (7.2, 9.3), "fkl": (8.7, 9.7)}
-    levels, how = kl_levels(ranges, fallback=ranges["rkl"])
-    assert levels == pytest.approx([4.8 + q * 3.4 for q in (0.25, 0.5, 0.75)])
-    assert "2 of the 4 families" in how and "(rkl, alpha;" in how
-    # where its overlap is a quarter of the baseline range or more, JS joins
-    levels, how = kl_levels({**ranges, "rkl": (3.3, 8.2)}, fallback=(7.0, 8.2))
-    assert "(rkl, alpha, jsd;" in how
+def test_kl_levels_given_on_the_command_line_go_to_their_own_folder(repo):
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    result = CliRunner().invoke(app, ["--kl-levels", "2.5,3.5", "--out", "reports/low"])
+    assert result.exit_code == 0, result.output
+    assert "KL levels 2.50, 3.50" in result.output
+    md = (repo / "reports/low/matched_kl.md").read_text()
+    assert "given with --kl-levels" in md
+    rows = {(float(r["kl"]), r["family"]): r for r in _csv(repo / "reports/low/matched_kl.csv")}
+    assert float(rows[2.5, "sigmoid-reverse_kl"]["reward"]) == pytest.approx(1 + 2.5 / 2)
+    assert rows[2.5, "sigmoid-jsd"]["status"] == "KL level outside the family's range"
+    assert float(rows[3.5, "sigmoid-jsd"]["d_reward"]) == pytest.approx(-0.5)
+    assert (repo / "reports/low/frontier.json").is_file()
+    assert not (repo / "metrics/frontier.json").exists()  # the pipeline's metrics untouched
+    assert not (repo / "reports/frontier").exists()
 
 
-def test_kl_levels_keep_a_quarter_of_the_baseline_range():
-    """As in the demo study: reverse KL [5.09, 11.2], hinge [5.73, 11.7] and IPO [0.77, 5.74]
-    all overlap, but only over 0.01 nats; IPO is skipped (its overlap is under a quarter of the
-    baseline's range)."""
-    ranges = {"rkl": (5.09, 11.23), "hinge": (5.73, 11.66), "ipo": (0.77, 5.74)}
-    levels, how = kl_levels(ranges, fallback=ranges["rkl"])
-    assert levels == pytest.approx([5.73 + q * (11.23 - 5.73) for q in (0.25, 0.5, 0.75)])
-    assert "2 of the 3 families" in how and "(rkl, hinge;" in how
-    assert kl_levels({}, None)[0] == [] and kl_levels({"a": (1, 2), "b": (3, 4)})[0] == []
-
-
-# --------------------------------------------------------------------------- matched KL
-
-
-def _curve(name, kls, fn, effects, n_betas=None) -> Curve:
-    """A family whose runs have KL ``kls`` exactly and value fn(KL) + a per (seed, prompt)
-    effect shared by every family: its replicates on common resamples."""
-    draws = draw_resamples(*effects.shape, 400, seed=0)
-    kl = np.array(kls, dtype=float)
-    values = np.array([fn(k) for k in kl])
-    ones = np.ones_like(effects)
-    reps = np.stack([replicates(v + effects, ones, draws) for v in values], axis=1)
-    point = np.array([np.mean(v + effects) for v in values])
-    kl_reps = np.tile(kl, (400, 1))
-    return Curve(name, n_betas or len(kls), kl, kl_reps, {"reward": point}, {"reward": reps})
-
-
-def test_matched_kl_on_two_families_with_a_known_answer():
-    effects = np.random.default_rng(0).normal(size=(3, 30))
-    effects -= effects.mean()
-    a = _curve("a", [6.0, 2.0, 4.0], lambda k: 1 + k / 2, effects)
-    b = _curve("b", [5.0, 3.0], lambda k: 0.5 + k / 2, effects)
-    c = _curve("c", [4.0], lambda k: 9.0, effects)  # a single β: no curve
-    ranges = {x.name: x.kl_range for x in (a, b) if x.n_betas >= 2}
-    levels, _ = kl_levels(ranges)
-    assert levels == pytest.approx([3.5, 4.0, 4.5])
-    rows = matched_kl([a, b, c], "a", levels, ["reward"])
-    by = {(r["kl"], r["family"]): r for r in rows}
-    for level in levels:
-        ra, rb, rc = by[level, "a"], by[level, "b"], by[level, "c"]
-        assert ra["reward"] == pytest.approx(1 + level / 2)
-        assert rb["reward"] == pytest.approx(0.5 + level / 2)
-        assert ra["reward_lo"] < ra["reward"] < ra["reward_hi"]  # seed and prompt effects
-        assert rb["reward_coverage"] == 1.0
-        # paired: the shared effects cancel in every replicate
-        assert (rb["d_reward"], rb["d_reward_lo"], rb["d_reward_hi"]) == pytest.approx(
-            (-0.5, -0.5, -0.5)
-        )
-        assert rb["d_reward_excludes_0"] is True and ra["d_reward_excludes_0"] is False
-        assert rc["status"] == "fewer than 2 β values" and "reward" not in rc
-    outside = matched_kl([a, b], "a", [5.5], ["reward"])
-    assert outside[1]["status"] == "KL level outside the family's range"
-    assert outside[0]["reward"] == pytest.approx(3.75)
-    with pytest.raises(ValueError, match="baseline curve 'z'"):
-        matched_kl([a, b], "z", levels, ["reward"])
-    metrics = frontier_metrics({"levels": levels}, rows)
-    assert metrics["kl_levels"] == {"kl1": 3.5, "kl2": 4.0, "kl3": 4.5}
-    assert metrics["b"]["kl2"]["d_reward"] == pytest.approx(-0.5) and "c" not in metrics
-
-
-def test_replicates_whose_range_misses_the_level_are_left_out():
-    kl = np.array([2.0, 4.0])
-    kl_reps = np.array([[2.0, 4.0], [2.5, 4.0], [1.0, 3.0]])  # the 3rd misses level 3.5
-    reward = np.array([1.0, 2.0])
-    reps = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]])
-    c = Curve("c", 2, kl, kl_reps, {"reward": reward}, {"reward": reps})
-    (row,) = matched_kl([c], "c", [3.5], ["reward"])
-    assert row["reward"] == pytest.approx(1.75)
-    assert row["reward_coverage"] == pytest.approx(2 / 3)
-    assert row["reward_lo"] == pytest.approx(1.7, abs=0.06)  # 1.75 and 1.6667 only
-
-
-def test_per_prompt_numerators_follow_the_report():
-    rows = [
-        {
-            "rewards": [1.0, 3.0],
-            "gold": [0.0, 1.0],
-            "entropy": [2.0, 4.0],
-            "n_generated": [1, 3],
-            "logp": [-5.0, -7.0],
-            "logp_sft": [-6.0, -10.0],
-        }
-    ]
-    num, den = per_prompt(rows, sft=False, where="f")
-    assert num["reward"][0] == 2.0 and num["gold"][0] == 0.5 and num["kl"][0] == 2.0
-    assert (num["entropy"][0], den["entropy"][0]) == (14.0, 4.0)
-    assert "entropy_first_k" not in num and "context_entropy" not in num
-    more = [
-        {**rows[0], "entropy_first_k": [1.0, 2.0], "n_first_k": [1, 2], "context_entropy": 3.0},
-        {**rows[0], "entropy_first_k": [1.0, 1.0], "n_first_k": [1, 1]},  # no context
-    ]
-    more[0]["context_tokens"] = 5
-    num, den = per_prompt(more, sft=False, where="f")
-    np.testing.assert_allclose(num["entropy_first_k"], [5.0, 2.0])
-    np.testing.assert_allclose(den["entropy_first_k"], [3.0, 2.0])
-    np.testing.assert_allclose(num["context_entropy"], [15.0, 0.0])
-    np.testing.assert_allclose(den["context_entropy"], [5.0, 0.0])
-    num, _ = per_prompt([{k: v for k, v in rows[0].items() if k != "gold"}], sft=True, where="f")
-    assert "gold" not in num and num["kl"][0] == 0.0
-    with pytest.raises(ValueError, match="^f: field 'logp_sft' missing"):
-        per_prompt([{k: v for k, v in rows[0].items() if k != "logp_sft"}], sft=False, where="f")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kl-levels", "3,x", "--out", "r"], "--kl-levels: must be comma-separated numbers"),
+        (["--kl-levels", "4,3", "--out", "r"], "--kl-levels: must be increasing"),
+        (["--kl-levels", "3,4"], "--kl-levels: give --out another folder"),
+    ],
+)
+def test_bad_kl_levels_are_one_line_errors(repo, args, message):
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and message in result.output, result.output

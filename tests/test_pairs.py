@@ -12,7 +12,7 @@ import pytest
 from stages.lib.common import write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREFERENCES, read_rows
-from stages.lib.pairing import first_round_pairs
+from stages.lib.pairs import first_round_pairs
 from stages.pairs import build_preferences, make_preference_file, validation_ids
 
 #: The repository's params; tests override single keys of it.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.lib.evaluation import sequence_stats
+from stages.lib.evaluate import sequence_stats
 from stages.lib.policy_entropy import context_ids, first_k_stats, ratio, review_index
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -9,8 +9,8 @@ import warnings
 import datasets
 import pytest
 
-from stages.lib.ingestion import tokenize_records
-from stages.lib.preference_sources import Table, read_records
+from stages.lib.ingest import tokenize_records
+from stages.lib.ingest_sources import Table, read_records
 from stages.lib.trl_format import COLUMNS, pair_records, save_pairs
 
 ROWS = [

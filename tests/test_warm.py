@@ -123,9 +123,9 @@ def sleeper(root: Path, runtime: Path) -> tuple[subprocess.Popen, int]:
 
 
 def warm_cli(root: Path, runtime: Path, what: str) -> str:
-    """``python -m stages.warm <what>`` (status, stop) in the project; its stdout."""
+    """``python -m stages.warm_server <what>`` (status, stop) in the project; its stdout."""
     return subprocess.run(
-        [sys.executable, "-m", "stages.warm", what],
+        [sys.executable, "-m", "stages.warm_server", what],
         cwd=root,
         env=environment(runtime),
         capture_output=True,

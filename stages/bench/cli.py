@@ -63,6 +63,11 @@ from stages.bench.lockfile import lockfile_cost, status_seconds
 from stages.bench.rehearsal import rehearse
 from stages.bench.runs import run_wall_times
 from stages.lib import paths
+from stages.lib.align import (
+    TRAIN_KEYS,
+    TrainConfig,
+    build_items,
+)
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import (
     DataConfig,
@@ -76,11 +81,6 @@ from stages.lib.config import (
 )
 from stages.lib.contracts import PREFERENCES, PROMPTS, SCORED, read_rows
 from stages.lib.modeling import load_causal_lm
-from stages.lib.trainer import (
-    TRAIN_KEYS,
-    TrainConfig,
-    build_items,
-)
 
 ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep", "paper", "dvc")
 #: Items run by default (``sweep`` and ``paper`` take minutes of their own: ask for them).

@@ -1,6 +1,6 @@
 """Benchmark: achieved FLOP/s of the alignment step over the float32 matmul peak of this machine.
 
-One step of :class:`stages.lib.trainer.PreferenceTrainer` is timed on real batches (the first
+One step of :class:`stages.lib.align.PreferenceTrainer` is timed on real batches (the first
 step is a warm-up); its FLOPs are counted analytically over the padded batch shapes (the 6NT
 rule of a GPT-2 plus attention), and divided by the FLOP/s of a large float32 matmul measured
 in the same run::
@@ -45,9 +45,9 @@ from transformers import (
 
 from stages.bench import best_seconds
 from stages.bench.align import SequentialOrder, quiet_trainer
+from stages.lib.align import PreferenceTrainer, PromptCollator, disable_dropout
 from stages.lib.losses import LossConfig
 from stages.lib.modeling import fuse_activations
-from stages.lib.trainer import PreferenceTrainer, PromptCollator, disable_dropout
 
 
 def matmul_flops(n: int = 2048, repeats: int = 10) -> float:

@@ -26,7 +26,7 @@ import torch
 from stages.lib import paths
 from stages.lib.config import EvaluateConfig
 from stages.lib.contracts import PROMPTS, read_rows
-from stages.lib.evaluation import reward_scores, sample_and_score_tokens
+from stages.lib.evaluate import reward_scores, sample_and_score_tokens
 from stages.lib.generation import cut_at_eos, generate_completions, generation_config, left_pad
 
 
@@ -134,7 +134,7 @@ def evaluation_cost(
     cfg: EvaluateConfig, policy: Path, n_prompts: int, *, seed: int, score: str, source: str
 ) -> dict:
     """Seconds per 1,000 generated tokens of the ``evaluate`` stage's compute for ``policy``
-    (:mod:`stages.lib.evaluation` with the stage's settings ``cfg``, ``seed``, ``reward.score``
+    (:mod:`stages.lib.evaluate` with the stage's settings ``cfg``, ``seed``, ``reward.score``
     and ``data.source``): sampling, the log-prob + entropy pass (and the SFT pass for an aligned
     policy), reward scoring; file writing and the bootstrap excluded. Prompts: the first
     ``n_prompts`` eval prompts."""

@@ -121,7 +121,9 @@ def start_warm(code: Path, folder: Path, warm_dir: Path) -> float:
 
 def stop_warm(code: Path, folder: Path, warm_dir: Path) -> None:
     """Stop the warm servers in ``warm_dir``."""
-    _wait(_start(code, folder, ["stop"], None, warm_dir, "stages.warm"), "stopping the server")
+    _wait(
+        _start(code, folder, ["stop"], None, warm_dir, "stages.warm_server"), "stopping the server"
+    )
 
 
 def side_by_side(code: Path, folder: Path, variant: str, seeds: tuple[int, int]) -> dict:

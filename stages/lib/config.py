@@ -11,7 +11,7 @@ that names the dotted key (``params: sft.epochs: must be >= 0, got -1``)::
     seed = run_seed(params, None)                           # a run's seed: the first of `seeds`
 
 The alignment settings live next to the code they configure: ``LossConfig`` in
-:mod:`stages.lib.losses`, ``TrainConfig`` in :mod:`stages.lib.trainer`; they use the same reader.
+:mod:`stages.lib.losses`, ``TrainConfig`` in :mod:`stages.lib.align`; they use the same reader.
 """
 
 from __future__ import annotations

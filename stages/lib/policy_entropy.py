@@ -17,7 +17,7 @@ Two measures that do not:
   its tokens); the predictive entropy at each of those positions, token-weighted. No sampling
   is involved, so it does not depend on the seed except through the policy.
 
-Both reuse :func:`stages.lib.evaluation.sequence_stats` (one decoder pass, the LM head on the
+Both reuse :func:`stages.lib.evaluate.sequence_stats` (one decoder pass, the LM head on the
 scored positions only)::
 
     from stages.lib.policy_entropy import context_ids, first_k_stats, context_stats
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.lib.evaluation import sequence_stats
+from stages.lib.evaluate import sequence_stats
 
 #: Keys added to ``metrics/eval/<policy>/seed-<s>.json``.
 ENTROPY_KEYS = ("entropy_first_k", "context_entropy", "context_tokens")
@@ -109,7 +109,7 @@ def policy_entropies(path, rows: list[dict], token_ids: list[list[list[int]]], c
     prompts) and the metrics of :data:`ENTROPY_KEYS`."""
     from stages.lib import paths
     from stages.lib.contracts import PREPARED, read_rows
-    from stages.lib.evaluation import load_policy
+    from stages.lib.evaluate import load_policy
 
     model, tokenizer = load_policy(path)
     k = len(token_ids[0]) if token_ids else 0  # samples per prompt

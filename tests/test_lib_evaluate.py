@@ -1,4 +1,4 @@
-"""The ``evaluate`` compute (:mod:`stages.lib.evaluation`): the chunked log-prob/entropy pass
+"""The ``evaluate`` compute (:mod:`stages.lib.evaluate`): the chunked log-prob/entropy pass
 against a full log-softmax, packing, the metric helpers and the summary; its samples come from
 their own random stream and from the policy itself (temperature 1), which a chi-square test
 sharp enough to catch temperature 0.7 checks."""
@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_generation import CHI2_LIMIT, chi_square_by_rank, next_token_probs, spread_lm
 
-import stages.lib.evaluation as evaluation
+import stages.lib.evaluate as evaluation
 from stages.lib.config import EvaluateConfig, SampleConfig, TinyGPT2Config
-from stages.lib.evaluation import (
+from stages.lib.evaluate import (
     METRIC_KEYS,
     bootstrap_interval,
     distinct_n,

@@ -4,7 +4,7 @@ Each strategy is a pure function of a reward list and a ``random.Random`` and re
 ``(winner, loser)`` index pairs, winner first; the ``pairs`` stage calls :func:`make_pairs` per
 prompt, the alignment benchmark calls :func:`first_round_pairs` / :func:`all_pairs`::
 
-    from stages.lib.pairing import make_pairs
+    from stages.lib.pairs import make_pairs
     pairs, picked = make_pairs([0.3, -1.2, 0.8, 0.1], cfg, random.Random("0-pairs-train-17"))
 
 Strategies (``pairs.strategy``):

@@ -2,7 +2,7 @@
 ``score`` -> ``pairs`` (and ``prepare``) would have written, so ``sft``, ``reference``, ``align``
 and ``evaluate`` run on them unchanged::
 
-    from stages.lib.ingestion import IngestConfig, build_outputs
+    from stages.lib.ingest import IngestConfig, build_outputs
     out = build_outputs(tables, cfg, pairs_cfg, tokenizer, seed)
     out.preferences, out.train_prompts, out.eval_prompts, out.prepared, out.metrics
 
@@ -15,7 +15,7 @@ and ``evaluate`` run on them unchanged::
   (0-based row index). A pairwise row has completions ``[chosen, rejected]``, rewards
   ``[1, 0]`` (the preference as a label, not a reward-model score) and the pair ``[[0, 1]]``; a
   ranked row keeps its completions and rewards and gets the pairs of ``pairs.strategy``
-  (:func:`stages.lib.pairing.make_pairs`, seeded per prompt as the ``pairs`` stage does; tied
+  (:func:`stages.lib.pairs.make_pairs`, seeded per prompt as the ``pairs`` stage does; tied
   rewards give no pair and a row without a pair is dropped and counted).
 * **Held-out prompts, by text** (whitespace-normalised, case-sensitive, as ``prepare`` and
   ``pairs`` hold them out). Eval prompts come from the source's ``ingest.test_split`` when it
@@ -39,8 +39,8 @@ from statistics import fmean
 from stages.lib.common import seeded_subset
 from stages.lib.config import PairsConfig, param, positive_int, unit_interval
 from stages.lib.contracts import PREFERENCES, check_row
-from stages.lib.pairing import hold_out_by_text, make_pairs
-from stages.lib.preference_sources import Record, Table, read_records
+from stages.lib.ingest_sources import Record, Table, read_records
+from stages.lib.pairs import hold_out_by_text, make_pairs
 
 PARAMETER = "ingest.source"
 

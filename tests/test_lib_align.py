@@ -1,4 +1,4 @@
-"""Tests of stages.lib.trainer: the training settings, the prompt collator, the grouped loss, the
+"""Tests of stages.lib.align: the training settings, the prompt collator, the grouped loss, the
 non-finite guard and the small helpers, on the shared tiny GPT-2 (``tiny_lm_dir``).
 
     .venv/bin/python -m pytest tests/test_trainer.py -q
@@ -17,11 +17,7 @@ import torch
 from conftest import WARMUP_STEPS, assert_warms_up_over, lr_schedule
 
 from stages.lib import trainer as align_trainer
-from stages.lib.config import load_params, read_mapping
-from stages.lib.losses import LossConfig, preference_loss
-from stages.lib.modeling import use_bf16
-from stages.lib.sequences import completion_logprobs, encode_batch, reference_rows
-from stages.lib.trainer import (
+from stages.lib.align import (
     PreferenceTrainer,
     PromptCollator,
     TrainConfig,
@@ -33,6 +29,10 @@ from stages.lib.trainer import (
     prompt_margin,
     training_arguments,
 )
+from stages.lib.config import load_params, read_mapping
+from stages.lib.losses import LossConfig, preference_loss
+from stages.lib.modeling import use_bf16
+from stages.lib.sequences import completion_logprobs, encode_batch, reference_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the film was good bad great awful plot acting boring fun dull story".split()

@@ -10,7 +10,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from stages.lib.preference_sources import load_tables, read_records
+from stages.lib.ingest_sources import load_tables, read_records
 
 P = "ingest.source"
 PAIRWISE = [

@@ -3,7 +3,7 @@
 Used by ``stages/evaluate.py`` (which reads and writes the files) and by the evaluation-cost
 benchmark (:mod:`stages.bench.generate`), so both run the same code::
 
-    from stages.lib.evaluation import reward_scores, sample_and_score_tokens, summarize
+    from stages.lib.evaluate import reward_scores, sample_and_score_tokens, summarize
     gen, stats, sft_logp, eos = sample_and_score_tokens(Path("models/aligned/dpo"), prompts,
                                                         cfg, seed=0)
     scores, gold = reward_scores(texts, score="logit", source="synthetic", batch_size=64)

@@ -1,4 +1,4 @@
-"""Pair strategies (:mod:`stages.lib.pairing`): hand-made reward lists, invariants over random
+"""Pair strategies (:mod:`stages.lib.pairs`): hand-made reward lists, invariants over random
 ones, RSO rejection sampling against the tilted distribution, and ``make_pairs`` dispatch."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stages.lib.config import PAIR_STRATEGIES, PairsConfig, RsoConfig
-from stages.lib.pairing import (
+from stages.lib.pairs import (
     STRATEGIES,
     all_pairs,
     best_worst_pairs,
@@ -233,7 +233,7 @@ def test_unknown_strategy_in_make_pairs():
 
 
 def test_hold_out_by_text_names_its_parameter_and_keeps_texts_whole():
-    from stages.lib.pairing import hold_out_by_text
+    from stages.lib.pairs import hold_out_by_text
 
     prompts = [(f"p{i}", f"text {i % 4}") for i in range(12)]
     out = hold_out_by_text(prompts, 0.25, "0-ingest-eval", "ingest.eval_fraction")

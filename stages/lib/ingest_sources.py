@@ -13,7 +13,7 @@ file (the train split). Every split is one of two formats, told apart by its col
 Every row is checked before anything is written; a bad one is a one-line ``ValueError`` naming
 the file and line (jsonl, csv), array item (json) or row (parquet, datasets) and the field::
 
-    from stages.lib.preference_sources import load_tables, read_records
+    from stages.lib.ingest_sources import load_tables, read_records
     tables = load_tables("preferences", "ingest.source")       # {"train": Table, "test": Table}
     records = read_records(tables["train"], "ingest.source")
     # ingest.source: preferences/train.jsonl:7: field 'rejected' is identical to 'chosen'

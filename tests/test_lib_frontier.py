@@ -1,0 +1,232 @@
+"""The frontier's compute (stages/lib/frontier.py) and tables (stages/lib/frontier_tables.py) on
+hand-made examples with known answers: families, Pareto envelopes, interpolation, KL levels,
+the matched-KL comparison with bootstrap replicates (the stage: tests/test_frontier_stage.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stages.lib.bootstrap import draw_resamples, replicates
+from stages.lib.frontier import (
+    Curve,
+    family_name,
+    group_families,
+    interpolate,
+    kl_levels,
+    matched_kl,
+    pareto_front,
+    per_prompt,
+)
+from stages.lib.frontier_tables import frontier_metrics
+
+# --------------------------------------------------------------------------- families
+
+
+def _s(loss="sigmoid", divergence="reverse_kl", beta=0.3, alpha=None, **extra) -> dict:
+    base = {"loss": loss, "divergence": divergence, "beta": beta, "alpha": alpha}
+    return {**base, "sft_weight": 0.0, "label_smoothing": 0.0, "curriculum": "shuffle", **extra}
+
+
+def test_families_group_everything_but_beta():
+    settings = {
+        "dpo": _s(beta=0.3),
+        "alpha-0_5": _s(divergence="alpha", alpha=0.5, beta=0.1),
+        "rkl-b1": _s(beta=1.0),
+        "a05-b1": _s(divergence="alpha", alpha=0.5, beta=1.0),
+        "a03": _s(divergence="alpha", alpha=0.3, beta=1.0),
+        "rpo": _s(sft_weight=1.0),
+        "cdpo": _s(label_smoothing=0.1),
+        "dpo-easy": _s(curriculum="easy_to_hard"),
+        "hinge": _s(loss="hinge"),
+        "rrhf": _s(loss="rrhf", divergence=None, beta=None, sft_weight=1.0),
+    }
+    fams = group_families(settings)
+    by = {f.name: f for f in fams}
+    assert [f.name for f in fams] == [
+        "sigmoid-reverse_kl",
+        "sigmoid-alpha-0_5",
+        "sigmoid-alpha-0_3",
+        "sigmoid-reverse_kl-sft1",
+        "sigmoid-reverse_kl-ls0_1",
+        "sigmoid-reverse_kl-easy_to_hard",
+        "hinge-reverse_kl",
+        "rrhf-sft1",
+    ]
+    assert by["sigmoid-reverse_kl"].variants == ("dpo", "rkl-b1")
+    assert by["sigmoid-reverse_kl"].betas == (0.3, 1.0) and by["sigmoid-reverse_kl"].n_betas == 2
+    assert by["sigmoid-alpha-0_5"].variants == ("alpha-0_5", "a05-b1")
+    assert by["rrhf-sft1"].n_betas == 0 and by["hinge-reverse_kl"].n_betas == 1
+    assert all("." not in f.name for f in fams)
+
+
+def test_family_names_are_slugs():
+    assert family_name(_s(divergence="alpha", alpha=0.25)) == "sigmoid-alpha-0_25"
+    assert family_name(_s(loss="plackett_luce")) == "plackett_luce-reverse_kl"
+    assert family_name(_s(curriculum="hard_to_easy", sft_weight=0.5)) == (
+        "sigmoid-reverse_kl-sft0_5-hard_to_easy"
+    )
+
+
+# --------------------------------------------------------------------------- pareto
+
+
+def test_pareto_front_on_a_hand_made_set():
+    #        0    1    2    3    4    5    6
+    kl = [0.0, 1.0, 2.0, 2.0, 3.0, 4.0, 5.0]
+    reward = [0.0, 2.0, 1.5, 3.0, 2.5, 3.0, 4.0]
+    # 2 is dominated by 1 (less KL, more reward); 4 by 3; 5 by 3 (same reward, more KL)
+    assert pareto_front(kl, reward) == [0, 1, 3, 6]
+    # max both (reward against entropy): only points no other beats in both
+    assert pareto_front(kl, reward, x_higher_better=True) == [6]
+    # identical points: the first is kept
+    assert pareto_front([1.0, 1.0, 0.5], [2.0, 2.0, 1.0]) == [2, 0]
+
+
+# --------------------------------------------------------------------------- interpolation
+
+
+def test_interpolation_at_known_points():
+    x, y = [6.0, 2.0, 4.0], [4.0, 2.0, 3.0]  # y = 1 + x / 2, given out of x order
+    assert float(interpolate(x, y, 3.0)) == pytest.approx(2.5)
+    assert float(interpolate(x, y, 4.0)) == pytest.approx(3.0)  # a point itself
+    assert float(interpolate(x, y, 2.0)) == pytest.approx(2.0)  # the range's ends count
+    assert math.isnan(float(interpolate(x, y, 1.9)))  # no extrapolation
+    assert math.isnan(float(interpolate(x, y, 6.1)))
+    # piecewise: a kink at x = 4
+    assert float(interpolate([2, 4, 6], [0, 4, 0], 5.0)) == pytest.approx(2.0)
+    # rows are replicates, each with its own points and range
+    rows = interpolate([[0, 2], [1, 3], [3, 5]], [[0, 2], [10, 30], [0, 1]], 2.0)
+    np.testing.assert_allclose(rows, [2.0, 20.0, np.nan])
+    # equal x at the level: the mean of their y
+    assert float(interpolate([1.0, 2.0, 2.0, 3.0], [0, 1, 3, 0], 2.0)) == pytest.approx(2.0)
+
+
+def test_kl_levels_are_quartiles_of_the_common_range():
+    levels, how = kl_levels({"a": (1.0, 5.0), "b": (2.0, 6.0)})
+    assert levels == pytest.approx([2.75, 3.5, 4.25])
+    assert "[2.000, 5.000]" in how and "2 families" in how
+    levels, how = kl_levels({"a": (1.0, 2.0), "b": (5.0, 9.0)}, fallback=(3.0, 7.0))
+    assert levels == pytest.approx([5.5, 6.0, 6.5]) and "do not all overlap" in how
+    assert "1 of the 2 families" in how and "(b;" in how
+    # no family meets the baseline: its own range
+    levels, how = kl_levels({"a": (1.0, 2.0), "b": (8.0, 9.0)}, fallback=(3.0, 7.0))
+    assert levels == pytest.approx([4.0, 5.0, 6.0]) and "0 of the 2" in how
+
+
+def test_kl_levels_narrow_the_baseline_range_greedily_by_overlap():
+    """As on real IMDB: reverse KL [3.3, 8.2] meets alpha [4.8, 8.2] and JS [7.2, 9.3] but not
+    forward KL [8.7, 9.7]. JS would leave [7.2, 8.2], under a quarter of the baseline's range:
+    the levels lie in [4.8, 8.2], shared by reverse KL and alpha."""
+    ranges = {"rkl": (3.3, 8.2), "alpha": (4.8, 8.2), "jsd": (7.2, 9.3), "fkl": (8.7, 9.7)}
+    levels, how = kl_levels(ranges, fallback=ranges["rkl"])
+    assert levels == pytest.approx([4.8 + q * 3.4 for q in (0.25, 0.5, 0.75)])
+    assert "2 of the 4 families" in how and "(rkl, alpha;" in how
+    # where its overlap is a quarter of the baseline range or more, JS joins
+    levels, how = kl_levels({**ranges, "rkl": (3.3, 8.2)}, fallback=(7.0, 8.2))
+    assert "(rkl, alpha, jsd;" in how
+
+
+def test_kl_levels_keep_a_quarter_of_the_baseline_range():
+    """As in the demo study: reverse KL [5.09, 11.2], hinge [5.73, 11.7] and IPO [0.77, 5.74]
+    all overlap, but only over 0.01 nats; IPO is skipped (its overlap is under a quarter of the
+    baseline's range)."""
+    ranges = {"rkl": (5.09, 11.23), "hinge": (5.73, 11.66), "ipo": (0.77, 5.74)}
+    levels, how = kl_levels(ranges, fallback=ranges["rkl"])
+    assert levels == pytest.approx([5.73 + q * (11.23 - 5.73) for q in (0.25, 0.5, 0.75)])
+    assert "2 of the 3 families" in how and "(rkl, hinge;" in how
+    assert kl_levels({}, None)[0] == [] and kl_levels({"a": (1, 2), "b": (3, 4)})[0] == []
+
+
+# --------------------------------------------------------------------------- matched KL
+
+
+def _curve(name, kls, fn, effects, n_betas=None) -> Curve:
+    """A family whose runs have KL ``kls`` exactly and value fn(KL) + a per (seed, prompt)
+    effect shared by every family: its replicates on common resamples."""
+    draws = draw_resamples(*effects.shape, 400, seed=0)
+    kl = np.array(kls, dtype=float)
+    values = np.array([fn(k) for k in kl])
+    ones = np.ones_like(effects)
+    reps = np.stack([replicates(v + effects, ones, draws) for v in values], axis=1)
+    point = np.array([np.mean(v + effects) for v in values])
+    kl_reps = np.tile(kl, (400, 1))
+    return Curve(name, n_betas or len(kls), kl, kl_reps, {"reward": point}, {"reward": reps})
+
+
+def test_matched_kl_on_two_families_with_a_known_answer():
+    effects = np.random.default_rng(0).normal(size=(3, 30))
+    effects -= effects.mean()
+    a = _curve("a", [6.0, 2.0, 4.0], lambda k: 1 + k / 2, effects)
+    b = _curve("b", [5.0, 3.0], lambda k: 0.5 + k / 2, effects)
+    c = _curve("c", [4.0], lambda k: 9.0, effects)  # a single β: no curve
+    ranges = {x.name: x.kl_range for x in (a, b) if x.n_betas >= 2}
+    levels, _ = kl_levels(ranges)
+    assert levels == pytest.approx([3.5, 4.0, 4.5])
+    rows = matched_kl([a, b, c], "a", levels, ["reward"])
+    by = {(r["kl"], r["family"]): r for r in rows}
+    for level in levels:
+        ra, rb, rc = by[level, "a"], by[level, "b"], by[level, "c"]
+        assert ra["reward"] == pytest.approx(1 + level / 2)
+        assert rb["reward"] == pytest.approx(0.5 + level / 2)
+        assert ra["reward_lo"] < ra["reward"] < ra["reward_hi"]  # seed and prompt effects
+        assert rb["reward_coverage"] == 1.0
+        # paired: the shared effects cancel in every replicate
+        assert (rb["d_reward"], rb["d_reward_lo"], rb["d_reward_hi"]) == pytest.approx(
+            (-0.5, -0.5, -0.5)
+        )
+        assert rb["d_reward_excludes_0"] is True and ra["d_reward_excludes_0"] is False
+        assert rc["status"] == "fewer than 2 β values" and "reward" not in rc
+    outside = matched_kl([a, b], "a", [5.5], ["reward"])
+    assert outside[1]["status"] == "KL level outside the family's range"
+    assert outside[0]["reward"] == pytest.approx(3.75)
+    with pytest.raises(ValueError, match="baseline curve 'z'"):
+        matched_kl([a, b], "z", levels, ["reward"])
+    metrics = frontier_metrics({"levels": levels}, rows)
+    assert metrics["kl_levels"] == {"kl1": 3.5, "kl2": 4.0, "kl3": 4.5}
+    assert metrics["b"]["kl2"]["d_reward"] == pytest.approx(-0.5) and "c" not in metrics
+
+
+def test_replicates_whose_range_misses_the_level_are_left_out():
+    kl = np.array([2.0, 4.0])
+    kl_reps = np.array([[2.0, 4.0], [2.5, 4.0], [1.0, 3.0]])  # the 3rd misses level 3.5
+    reward = np.array([1.0, 2.0])
+    reps = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]])
+    c = Curve("c", 2, kl, kl_reps, {"reward": reward}, {"reward": reps})
+    (row,) = matched_kl([c], "c", [3.5], ["reward"])
+    assert row["reward"] == pytest.approx(1.75)
+    assert row["reward_coverage"] == pytest.approx(2 / 3)
+    assert row["reward_lo"] == pytest.approx(1.7, abs=0.06)  # 1.75 and 1.6667 only
+
+
+def test_per_prompt_numerators_follow_the_report():
+    rows = [
+        {
+            "rewards": [1.0, 3.0],
+            "gold": [0.0, 1.0],
+            "entropy": [2.0, 4.0],
+            "n_generated": [1, 3],
+            "logp": [-5.0, -7.0],
+            "logp_sft": [-6.0, -10.0],
+        }
+    ]
+    num, den = per_prompt(rows, sft=False, where="f")
+    assert num["reward"][0] == 2.0 and num["gold"][0] == 0.5 and num["kl"][0] == 2.0
+    assert (num["entropy"][0], den["entropy"][0]) == (14.0, 4.0)
+    assert "entropy_first_k" not in num and "context_entropy" not in num
+    more = [
+        {**rows[0], "entropy_first_k": [1.0, 2.0], "n_first_k": [1, 2], "context_entropy": 3.0},
+        {**rows[0], "entropy_first_k": [1.0, 1.0], "n_first_k": [1, 1]},  # no context
+    ]
+    more[0]["context_tokens"] = 5
+    num, den = per_prompt(more, sft=False, where="f")
+    np.testing.assert_allclose(num["entropy_first_k"], [5.0, 2.0])
+    np.testing.assert_allclose(den["entropy_first_k"], [3.0, 2.0])
+    np.testing.assert_allclose(num["context_entropy"], [15.0, 0.0])
+    np.testing.assert_allclose(den["context_entropy"], [5.0, 0.0])
+    num, _ = per_prompt([{k: v for k, v in rows[0].items() if k != "gold"}], sft=True, where="f")
+    assert "gold" not in num and num["kl"][0] == 0.0
+    with pytest.raises(ValueError, match="^f: field 'logp_sft' missing"):
+        per_prompt([{k: v for k, v in rows[0].items() if k != "logp_sft"}], sft=False, where="f")
