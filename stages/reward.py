@@ -28,7 +28,7 @@ from stages.lib.config import RewardConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREPARED, read_rows
 from stages.lib.modeling import build_model, check_context, pick_device
 from stages.lib.scoring import check_head, classifier_logits, max_text_length
-from stages.lib.training import finish, run_trainer, train_or_keep
+from stages.lib.training import run_trainer, train_and_save
 
 
 def accuracy(model, tokenizer, rows: list[dict], max_length: int, batch_size: int = 64) -> float:
@@ -95,23 +95,26 @@ def run_reward(params: dict) -> tuple[dict, dict]:
     )
     check_head(model)
     check_context(model, cfg.max_length, "reward.max_length", "reward.tiny.max_position_embeddings")
-    metrics = train_or_keep(
+
+    def held_out() -> dict:
+        model.to(pick_device())
+        batch_size = max(cfg.batch_size, 64)
+        return {
+            "eval_texts": len(test),
+            "accuracy": accuracy(model, tokenizer, test, cfg.max_length, batch_size=batch_size),
+        }
+
+    return train_and_save(
+        "reward",
         cfg,
         model,
+        tokenizer,
         len(rows),
-        paths.stage_logs("reward"),
-        lambda log_dir: train_classifier(model, tokenizer, rows, cfg, seed, log_dir),
+        paths.REWARD_DIR,
+        train=lambda log_dir: train_classifier(model, tokenizer, rows, cfg, seed, log_dir),
+        evaluate=held_out,
+        started=started,
     )
-    trained = time.perf_counter()
-    model.to(pick_device())
-    metrics["eval_texts"] = len(test)
-    metrics["accuracy"] = accuracy(
-        model, tokenizer, test, cfg.max_length, batch_size=max(cfg.batch_size, 64)
-    )
-    timings = finish(
-        "reward", model, tokenizer, metrics, paths.REWARD_DIR, started=started, trained=trained
-    )
-    return metrics, timings
 
 
 def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:

@@ -32,7 +32,7 @@ from stages.lib.config import SftConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREPARED, read_rows
 from stages.lib.modeling import build_model, check_context, pick_device
 from stages.lib.sequences import right_pad, token_logprobs
-from stages.lib.training import finish, run_trainer, train_or_keep
+from stages.lib.training import run_trainer, train_and_save
 
 
 def train_causal_lm(
@@ -97,20 +97,20 @@ def run_sft(params: dict) -> tuple[dict, dict]:
         cfg.model, "causal", "sft.model", texts=train, tiny=cfg.tiny, seed=seed
     )
     check_context(model, cfg.max_length, "sft.max_length", "sft.tiny.n_positions")
-    metrics = train_or_keep(
+    return train_and_save(
+        "sft",
         cfg,
         model,
+        tokenizer,
         len(texts),
-        paths.stage_logs("sft"),
-        lambda log_dir: train_causal_lm(model, tokenizer, texts, cfg, seed, log_dir),
+        paths.SFT_DIR,
+        train=lambda log_dir: train_causal_lm(model, tokenizer, texts, cfg, seed, log_dir),
+        evaluate=lambda: {
+            "eval_texts": len(test),
+            "perplexity": perplexity(model, tokenizer, test, cfg.max_length, cfg.batch_size),
+        },
+        started=started,
     )
-    trained = time.perf_counter()
-    metrics["eval_texts"] = len(test)
-    metrics["perplexity"] = perplexity(model, tokenizer, test, cfg.max_length, cfg.batch_size)
-    timings = finish(
-        "sft", model, tokenizer, metrics, paths.SFT_DIR, started=started, trained=trained
-    )
-    return metrics, timings
 
 
 def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:

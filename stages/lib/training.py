@@ -2,12 +2,13 @@
 run with the arguments both stages use, DVCLive curves without timings, and the common tail
 (train or keep the model, evaluate, save, write metrics and timings)::
 
-    metrics = train_or_keep(cfg, model, len(texts), paths.stage_logs("sft"),
-                            lambda log_dir: run_trainer(SFTTrainer, SFTConfig, model, dataset,
-                                                        cfg, seed=seed, log_dir=log_dir,
-                                                        prefix="sft", processing_class=tok))
-    metrics["perplexity"] = ...
-    timings = finish("sft", model, tok, metrics, paths.SFT_DIR, started=started, trained=trained)
+    metrics, timings = train_and_save(
+        "sft", cfg, model, tok, len(texts), paths.SFT_DIR,
+        train=lambda log_dir: run_trainer(SFTTrainer, SFTConfig, model, dataset, cfg, seed=seed,
+                                          log_dir=log_dir, prefix="sft", processing_class=tok),
+        evaluate=lambda: {"eval_texts": len(test), "perplexity": ...},
+        started=started,
+    )
 
 Wall times never enter ``metrics/<stage>.json`` or ``logs/<stage>``: they go to
 ``logs/timings/<stage>.json`` (git-ignored), so a re-run leaves the tracked files unchanged.
@@ -167,3 +168,24 @@ def finish(
     write_json(paths.metrics_file(stage), metrics)
     write_timings(stage, timings)
     return timings
+
+
+def train_and_save(
+    stage: str,
+    cfg: SftConfig | RewardConfig,
+    model,
+    tokenizer,
+    n_texts: int,
+    out_dir: Path,
+    *,
+    train: Callable[[Path], dict],
+    evaluate: Callable[[], dict],
+    started: float,
+) -> tuple[dict, dict[str, float]]:
+    """A training stage's tail: :func:`train_or_keep` (logs in ``logs/<stage>``), then the
+    held-out metrics ``evaluate()`` adds, then :func:`finish`; returns (metrics, timings)."""
+    metrics = train_or_keep(cfg, model, n_texts, paths.stage_logs(stage), train)
+    trained = time.perf_counter()
+    metrics.update(evaluate())
+    timings = finish(stage, model, tokenizer, metrics, out_dir, started=started, trained=trained)
+    return metrics, timings
