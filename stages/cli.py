@@ -3,7 +3,9 @@
 Each stage lives in its own module (``stages/<name>.py``) with a ``main`` function; this file
 only registers them. ``python -m stages <name>`` imports that stage's module alone (so a stage
 runs exactly the code that ``dvc.yaml`` lists as its deps), ``python -m stages --help`` lists
-every stage with its one-line help, and ``bench`` runs the benchmarks (not a pipeline stage).
+every stage with its one-line help. The :data:`TOOLS` are not pipeline stages: ``bench`` runs
+the benchmarks, ``params`` writes params.yaml from conf/ and ``deps`` the ``.py`` deps of
+dvc.yaml from the imports (:mod:`stages.tools`).
 
 User errors are ``ValueError``, ``FileNotFoundError`` or ``FloatingPointError`` (a non-finite
 training loss) raised anywhere below; this boundary prints them as one line, ``error: ...``, and
@@ -58,7 +60,17 @@ COMMANDS = {
         "stages.bench.cli",
         "Benchmarks (not a stage): trainer vs trl, sampling, eval, FLOP/s.",
     ),
+    "params": (
+        "stages.tools.params",
+        "Write params.yaml from conf/ (not a stage; --check: is it current?).",
+    ),
+    "deps": (
+        "stages.tools.deps",
+        "Refresh dvc.yaml's .py deps from the imports (not a stage; --check).",
+    ),
 }
+#: The commands that are not pipeline stages: in no dvc.yaml, not preloaded by the warm server.
+TOOLS = frozenset({"bench", "params", "deps"})
 
 #: Exceptions that mean bad input (params, files, rows) rather than a bug.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from stages.cli import COMMANDS, build_app, stage_command
+from stages.cli import COMMANDS, TOOLS, build_app, stage_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,3 +83,18 @@ def test_a_stage_command_imports_only_its_own_stage_module():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "['stages.cli', 'stages.pairs']"
+
+
+@pytest.mark.parametrize("tool", ["params", "deps"])
+def test_a_tool_is_a_command_that_imports_only_its_module(tool):
+    """The maintenance commands (stages.tools) run like a stage's, but are not stages."""
+    assert tool in TOOLS and COMMANDS[tool][0] == f"stages.tools.{tool}"
+    code = (
+        f"import sys; from stages.cli import build_app; build_app({tool!r}); "
+        "print(sorted(m for m in sys.modules if m.startswith('stages.') and "
+        "not m.startswith('stages.lib')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == str(["stages.cli", "stages.tools", f"stages.tools.{tool}"])

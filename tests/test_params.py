@@ -1,37 +1,105 @@
-"""params.yaml, the Hydra profiles in conf/, and dvc.yaml agree with each other and the code."""
+"""params.yaml, the Hydra profiles in conf/, and dvc.yaml agree with each other and the code.
+
+conf/ is the one source: ``python -m stages params`` (:mod:`stages.tools.params`) writes
+params.yaml from conf/config.yaml and its default profile."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
+
+from stages.cli import build_app
+from stages.tools import params as params_tool
+from stages.tools.params import STALE, compose, params_text, refresh, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def compose(tmp_path: Path, profile: str) -> dict:
-    """Compose conf/ exactly as `dvc exp run -S profile=<name>` does (the study estimate's
-    reader, so both read profiles the same way)."""
-    from stages.bench.study import compose as compose_profile
-
-    return compose_profile(profile)
+def test_demo_profile_is_params_yaml():
+    assert compose("demo") == yaml.safe_load((ROOT / "params.yaml").read_text()), STALE
 
 
-def test_demo_profile_is_params_yaml(tmp_path):
-    assert compose(tmp_path, "demo") == yaml.safe_load((ROOT / "params.yaml").read_text())
+def test_params_yaml_is_what_the_command_writes():
+    """Byte for byte, comments included: a hand edit of params.yaml fails here."""
+    assert (ROOT / "params.yaml").read_text() == params_text(ROOT / "conf"), STALE
 
 
-def test_imdb_profile(tmp_path, monkeypatch):
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of conf/ and params.yaml."""
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_params_finds_a_stale_params_yaml_and_rewrites_it(project):
+    path = project / "params.yaml"
+    current = path.read_text()
+    assert refresh(project, check=True) is False
+    path.write_text(current.replace("seed: 0\n", "seed: 1\n", 1))  # a hand edit
+    assert refresh(project, check=True) is True
+    assert path.read_text() != current  # --check writes nothing
+    assert refresh(project, check=False) is True
+    assert path.read_text() == current
+    assert sorted(p.name for p in project.iterdir()) == ["conf", "params.yaml"]  # no temp file left
+
+
+def test_params_check_exits_1_and_names_the_command(project, monkeypatch):
+    monkeypatch.setattr(params_tool, "ROOT", project)
+    (project / "conf" / "config.yaml").write_text(
+        (project / "conf" / "config.yaml").read_text().replace("seeds: [0, 1, 2]", "seeds: [0, 1]")
+    )
+    result = CliRunner().invoke(build_app("params"), ["params", "--check"])
+    assert result.exit_code == 1 and "python -m stages params" in result.output
+    assert CliRunner().invoke(build_app("params"), ["params"]).exit_code == 0
+    assert yaml.safe_load((project / "params.yaml").read_text())["seeds"] == [0, 1]
+
+
+def test_the_default_profile_is_merged_keeping_the_comments(project):
+    """Values from the profile, comments from config.yaml; a new key keeps its own comment."""
+    (project / "conf" / "profile" / "demo.yaml").write_text(
+        "# @package _global_\n"
+        "data:\n"
+        "  source: /data/reviews     # a local folder\n"
+        "  synthetic:\n"
+        "    n_test: 10\n"
+        "seeds: [4]\n"
+        "extra: 1                    # a key of the profile alone\n"
+    )
+    _, text = render(project / "conf")
+    assert "  source: /data/reviews\n" in text  # config.yaml's comment block above it stays
+    assert "    n_test: 10              # synthetic test reviews to generate\n" in text
+    assert "seeds: [4]\n" in text and text.endswith(
+        "extra: 1                    # a key of the profile alone\n"
+    )
+    assert yaml.safe_load(params_text(project / "conf")) == compose("demo", project / "conf")
+    assert text.startswith(
+        "# Written by `python -m stages params` from conf/config.yaml (+ conf/profile/demo.yaml)"
+    )
+
+
+def test_values_hydra_would_compose_otherwise_are_refused(project):
+    (project / "conf" / "profile" / "demo.yaml").write_text(
+        "# @package _global_\ndata:\n  source: ${oc.env:HOME}\n"
+    )
+    with pytest.raises(ValueError, match="Hydra's composition"):
+        params_text(project / "conf")
+
+
+def test_imdb_profile(monkeypatch):
     monkeypatch.setenv("IMDB_DIR", "/data/imdb")
-    params = compose(tmp_path, "imdb")
+    params = compose("imdb")
     assert params["data"]["source"] == "/data/imdb"
     assert params["data"]["max_train_rows"] == 12000 and params["sft"]["model"] == "tiny"
-    assert params["align"]["variants"] == compose(tmp_path, "demo")["align"]["variants"]
+    assert params["align"]["variants"] == compose("demo")["align"]["variants"]
 
 
-def test_paper_profile(tmp_path):
-    params, demo = compose(tmp_path, "paper"), compose(tmp_path, "demo")
+def test_paper_profile():
+    params, demo = compose("paper"), compose("demo")
     assert params["data"]["source"] == "stanfordnlp/imdb"
     assert params["data"]["n_train_prompts"] == 5000 and params["sample"]["n_per_prompt"] == 4
     assert (params["sft"]["model"], params["sft"]["epochs"]) == ("lvwerra/gpt2-imdb", 0)
@@ -48,10 +116,10 @@ def test_paper_profile(tmp_path):
     assert variant_config(params, "dpo")[0].optimizer == "adamw_torch_fused"  # a valid optim name
 
 
-def test_losses_profile_adds_every_newer_loss_and_the_curriculum_to_the_demo(tmp_path):
+def test_losses_profile_adds_every_newer_loss_and_the_curriculum_to_the_demo():
     from stages.lib.losses import LOSSES
 
-    params, demo = compose(tmp_path, "losses"), compose(tmp_path, "demo")
+    params, demo = compose("losses"), compose("demo")
     variants = params["align"]["variants"]
     assert {k: v for k, v in variants.items() if k in demo["align"]["variants"]} == demo["align"][
         "variants"
@@ -68,9 +136,9 @@ def _family(variant: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in variant.items() if k not in ("beta", "learning_rate")))
 
 
-def test_study_profiles_give_every_family_at_least_five_betas(tmp_path):
-    study, core = compose(tmp_path, "study"), compose(tmp_path, "study-fdpo")
-    demo = compose(tmp_path, "demo")
+def test_study_profiles_give_every_family_at_least_five_betas():
+    study, core = compose("study"), compose("study-fdpo")
+    demo = compose("demo")
     assert set(core["align"]["variants"]) < set(study["align"]["variants"])
     for params, n_families in ((study, 11), (core, 4)):
         new = {
@@ -90,14 +158,14 @@ def test_study_profiles_give_every_family_at_least_five_betas(tmp_path):
 
 
 @pytest.mark.parametrize("profile", ["demo", "imdb", "paper", "losses", "study"])
-def test_every_variant_of_every_profile_reads_as_typed_settings(tmp_path, monkeypatch, profile):
+def test_every_variant_of_every_profile_reads_as_typed_settings(monkeypatch, profile):
     """What the align and report stages read: TrainConfig + LossConfig per variant, the same
     labels in both."""
     from stages.align import variant_config
     from stages.report import variant_info
 
     monkeypatch.setenv("IMDB_DIR", "/data/imdb")
-    params = compose(tmp_path, profile)
+    params = compose(profile)
     labels = variant_info(params)
     for name in params["align"]["variants"]:
         train, loss = variant_config(params, name)
