@@ -48,14 +48,14 @@ def forget_project() -> None:
 
 
 def preload() -> dict[str, str]:
-    """Import every stage module (not the benchmarks), forget the project's own modules, and
-    return the environment variables those imports added (a child gets them too, unless its
-    command sets them)."""
+    """Import every stage module (not the tools: bench, params, deps), forget the project's own
+    modules, and return the environment variables those imports added (a child gets them too,
+    unless its command sets them)."""
     before = dict(os.environ)
-    from stages.cli import COMMANDS
+    from stages.cli import COMMANDS, TOOLS
 
     for name, (module, _) in COMMANDS.items():
-        if name != "bench":
+        if name not in TOOLS:
             importlib.import_module(module)
     forget_project()
     return {k: v for k, v in os.environ.items() if k not in before}
