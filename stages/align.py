@@ -9,9 +9,10 @@ preference pairs.
 
 The variant's settings are ``align.common`` overridden by ``align.variants.<name>``: the training
 settings (:class:`stages.lib.align.TrainConfig`) and the pair loss
-(:class:`stages.lib.losses.LossConfig`). The training seed (data order, everything random in
-training) is the run's seed, ``--seed`` (one of ``seeds`` under DVC), never a key of
-``align.common`` or ``align.variants.<name>``: such a key is refused. Everything is validated
+(:class:`stages.lib.variants.LossConfig`), read by :func:`stages.lib.variants.read_variant`. The
+training seed (data order, everything random in training) is the run's seed, ``--seed`` (one of
+``seeds`` under DVC), never a key of ``align.common`` or ``align.variants.<name>``: such a key is
+refused. Everything is validated
 before training: the settings (an error names the key where it was set, or where it belongs when
 missing), the variant name (a DVC matrix key that also works inside dotted parameter paths:
 letters, digits, ``_`` and ``-``, no dots), the preferences file and the reference log-probs (row
@@ -29,10 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,12 +53,8 @@ from stages.lib.align import (
 from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
 from stages.lib.config import load_params, read_mapping, run_seed
 from stages.lib.contracts import PREFERENCES, read_reference, read_rows
-from stages.lib.losses import LOSS_KEYS, LossConfig, read_variant_loss, variant_where
 from stages.lib.modeling import load_causal_lm
-
-#: DVC stage-name characters (``dvc.stage.utils.is_valid_name``) minus the dot, which would split
-#: the key in the dotted parameter path ``align.variants.<name>`` that dvc.yaml lists.
-VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+from stages.lib.variants import LossConfig, Variant, read_variant
 
 
 @contextlib.contextmanager
@@ -80,48 +77,17 @@ def variant_config(
     variant's training settings and pair loss, with the run's ``seed`` (default: the first of
     ``seeds``) as the training seed; errors name ``align.common.<key>`` or
     ``align.variants.<name>.<key>``, wherever the key was set (or belongs, when missing)."""
-    if not VARIANT_NAME.match(name):
-        hint = f" (try {name.replace('.', '_')!r})" if "." in name else ""
-        raise ValueError(
-            f"variant name {name!r} must match {VARIANT_NAME.pattern}: it is a DVC matrix "
-            f"key inside the parameter path align.variants.<name>{hint}"
-        )
-    if "align" not in params:
-        raise ValueError("params: section 'align' is missing")
-    align = params["align"]
-    for key in ("common", "variants"):
-        if not isinstance(align, dict) or not isinstance(align.get(key), dict):
-            got = align.get(key) if isinstance(align, dict) else align
-            raise ValueError(f"params: align.{key}: must be a mapping, got {got!r}")
-    common, variants = align["common"], align["variants"]
-    if name not in variants:
-        raise ValueError(
-            f"params: align.variants.{name}: is missing (variants: {', '.join(map(str, variants))})"
-        )
-    variant = variants[name] or {}
-    if not isinstance(variant, dict):
-        raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
+    return read_config(read_variant(params, name), run_seed(params, seed))
 
-    where = variant_where(name, common, variant, TRAIN_KEYS)
-    for section, keys in (("align.common", common), (f"align.variants.{name}", variant)):
-        if "seed" in keys:
-            raise ValueError(
-                f"params: {section}.seed: not allowed: the training seed is the run's seed, "
-                f"from `seeds` (python -m stages align {name} --seed <s>)"
-            )
-    merged = {**common, **variant}
-    known = [k for k in (*TRAIN_KEYS, *LOSS_KEYS) if k != "seed"]
-    for key in merged:
-        if key not in known:
-            raise ValueError(f"params: {where(key)}: not a known key (known: {', '.join(known)})")
-    merged["seed"] = run_seed(params, seed)
-    train = read_mapping(
-        {k: v for k, v in merged.items() if k in TRAIN_KEYS},
-        "align.common",
-        TrainConfig,
-        where=where,
-    )
-    return train, read_variant_loss(name, common, variant)
+
+def read_config(variant: Variant, seed: int) -> tuple[TrainConfig, LossConfig]:
+    """The training settings (training seed ``seed``) and pair loss of ``variant``."""
+    variant.check_keys(TRAIN_KEYS)
+    settings = {k: v for k, v in variant.settings.items() if k in TRAIN_KEYS}
+    settings["seed"] = seed
+    where = partial(variant.where, common_keys=TRAIN_KEYS)
+    train = read_mapping(settings, "align.common", TrainConfig, where=where)
+    return train, variant.loss()
 
 
 def check_inputs(prefs: list[dict], pref_path: Path) -> None:
@@ -195,20 +161,18 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
         seed = run_seed(params, seed)
     run = f"{name}-{seed}"
     with _naming(run):
-        cfg, loss_config = variant_config(params, name, seed)
+        variant = read_variant(params, name)
+        cfg, loss_config = read_config(variant, seed)
         prefs = read_rows(paths.PREFERENCES, PREFERENCES)
-        align_params = params["align"]
-        loss_key = variant_where(name, align_params["common"], align_params["variants"][name] or {})
-        check_listwise(prefs, paths.PREFERENCES, loss_config, loss_key("loss"))
+        check_listwise(prefs, paths.PREFERENCES, loss_config, variant.where("loss"))
         check_inputs(prefs, paths.PREFERENCES)
         refs = read_reference(paths.REFERENCE, prefs)
         seed_everything(cfg.seed)  # before the model load, as always: same numbers
         model, tokenizer = load_causal_lm(paths.SFT_DIR, torch.device("cpu"))  # float32
         collator = PromptCollator(tokenizer, cfg.max_length)
         items = build_items(prefs, refs)
-        variant = params["align"]["variants"][name] or {}
-        key = f"align.variants.{name}" if "max_length" in variant else "align.common"
-        check_token_counts(items, {r["prompt_id"]: r for r in refs}, collator, f"{key}.max_length")
+        key = variant.where("max_length", TRAIN_KEYS)
+        check_token_counts(items, {r["prompt_id"]: r for r in refs}, collator, key)
     train = curriculum_order([i for i in items if i["split"] == "train"], cfg.curriculum, cfg.seed)
     val = [i for i in items if i["split"] == "val"]
     if not val:

@@ -54,10 +54,10 @@ import typer
 
 from stages.lib import paths
 from stages.lib.best_of_n import best_of_n, best_of_n_kl, n_values
-from stages.lib.bootstrap import Resamples, draw_resamples, interval, point_estimate, replicates
+from stages.lib.bootstrap import Resamples, draw_resamples
 from stages.lib.common import atomic_path, write_json
-from stages.lib.config import FrontierConfig, load_params, read_section, read_seed, read_seeds
-from stages.lib.contracts import BEST_OF_N, EVALUATION, read_rows
+from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
+from stages.lib.contracts import BEST_OF_N, read_rows
 from stages.lib.frontier import (
     Curve,
     Family,
@@ -65,7 +65,6 @@ from stages.lib.frontier import (
     kl_levels,
     matched_kl,
     pareto_front,
-    per_prompt,
     variant_settings,
 )
 from stages.lib.frontier_tables import (
@@ -74,11 +73,15 @@ from stages.lib.frontier_tables import (
     frontier_metrics,
     matched_markdown,
 )
+from stages.lib.runs import METRICS as RUN_METRICS
+from stages.lib.runs import check_same_prompts, estimate, load_runs, stack
+from stages.lib.variants import SFT
 
 OUT = paths.FRONTIER_DIR
-#: Metrics compared along the curves (KL is the axis), each only where every run has it: gold
-#: needs a gold scorer, the last two an evaluate that writes them (stages.lib.policy_entropy).
-METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
+#: Metrics compared along the curves: every per-prompt metric of stages.lib.runs but KL (the
+#: axis), each only where every run has it: gold needs a gold scorer, the last two an evaluate
+#: that writes them (stages.lib.policy_entropy).
+METRICS = tuple(m for m in RUN_METRICS if m != "kl")
 BON = "best-of-n"
 
 
@@ -100,17 +103,6 @@ def baseline_family(families: list[Family], baseline: str) -> Family:
 # --------------------------------------------------------------------------- reading runs
 
 
-def read_eval(policy: str, seed: int) -> tuple[list[str], dict, dict]:
-    """Prompt ids and per-prompt numerators/denominators of one evaluate run."""
-    path = paths.eval_samples(policy, seed)
-    if not path.is_file():
-        stage = f"evaluate-sft@{seed}" if policy == "sft" else f"evaluate@{policy}-{seed}"
-        raise FileNotFoundError(f"{path}: not found (run `dvc repro {stage}`)")
-    rows = read_rows(path, EVALUATION)
-    num, den = per_prompt(rows, sft=policy == "sft", where=str(path))
-    return [r["prompt_id"] for r in rows], num, den
-
-
 def read_best_of_n(seed: int) -> tuple[list[str], np.ndarray, np.ndarray | None]:
     """Prompt ids, rewards [P, N] and gold [P, N] (or None) of one best-of-n run."""
     path = paths.best_of_n_samples(seed)
@@ -127,37 +119,7 @@ def read_best_of_n(seed: int) -> tuple[list[str], np.ndarray, np.ndarray | None]
     return [r["prompt_id"] for r in rows], rewards, gold
 
 
-def _same_prompts(ids: list[str], first: list[str], path: Path, first_path: Path) -> None:
-    if ids != first:
-        raise ValueError(
-            f"{path}: its {len(ids)} prompts differ from the {len(first)} of {first_path}; "
-            f"every run must use the same eval prompts (re-run it)"
-        )
-
-
 # --------------------------------------------------------------------------- estimates
-
-
-def estimate(num: dict, den: dict, draws: Resamples) -> dict:
-    """Per metric (``num``/``den``: metric -> [S, P]): value, replicates [B], per-seed values
-    and the 95% interval."""
-    out = {}
-    for m in num:
-        reps = replicates(num[m], den[m], draws)
-        out[m] = {
-            "value": point_estimate(num[m], den[m]),
-            "reps": reps,
-            "seeds": num[m].sum(1) / den[m].sum(1),
-            "ci": interval(reps),
-        }
-    return out
-
-
-def stack_runs(runs: list[tuple[dict, dict]], metrics: tuple[str, ...]) -> tuple[dict, dict]:
-    """[S, P] numerators and denominators of ``metrics`` over a policy's runs."""
-    num = {m: np.stack([r[0][m] for r in runs]) for m in metrics}
-    den = {m: np.stack([r[1][m] for r in runs]) for m in metrics}
-    return num, den
 
 
 def bon_estimates(bon: list[tuple[np.ndarray, np.ndarray | None]], draws: Resamples) -> dict:
@@ -271,29 +233,25 @@ def frontier(
     """Run the stage; returns what it wrote to ``metrics/frontier.json`` plus the rows.
     ``levels``: KL levels to compare at instead of the automatic ones (an analysis outside the
     pipeline: ``--kl-levels`` with ``--out`` elsewhere)."""
-    cfg = read_section(params, "frontier", FrontierConfig)
+    cfg = read_section(params, "frontier", ReportConfig)
     seeds = read_seeds(params)
     settings = variant_settings(params)
     families = group_families(settings)
     base = baseline_family(families, cfg.baseline)
-    policies = ["sft", *settings]
-    first_path = paths.eval_samples("sft", seeds[0])
-    runs, first_ids = {}, None
-    for p in policies:
-        runs[p] = []
-        for s in seeds:
-            ids, num, den = read_eval(p, s)
-            first_ids = ids if first_ids is None else first_ids
-            _same_prompts(ids, first_ids, paths.eval_samples(p, s), first_path)
-            runs[p].append((num, den))
+    policies = [SFT, *settings]
+    runs = load_runs(policies, seeds)
+    first = runs[SFT][0]
+    for run in (r for per in runs.values() for r in per):
+        if "reward" not in run.num:
+            raise ValueError(f"{run.path}: no rewards (the frontier needs a reward model)")
     bon = []
     for s in seeds:
         ids, rewards, gold = read_best_of_n(s)
-        _same_prompts(ids, first_ids, paths.best_of_n_samples(s), first_path)
+        check_same_prompts(ids, first.prompt_ids, paths.best_of_n_samples(s), first.path)
         bon.append((rewards, gold))
-    metrics = [m for m in METRICS if all(m in r[0] for per in runs.values() for r in per)]
-    draws = draw_resamples(len(seeds), len(first_ids), cfg.bootstrap, read_seed(params))
-    est = {p: estimate(*stack_runs(runs[p], ("kl", *metrics)), draws) for p in policies}
+    metrics = [m for m in METRICS if all(m in r.num for per in runs.values() for r in per)]
+    draws = draw_resamples(len(seeds), len(first.prompt_ids), cfg.bootstrap, read_seed(params))
+    est = {p: estimate(*stack(runs[p], ("kl", *metrics)), draws) for p in policies}
     bon_est = bon_estimates(bon, draws)
     curves = [curve(f.name, f.n_betas, [est[v] for v in f.variants], metrics) for f in families]
     curves.append(curve(BON, len(bon_est), list(bon_est.values()), metrics))
@@ -309,7 +267,7 @@ def frontier(
     bon_rows = [{"n": n, **{k: e[k]["value"] for k in e}, **_cis(e)} for n, e in bon_est.items()]
     setup = {
         "seeds": seeds,
-        "n_prompts": len(first_ids),
+        "n_prompts": len(first.prompt_ids),
         "bootstrap": cfg.bootstrap,
         "how": how,
         "levels": levels,

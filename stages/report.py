@@ -11,18 +11,19 @@ every policy and every seed of ``seeds``, ``metrics/eval/<policy>/seed-<s>.json`
     reports/summary.md, summary.csv    per policy: mean over seeds, 95% interval (seeds and
                                        prompts), paired differences against report.baseline
     reports/seeds.csv                  per policy and seed: that run's metrics
-    reports/frontier.json              per policy: the aggregated points of dvc.yaml's plots
-    reports/frontier.png               reward against predictive entropy, with interval bars
+    reports/points.json                per policy: the aggregated points of dvc.yaml's plots
+    reports/reward_vs_entropy.png      reward against predictive entropy, with interval bars
     reports/reward_vs_kl.png           reward against KL to the SFT policy, with interval bars
     metrics/summary.json               the aggregates, under dvc.yaml's `metrics:`
 
     python -m stages report              # or: dvc repro report
 
-**Estimates.** A run (policy π, seed s) has, per eval prompt p, a numerator and a denominator:
-reward and gold (the mean score of the prompt's samples, denominator 1), KL (the mean over the
-prompt's samples of log π(y|x) − log π_sft(y|x), denominator 1) and entropy (the predictive
-entropy summed over the prompt's generated positions, denominator their number: the
-token-weighted entropy of ``evaluate``). The run's metric is Σ_p num / Σ_p den (what
+**Estimates.** A run (policy π, seed s) has, per eval prompt p, a numerator and a denominator
+(:mod:`stages.lib.runs`, shared with the ``frontier`` stage; the summary shows reward, gold,
+entropy and KL): reward and gold (the mean score of the prompt's samples, denominator 1), KL
+(the mean over the prompt's samples of log π(y|x) − log π_sft(y|x), denominator 1) and entropy
+(the predictive entropy summed over the prompt's generated positions, denominator their number:
+the token-weighted entropy of ``evaluate``). The run's metric is Σ_p num / Σ_p den (what
 ``metrics/eval/<policy>/seed-<s>.json`` holds); the policy's value is the mean of its runs'
 metrics over the seeds.
 
@@ -45,7 +46,7 @@ value of π minus the baseline's, recomputed on every resample (same seeds, same
 interval that excludes 0 is marked in the table. Identical policies give exactly 0 with a
 zero-width interval.
 
-The frontier plot draws the aggregated reward against the aggregated entropy with both
+The reward-vs-entropy plot draws the aggregated reward against the aggregated entropy with both
 intervals as bars, faint dots for the single runs, and the original's figure: a quadratic fit
 through the *divergence family* of the sigmoid (DPO-form) loss — the alpha variants plus its
 limits, reverse KL (alpha → 0, i.e. DPO) and forward KL (alpha → 1), as in the f-DPO paper's
@@ -76,13 +77,7 @@ import numpy as np
 import typer
 
 from stages.lib import paths
-from stages.lib.bootstrap import (
-    Resamples,
-    draw_resamples,
-    interval,
-    point_estimate,
-    replicates,
-)
+from stages.lib.bootstrap import Resamples, draw_resamples, interval
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import (
     ReportConfig,
@@ -92,8 +87,6 @@ from stages.lib.config import (
     read_seed,
     read_seeds,
 )
-from stages.lib.contracts import EVALUATION, read_rows
-from stages.lib.losses import LossConfig, read_variant_loss
 from stages.lib.report_plots import scatter_png
 from stages.lib.report_tables import (
     COLUMNS,
@@ -105,6 +98,8 @@ from stages.lib.report_tables import (
     summary_metrics,
     write_csv,
 )
+from stages.lib.runs import Run, check_runs, estimate, eval_stage, excludes_0, read_eval, stack
+from stages.lib.variants import SFT, read_variants
 
 REPORTS = paths.REPORTS_DIR
 #: Fields of a run's metrics file that must be finite numbers (``reward`` too, unless null: no
@@ -117,30 +112,14 @@ FAMILY_DIVERGENCES = ("reverse_kl", "alpha", "forward_kl")
 # --------------------------------------------------------------------------- labels
 
 
-def variant_loss(align: dict, name: str) -> LossConfig:
-    """The pair loss of variant ``name``: its ``align.variants.<name>`` loss keys over those of
-    ``align.common``, as the align stage reads them (errors name the key where it was set)."""
-    common = align.get("common") or {}
-    if not isinstance(common, dict):
-        raise ValueError(f"params: align.common: must be a mapping, got {common!r}")
-    variant = align["variants"][name] or {}
-    if not isinstance(variant, dict):
-        raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
-    return read_variant_loss(name, common, variant)
-
-
 def variant_info(params: dict) -> dict[str, dict]:
-    """policy -> {loss, divergence, alpha} for ``sft`` and every key of ``align.variants``."""
-    align = params.get("align")
-    variants = align.get("variants") if isinstance(align, dict) else None
-    if not isinstance(variants, dict) or not variants:
-        raise ValueError(f"params: align.variants: must be a non-empty mapping, got {variants!r}")
-    info = {"sft": {"loss": "", "divergence": "", "alpha": None}}
-    for name in variants:
-        if name == "sft":
-            raise ValueError("params: align.variants.sft: clashes with the SFT policy's name")
-        loss = variant_loss(align, name)
-        info[str(name)] = {"loss": loss.loss, "divergence": loss.divergence, "alpha": loss.alpha}
+    """policy -> {loss, divergence, alpha} for ``sft``, every variant of ``align.variants``
+    (read as the align stage reads them: :func:`stages.lib.variants.read_variants`) and every
+    external policy."""
+    info = {SFT: {"loss": "", "divergence": "", "alpha": None}}
+    for name, variant in read_variants(params).items():
+        loss = variant.loss()
+        info[name] = {"loss": loss.loss, "divergence": loss.divergence, "alpha": loss.alpha}
     for name in read_external(params):
         if name in info:
             raise ValueError(
@@ -155,17 +134,11 @@ def variant_info(params: dict) -> dict[str, dict]:
 
 
 @dataclass
-class Run:
-    """One (policy, seed) evaluation: its metrics file, the per-prompt numerators and
-    denominators of :data:`ESTIMATES` (``gold`` absent without a gold scorer) and the
-    validation accuracy of its align run (None for sft)."""
+class PolicyRun(Run):
+    """A :class:`stages.lib.runs.Run` with its metrics file and the validation accuracy of its
+    align run (None for sft and external policies)."""
 
-    policy: str
-    seed: int
     metrics: dict
-    prompt_ids: list[str]
-    num: dict[str, np.ndarray]
-    den: dict[str, np.ndarray]
     val_accuracy: float | None
 
 
@@ -181,35 +154,14 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _per_prompt(rows: list[dict], path: Path, sft: bool) -> tuple[dict, dict]:
-    """Numerators and denominators per prompt (see the module docstring)."""
-    if not sft and any("logp_sft" not in r for r in rows):
-        raise ValueError(f"{path}: field 'logp_sft' missing (kl of an aligned policy needs it)")
-    ones = np.ones(len(rows))
-    num = {
-        "kl": (
-            np.zeros(len(rows))
-            if sft
-            else np.array([np.mean(np.subtract(r["logp"], r["logp_sft"])) for r in rows])
-        ),
-        "entropy": np.array([np.dot(r["entropy"], r["n_generated"]) for r in rows], dtype=float),
-    }
-    den = {"kl": ones, "entropy": np.array([sum(r["n_generated"]) for r in rows])}
-    if all("rewards" in r for r in rows):  # none without a reward model
-        num["reward"], den["reward"] = np.array([np.mean(r["rewards"]) for r in rows]), ones
-    if all("gold" in r for r in rows):
-        num["gold"], den["gold"] = np.array([np.mean(r["gold"]) for r in rows]), ones
-    return num, den
-
-
-def read_run(policy: str, seed: int, external: bool = False) -> Run:
+def read_run(policy: str, seed: int, external: bool = False) -> PolicyRun:
     """The files of one (policy, seed) run, checked (one-line errors naming the file);
     ``external``: an external policy's run (no align run)."""
-    stage = f"evaluate-sft@{seed}" if policy == "sft" else f"evaluate@{policy}-{seed}"
-    flag = ""
-    if external:
-        stage, flag = f"evaluate-external@{policy}-{seed}", " --external"
-    what = f"run `dvc repro {stage}` or `python -m stages evaluate {policy}{flag} --seed {seed}`"
+    flag = " --external" if external else ""
+    what = (
+        f"run `dvc repro {eval_stage(policy, seed, external)}` or "
+        f"`python -m stages evaluate {policy}{flag} --seed {seed}`"
+    )
     metrics_path = paths.eval_metrics(policy, seed)
     metrics = _read_json(metrics_path, what)
     for key in REQUIRED:
@@ -219,11 +171,8 @@ def read_run(policy: str, seed: int, external: bool = False) -> Run:
     value = metrics.get("reward")
     if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
         raise ValueError(f"{metrics_path}: field 'reward' must be a finite number or null")
-    samples_path = paths.eval_samples(policy, seed)
-    if not samples_path.is_file():
-        raise FileNotFoundError(f"{samples_path}: not found ({what})")
-    rows = read_rows(samples_path, EVALUATION)
-    num, den = _per_prompt(rows, samples_path, policy == "sft")
+    run = read_eval(policy, seed, external)
+    samples_path, num = run.path, run.num
     if ("reward" in num) != (metrics.get("reward") is not None):
         raise ValueError(
             f"{samples_path}: rewards {'present' if 'reward' in num else 'absent'} but "
@@ -240,20 +189,12 @@ def read_run(policy: str, seed: int, external: bool = False) -> Run:
         align_path = paths.align_metrics(policy, seed)
         align = _read_json(align_path, f"run `dvc repro align@{policy}-{seed}`")
         val = align.get("val_accuracy")
-    ids = [r["prompt_id"] for r in rows]
-    return Run(policy, seed, metrics, ids, num, den, val)
+    return PolicyRun(**vars(run), metrics=metrics, val_accuracy=val)
 
 
-def _check_same_prompts(runs: list[Run]) -> None:
+def _check_same_samples(runs: list[PolicyRun]) -> None:
     first = runs[0]
     for run in runs[1:]:
-        if run.prompt_ids != first.prompt_ids:
-            raise ValueError(
-                f"{paths.eval_samples(run.policy, run.seed)}: its {len(run.prompt_ids)} prompts "
-                f"differ from the {len(first.prompt_ids)} of "
-                f"{paths.eval_samples(first.policy, first.seed)}; every run must evaluate the "
-                f"same prompts (re-run evaluate)"
-            )
         if run.metrics["n_samples"] != first.metrics["n_samples"]:
             raise ValueError(
                 f"{paths.eval_metrics(run.policy, run.seed)}: n_samples "
@@ -262,13 +203,15 @@ def _check_same_prompts(runs: list[Run]) -> None:
             )
 
 
-def read_runs(info: dict[str, dict], seeds: list[int]) -> dict[str, list[Run]]:
+def read_runs(info: dict[str, dict], seeds: list[int]) -> dict[str, list[PolicyRun]]:
     """policy -> its runs, one per seed (params order), all on the same prompts."""
     runs = {
         policy: [read_run(policy, s, labels["loss"] == EXTERNAL) for s in seeds]
         for policy, labels in info.items()
     }
-    _check_same_prompts([r for per in runs.values() for r in per])
+    every = [r for per in runs.values() for r in per]
+    check_runs(every)
+    _check_same_samples(every)
     _note_extra(info, seeds)
     return runs
 
@@ -289,30 +232,26 @@ def _note_extra(info: dict[str, dict], seeds: list[int]) -> None:
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _stack(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    if any(key not in r.num for r in runs):
-        return None
-    return np.stack([r.num[key] for r in runs]), np.stack([r.den[key] for r in runs])
-
-
 def estimates(runs: list[Run], base: list[Run], draws: Resamples) -> dict:
     """Per metric of :data:`ESTIMATES`: the value with its interval and the paired difference
     against ``base`` (the baseline's runs, same seeds and prompts) with its interval."""
+    ours, theirs = (
+        estimate(*stack(runs, ESTIMATES), draws),
+        estimate(*stack(base, ESTIMATES), draws),
+    )
     out = {}
     for key in ESTIMATES:
-        ours, theirs = _stack(runs, key), _stack(base, key)
-        if ours is None or theirs is None:
+        if key not in ours or key not in theirs:
             out.update({f"{key}{s}": None for s in ("", "_lo", "_hi")})
             out.update({f"d_{key}{s}": None for s in ("", "_lo", "_hi", "_excludes_0")})
             continue
-        reps, base_reps = replicates(*ours, draws), replicates(*theirs, draws)
-        value = point_estimate(*ours)
-        lo, hi = interval(reps)
-        d = value - point_estimate(*theirs)
-        d_lo, d_hi = interval(reps - base_reps)
-        out.update({key: value, f"{key}_lo": lo, f"{key}_hi": hi})
+        e, b = ours[key], theirs[key]
+        lo, hi = e["ci"]
+        d = e["value"] - b["value"]
+        d_lo, d_hi = interval(e["reps"] - b["reps"])
+        out.update({key: e["value"], f"{key}_lo": lo, f"{key}_hi": hi})
         out.update({f"d_{key}": d, f"d_{key}_lo": d_lo, f"d_{key}_hi": d_hi})
-        out[f"d_{key}_excludes_0"] = bool(round(d_lo, 6) > 0 or round(d_hi, 6) < 0)
+        out[f"d_{key}_excludes_0"] = excludes_0(d_lo, d_hi)
     return out
 
 
@@ -321,7 +260,7 @@ def _round(row: dict) -> dict:
 
 
 def aggregate(
-    info: dict[str, dict], runs: dict[str, list[Run]], baseline: str, draws: Resamples
+    info: dict[str, dict], runs: dict[str, list[PolicyRun]], baseline: str, draws: Resamples
 ) -> list[dict]:
     """One row per policy (params order): labels, estimates, paired differences, means."""
     rows = []
@@ -342,7 +281,7 @@ def aggregate(
     return rows
 
 
-def seed_rows(runs: dict[str, list[Run]]) -> list[dict]:
+def seed_rows(runs: dict[str, list[PolicyRun]]) -> list[dict]:
     """One row per (policy, seed): that run's own metrics (``reports/seeds.csv``)."""
     out = []
     for per in runs.values():
@@ -359,19 +298,16 @@ def plain_sigmoid(params: dict) -> set[str]:
     """Variants of the plain sigmoid (DPO-form) loss: loss sigmoid with sft_weight 0,
     label_smoothing 0 and the default shuffled prompt order (no SFT term, no label noise, no
     curriculum), read like the align stage reads them."""
-    align = params["align"]
-    common = align.get("common") or {}
     out = set()
-    for name in align["variants"]:
-        loss = variant_loss(align, name)
-        merged = {**common, **(align["variants"][name] or {})}
+    for name, variant in read_variants(params).items():
+        loss = variant.loss()
         if (
             loss.loss == "sigmoid"
             and loss.sft_weight == 0
             and loss.label_smoothing == 0
-            and merged.get("curriculum", "shuffle") == "shuffle"
+            and variant.settings.get("curriculum", "shuffle") == "shuffle"
         ):
-            out.add(str(name))
+            out.add(name)
     return out
 
 
@@ -410,7 +346,7 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
     cfg = read_section(params, "report", ReportConfig)
     baseline = _baseline(cfg, info)
     runs = read_runs(info, seeds)
-    n_prompts = len(runs["sft"][0].prompt_ids)
+    n_prompts = len(runs[SFT][0].prompt_ids)
     draws = draw_resamples(len(seeds), n_prompts, cfg.bootstrap, read_seed(params))
     rows, per_seed = aggregate(info, runs, baseline, draws), seed_rows(runs)
     fit = family_fit(rows, plain_sigmoid(params))
@@ -418,10 +354,15 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
         tmp.write_text(summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap))
     write_csv(out / "summary.csv", rows, COLUMNS)
     write_csv(out / "seeds.csv", per_seed, SEED_COLUMNS)
-    write_json(out / "frontier.json", rows)
+    write_json(out / "points.json", rows)
     write_json(paths.SUMMARY_METRICS, summary_metrics(rows))
     scatter_png(
-        rows, per_seed, "entropy", out / "frontier.png", "predictive entropy (nats/token)", fit
+        rows,
+        per_seed,
+        "entropy",
+        out / "reward_vs_entropy.png",
+        "predictive entropy (nats/token)",
+        fit,
     )
     scatter_png(rows, per_seed, "kl", out / "reward_vs_kl.png", "KL(π ‖ π_sft) (nats/sequence)")
     return rows
@@ -432,6 +373,6 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to r
     rows = report(load_params(params))
     typer.echo(
         f"reported {len(rows)} policies x {rows[0]['n_seeds']} seeds -> {REPORTS}/summary.md, "
-        f"summary.csv, seeds.csv, frontier.png, reward_vs_kl.png, frontier.json, "
+        f"summary.csv, seeds.csv, reward_vs_entropy.png, reward_vs_kl.png, points.json, "
         f"{paths.SUMMARY_METRICS}"
     )

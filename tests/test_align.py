@@ -23,8 +23,8 @@ import torch
 from stages.align import align, variant_config
 from stages.lib.align import PromptCollator, TrainConfig, build_items, grouped_preference_loss
 from stages.lib.config import load_params
-from stages.lib.losses import LossConfig
 from stages.lib.sequences import completion_logprobs, encode_batch
+from stages.lib.variants import LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -776,7 +776,7 @@ def test_listwise_loss_needs_two_completions_per_prompt(project, variant):
 def test_a_curriculum_trains_on_the_prompts_in_margin_order(project, monkeypatch, order):
     """Every epoch reads the training prompts by their reward margin (the collator sees them in
     that order), and the run records its curriculum."""
-    from stages.lib import trainer as align_trainer
+    from stages.lib import align as align_trainer
     from stages.lib.align import curriculum_order, prompt_margin
     from stages.lib.contracts import PREFERENCES, read_rows
 

@@ -18,9 +18,9 @@ from stages.lib.frontier import (
     kl_levels,
     matched_kl,
     pareto_front,
-    per_prompt,
 )
 from stages.lib.frontier_tables import frontier_metrics
+from stages.lib.runs import per_prompt
 
 # --------------------------------------------------------------------------- families
 

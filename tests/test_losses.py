@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stages.lib import losses as L
+from stages.lib import variants as V
 
 BETAS = (1e-5, 0.01, 0.1, 1.0)
 FINITE_ALPHAS = (1e-6, 1e-3, 0.3, 0.5, 0.999)
@@ -42,7 +43,7 @@ def t64(*xs):
 def run_ours(pw, pl, rw, rl, lw, ll, **cfg):
     """Our loss (mean over pairs) and its gradients w.r.t. the policy log-probs."""
     pw, pl = pw.detach().clone().requires_grad_(), pl.detach().clone().requires_grad_()
-    out = L.preference_loss(pw, pl, rw, rl, lw, ll, L.LossConfig(**cfg))
+    out = L.preference_loss(pw, pl, rw, rl, lw, ll, V.LossConfig(**cfg))
     out.loss.backward()
     return out, pw.grad, pl.grad
 
@@ -144,7 +145,7 @@ def test_gradient_matches_finite_differences(loss, divergence, alpha):
 
     def f(pw, pl):
         return L.preference_loss(
-            pw, pl, rw, rl, lw, ll, L.LossConfig(loss, divergence, 0.7, alpha)
+            pw, pl, rw, rl, lw, ll, V.LossConfig(loss, divergence, 0.7, alpha)
         ).losses
 
     assert torch.autograd.gradcheck(f, (pw.requires_grad_(), pl.requires_grad_()))
@@ -152,7 +153,7 @@ def test_gradient_matches_finite_differences(loss, divergence, alpha):
 
 def test_ipo_clamps_zero_lengths_to_one():
     pw, pl, ref = t64(-1.0), t64(-3.0), t64(-2.0)
-    ipo = L.LossConfig("ipo", "reverse_kl", 0.1)
+    ipo = V.LossConfig("ipo", "reverse_kl", 0.1)
     zero = L.preference_loss(pw, pl, ref, ref, t64(0), t64(0), ipo).losses
     one = L.preference_loss(pw, pl, ref, ref, t64(1), t64(1), ipo).losses
     torch.testing.assert_close(zero, one)
@@ -165,13 +166,13 @@ def test_ipo_rewards_are_the_per_token_means_its_loss_sees():
     beta = 0.5
     pw, rw, lw = t64(-8.0), t64(-10.0), t64(10)  # r_w = 2 over 10 tokens: 0.2 per token
     pl, rl, ll = t64(-3.0), t64(-4.0), t64(2)  # r_l = 1 over 2 tokens: 0.5 per token
-    out = L.preference_loss(pw, pl, rw, rl, lw, ll, L.LossConfig("ipo", "reverse_kl", beta))
+    out = L.preference_loss(pw, pl, rw, rl, lw, ll, V.LossConfig("ipo", "reverse_kl", beta))
     margin = out.chosen_rewards - out.rejected_rewards
     torch.testing.assert_close(margin, t64(beta * (0.2 - 0.5)))
     assert margin.item() < 0  # accuracy counts it wrong, as the loss does
     torch.testing.assert_close(out.losses, (margin / beta - 1 / (2 * beta)) ** 2)
     # the other losses keep DPO's β·r on summed log-ratios
-    dpo = L.preference_loss(pw, pl, rw, rl, lw, ll, L.LossConfig("sigmoid", "reverse_kl", beta))
+    dpo = L.preference_loss(pw, pl, rw, rl, lw, ll, V.LossConfig("sigmoid", "reverse_kl", beta))
     torch.testing.assert_close(dpo.chosen_rewards - dpo.rejected_rewards, t64(beta * (2 - 1)))
 
 
@@ -184,7 +185,7 @@ def test_half_precision_inputs_are_computed_in_float32():
         x.detach(),
         torch.ones(2),
         torch.ones(2),
-        L.LossConfig("sigmoid", "reverse_kl", 0.1),
+        V.LossConfig("sigmoid", "reverse_kl", 0.1),
     )
     assert out.losses.dtype == torch.float32
     out.loss.backward()
@@ -230,7 +231,7 @@ def _assert_finite_everywhere(r_w, r_l, len_w, len_l, ref_w, ref_l):
         for beta in BETAS:
             pw, pl = (ref_w + r_w).requires_grad_(), (ref_l + r_l).requires_grad_()
             out = L.preference_loss(
-                pw, pl, ref_w, ref_l, len_w, len_l, L.LossConfig(loss, divergence, beta, alpha)
+                pw, pl, ref_w, ref_l, len_w, len_l, V.LossConfig(loss, divergence, beta, alpha)
             )
             gw, gl = torch.autograd.grad(out.losses.sum(), (pw, pl))
             cfg = f"{loss}/{divergence}/alpha={alpha}/beta={beta}"
@@ -340,7 +341,7 @@ def test_small_alpha_float32_has_no_cancellation():
 
 @pytest.mark.parametrize("loss, divergence, alpha", all_combos())
 def test_loss_config_accepts_valid(loss, divergence, alpha):
-    config = L.LossConfig(loss, divergence, 0.1, alpha)
+    config = V.LossConfig(loss, divergence, 0.1, alpha)
     assert (config.loss, config.divergence, config.beta, config.alpha) == (
         loss,
         divergence,
@@ -375,14 +376,14 @@ def test_loss_config_accepts_valid(loss, divergence, alpha):
 )
 def test_bad_loss_config_is_one_line_naming_the_field(loss, divergence, beta, alpha, param):
     with pytest.raises(ValueError, match=rf"^{param}: ") as err:
-        L.LossConfig(loss, divergence, beta, alpha)
+        V.LossConfig(loss, divergence, beta, alpha)
     assert "\n" not in str(err.value)
 
 
 def test_loss_config_is_frozen_and_checked_again_on_replace():
     import dataclasses
 
-    config = L.LossConfig("sigmoid", "alpha", 0.1, 0.5)
+    config = V.LossConfig("sigmoid", "alpha", 0.1, 0.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.beta = 1.0
     with pytest.raises(ValueError, match="^beta: must be a finite number > 0, got -1.0$"):
@@ -392,11 +393,11 @@ def test_loss_config_is_frozen_and_checked_again_on_replace():
 def test_preference_loss_does_not_validate_again(monkeypatch):
     """The config is checked once, when built; the per-step loss only reads it."""
     calls = []
-    check = L.LossConfig.__post_init__
+    check = V.LossConfig.__post_init__
     monkeypatch.setattr(
-        L.LossConfig, "__post_init__", lambda self: calls.append(self) or check(self)
+        V.LossConfig, "__post_init__", lambda self: calls.append(self) or check(self)
     )
-    config = L.LossConfig("sigmoid", "alpha", 0.3, 0.5)
+    config = V.LossConfig("sigmoid", "alpha", 0.3, 0.5)
     x = torch.zeros(2)
     for _ in range(3):
         L.preference_loss(x, x, x, x, x + 1, x + 1, config)
@@ -460,15 +461,15 @@ def _where(key: str) -> str:
 )
 def test_read_loss_config_names_the_key(mapping, message):
     with pytest.raises(ValueError) as err:
-        L.read_loss_config(mapping, _where)
+        V.read_loss_config(mapping, _where)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
 def test_read_loss_config_coerces_like_params():
-    config = L.read_loss_config(
+    config = V.read_loss_config(
         {"loss": "sigmoid", "divergence": "alpha", "beta": 1, "alpha": 0.5}, _where
     )
-    assert config == L.LossConfig("sigmoid", "alpha", 1.0, 0.5) and isinstance(config.beta, float)
+    assert config == V.LossConfig("sigmoid", "alpha", 1.0, 0.5) and isinstance(config.beta, float)
 
 
 # --------------------------------------------------------------------------- cross-check with trl
@@ -711,4 +712,4 @@ def test_trl_accepts_ipo_with_f_divergences_we_reject(trl_trainer):
     length-normalized f′ scores, a combination neither paper derives. We raise instead."""
     trl_trainer("ipo", "js_divergence", 0.5, 0.1)  # trl constructs it without complaint
     with pytest.raises(ValueError, match="^divergence: "):
-        L.LossConfig("ipo", "jsd", 0.1, None)
+        V.LossConfig("ipo", "jsd", 0.1, None)

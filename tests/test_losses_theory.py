@@ -36,13 +36,13 @@ import pytest
 import torch
 
 from stages.lib.losses import (
-    LossConfig,
     batch_loss,
     divergence_score,
     plackett_luce_loss,
     preference_loss,
     rrhf_rank_loss,
 )
+from stages.lib.variants import LossConfig
 
 N = 5
 R_STAR = torch.tensor([0.9, -0.4, 0.3, -1.0, 0.1], dtype=torch.float64)

@@ -27,6 +27,7 @@ from test_losses import (
 )
 
 from stages.lib import losses as L
+from stages.lib import variants as V
 
 DIVS = [("reverse_kl", None), ("forward_kl", None), ("jsd", None), ("alpha", 0.2), ("alpha", 0.9)]
 
@@ -55,24 +56,24 @@ def new_configs():
     out = []
     for d, a in DIVS:
         out += [
-            L.LossConfig("sigmoid", d, 0.5, a, label_smoothing=0.2),  # cDPO
-            L.LossConfig("robust", d, 0.5, a, label_smoothing=0.2),
-            L.LossConfig("robust", d, 0.5, a),  # ε = 0
-            L.LossConfig("hinge", d, 0.5, a, sft_weight=0.7),  # SLiC-HF
-            L.LossConfig("sigmoid", d, 0.5, a, sft_weight=0.7),  # RPO
-            L.LossConfig("plackett_luce", d, 0.5, a),
-            L.LossConfig("plackett_luce", d, 0.5, a, sft_weight=0.3),
+            V.LossConfig("sigmoid", d, 0.5, a, label_smoothing=0.2),  # cDPO
+            V.LossConfig("robust", d, 0.5, a, label_smoothing=0.2),
+            V.LossConfig("robust", d, 0.5, a),  # ε = 0
+            V.LossConfig("hinge", d, 0.5, a, sft_weight=0.7),  # SLiC-HF
+            V.LossConfig("sigmoid", d, 0.5, a, sft_weight=0.7),  # RPO
+            V.LossConfig("plackett_luce", d, 0.5, a),
+            V.LossConfig("plackett_luce", d, 0.5, a, sft_weight=0.3),
         ]
     out += [
-        L.LossConfig("sigmoid_norm", "reverse_kl", 0.5),
-        L.LossConfig("apo_zero", "reverse_kl", 0.5),
-        L.LossConfig("rrhf"),
-        L.LossConfig("rrhf", sft_weight=1.0),
+        V.LossConfig("sigmoid_norm", "reverse_kl", 0.5),
+        V.LossConfig("apo_zero", "reverse_kl", 0.5),
+        V.LossConfig("rrhf"),
+        V.LossConfig("rrhf", sft_weight=1.0),
     ]
     return out
 
 
-def _id(c: L.LossConfig) -> str:
+def _id(c: V.LossConfig) -> str:
     extras = f"-eps{c.label_smoothing}" if c.label_smoothing else ""
     extras += f"-sft{c.sft_weight}" if c.sft_weight else ""
     return f"{c.loss}-{c.divergence}-{c.alpha}{extras}"
@@ -120,10 +121,10 @@ def test_apo_zero_closed_form():
 @pytest.mark.parametrize(
     "config",
     [
-        L.LossConfig("sigmoid", "jsd", 0.5, label_smoothing=0.2),
-        L.LossConfig("robust", "alpha", 0.5, 0.3, label_smoothing=0.2),
-        L.LossConfig("sigmoid_norm", "reverse_kl", 0.5),
-        L.LossConfig("apo_zero", "reverse_kl", 0.5),
+        V.LossConfig("sigmoid", "jsd", 0.5, label_smoothing=0.2),
+        V.LossConfig("robust", "alpha", 0.5, 0.3, label_smoothing=0.2),
+        V.LossConfig("sigmoid_norm", "reverse_kl", 0.5),
+        V.LossConfig("apo_zero", "reverse_kl", 0.5),
     ],
     ids=_id,
 )
@@ -163,7 +164,7 @@ def test_sigmoid_without_smoothing_is_bitwise_the_old_loss():
     old = L.sigmoid_loss(
         L.divergence_score(pw - rw, "jsd") - L.divergence_score(pl - rl, "jsd"), 0.3
     )
-    new = L.preference_loss(pw, pl, rw, rl, lw, ll, L.LossConfig("sigmoid", "jsd", 0.3)).losses
+    new = L.preference_loss(pw, pl, rw, rl, lw, ll, V.LossConfig("sigmoid", "jsd", 0.3)).losses
     assert torch.equal(old, new)
 
 
@@ -272,7 +273,7 @@ def _flat_batch(seed=0, sizes=(4, 3, 4)):
 
 def test_batch_loss_pairwise_is_preference_loss_plus_the_sft_term():
     policy, ref, n, w, l, groups, rewards = _flat_batch()
-    config = L.LossConfig("hinge", "reverse_kl", 0.5)
+    config = V.LossConfig("hinge", "reverse_kl", 0.5)
     plain = L.batch_loss(policy, ref, n, w, l, config, groups, rewards)
     direct = L.preference_loss(policy[w], policy[l], ref[w], ref[l], n[w], n[l], config)
     assert torch.equal(plain.losses, direct.losses) and plain.sft is None and not plain.listwise
@@ -290,7 +291,7 @@ def test_batch_loss_listwise_by_hand():
     policy, ref, n, w, l, groups, rewards = _flat_batch()
     beta = 0.5
     out = L.batch_loss(
-        policy, ref, n, w, l, L.LossConfig("plackett_luce", "jsd", beta), groups, rewards
+        policy, ref, n, w, l, V.LossConfig("plackett_luce", "jsd", beta), groups, rewards
     )
     assert out.listwise and out.losses.shape == (3,)
     for g, rows in enumerate(groups.tolist()):
@@ -300,7 +301,7 @@ def test_batch_loss_listwise_by_hand():
             _pl_by_hand(u, [float(rewards[r]) for r in rows])
         )
     torch.testing.assert_close(out.chosen_rewards, beta * (policy[w] - ref[w]))  # the pairs' β·r
-    out = L.batch_loss(policy, ref, n, w, l, L.LossConfig("rrhf", sft_weight=2.0), groups, rewards)
+    out = L.batch_loss(policy, ref, n, w, l, V.LossConfig("rrhf", sft_weight=2.0), groups, rewards)
     p = policy / n
     for g, rows in enumerate(groups.tolist()):
         rows = [r for r in rows if r >= 0]
@@ -314,7 +315,7 @@ def test_batch_loss_listwise_by_hand():
         assert best in L.best_rows(groups, rewards).tolist()
     torch.testing.assert_close(out.chosen_rewards, p[w])  # RRHF's own score, no β
     with pytest.raises(ValueError, match="^loss: 'rrhf' is listwise"):
-        L.batch_loss(policy, ref, n, w, l, L.LossConfig("rrhf"))
+        L.batch_loss(policy, ref, n, w, l, V.LossConfig("rrhf"))
 
 
 @pytest.mark.parametrize("config", [c for c in new_configs() if c.alpha in (None, 0.2)], ids=_id)
@@ -363,18 +364,18 @@ def test_new_losses_finite_float32_at_extremes(config):
 
 
 def test_new_configs_are_valid_and_logged_compactly():
-    assert L.LossConfig("rrhf").listwise and L.LossConfig("plackett_luce", "jsd", 0.3).listwise
-    assert not L.LossConfig("robust", "jsd", 0.3).listwise
+    assert V.LossConfig("rrhf").listwise and V.LossConfig("plackett_luce", "jsd", 0.3).listwise
+    assert not V.LossConfig("robust", "jsd", 0.3).listwise
     # the original variants log exactly the four keys they always did
-    assert L.LossConfig("sigmoid", "alpha", 0.1, 0.5).logged() == {
+    assert V.LossConfig("sigmoid", "alpha", 0.1, 0.5).logged() == {
         "loss": "sigmoid",
         "divergence": "alpha",
         "beta": 0.1,
         "alpha": 0.5,
     }
-    assert L.LossConfig("hinge", "reverse_kl", 0.3, sft_weight=0.1).logged()["sft_weight"] == 0.1
+    assert V.LossConfig("hinge", "reverse_kl", 0.3, sft_weight=0.1).logged()["sft_weight"] == 0.1
     assert (
-        L.LossConfig("robust", "reverse_kl", 0.3, label_smoothing=0.1).logged()["label_smoothing"]
+        V.LossConfig("robust", "reverse_kl", 0.3, label_smoothing=0.1).logged()["label_smoothing"]
         == 0.1
     )
 
@@ -420,7 +421,7 @@ def test_new_configs_are_valid_and_logged_compactly():
 )
 def test_bad_new_configs_are_one_line_naming_the_field(kwargs, param):
     with pytest.raises(ValueError, match=rf"^{param}: ") as err:
-        L.LossConfig(**kwargs)
+        V.LossConfig(**kwargs)
     assert "\n" not in str(err.value)
 
 
@@ -471,14 +472,14 @@ def _where(key: str) -> str:
 )
 def test_read_loss_config_names_the_new_keys(mapping, message):
     with pytest.raises(ValueError) as err:
-        L.read_loss_config(mapping, _where)
+        V.read_loss_config(mapping, _where)
     assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
 
 
 def test_read_loss_config_reads_the_new_keys():
-    config = L.read_loss_config({"loss": "rrhf", "sft_weight": 1}, _where)
-    assert config == L.LossConfig("rrhf", sft_weight=1.0) and isinstance(config.sft_weight, float)
-    config = L.read_loss_config(
+    config = V.read_loss_config({"loss": "rrhf", "sft_weight": 1}, _where)
+    assert config == V.LossConfig("rrhf", sft_weight=1.0) and isinstance(config.sft_weight, float)
+    config = V.read_loss_config(
         {"loss": "robust", "divergence": "jsd", "beta": 0.3, "label_smoothing": 0.1}, _where
     )
     assert config.label_smoothing == 0.1 and config.divergence == "jsd"
@@ -562,7 +563,7 @@ def test_sft_term_matches_trl(trl_trainer, loss, divergence, alpha, weight):  # 
     )
     batch = _batch(seed=14)
     theirs = run_trl(trainer, *batch)
-    config = L.LossConfig(loss, divergence, 0.5, alpha, sft_weight=weight)
+    config = V.LossConfig(loss, divergence, 0.5, alpha, sft_weight=weight)
     out, gw, gl = _run_batch(config, *batch)
     _check((out.loss.detach(), gw, gl), theirs)
     without = _run_batch(dataclasses.replace(config, sft_weight=0.0), *batch)[0]
@@ -576,7 +577,7 @@ def test_plackett_luce_with_two_completions_is_trl_sigmoid(trl_trainer, divergen
     coef = 1 - alpha if alpha is not None else 0.5
     batch = _batch(seed=15)
     theirs = run_trl(trl_trainer("sigmoid", TRL_DIVERGENCE[divergence], coef, 0.5), *batch)
-    out, gw, gl = _run_batch(L.LossConfig("plackett_luce", divergence, 0.5, alpha), *batch)
+    out, gw, gl = _run_batch(V.LossConfig("plackett_luce", divergence, 0.5, alpha), *batch)
     _check((out.loss.detach(), gw, gl), theirs)
 
 
@@ -584,4 +585,4 @@ def test_trl_accepts_sigmoid_norm_with_f_divergences_we_reject(trl_trainer):  # 
     """As for IPO: trl averages f′ scores over tokens, which no paper derives; we raise."""
     trl_trainer("sigmoid_norm", "js_divergence", 0.5, 0.1)
     with pytest.raises(ValueError, match="^divergence: loss 'sigmoid_norm' requires"):
-        L.LossConfig("sigmoid_norm", "jsd", 0.1)
+        V.LossConfig("sigmoid_norm", "jsd", 0.1)

@@ -15,19 +15,10 @@ import typer
 from typer.testing import CliRunner
 
 from stages.cli import stage_command
+from stages.lib.bootstrap import draw_resamples, interval, point_estimate, replicates
 from stages.lib.config import load_params
-from stages.report import (
-    draw_resamples,
-    family_fit,
-    interval,
-    plain_sigmoid,
-    point_estimate,
-    read_run,
-    replicates,
-    report,
-    variant_info,
-    variant_loss,
-)
+from stages.lib.variants import read_variant
+from stages.report import family_fit, plain_sigmoid, read_run, report, variant_info
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = load_params(ROOT / "params.yaml")
@@ -274,10 +265,10 @@ def test_report_writes_tables_plots_and_metrics(repo):
     ]
     assert float(seeds[3]["reward"]) == pytest.approx(4.0 + SEED_EFFECT[0])  # that run's own
     assert seeds[3]["val_accuracy"] == "0.6"
-    for png in ("frontier.png", "reward_vs_kl.png"):
+    for png in ("reward_vs_entropy.png", "reward_vs_kl.png"):
         data = (reports / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    plot = json.loads((reports / "frontier.json").read_text())
+    plot = json.loads((reports / "points.json").read_text())
     assert [r["policy"] for r in plot] == ["sft", *PARAMS["align"]["variants"]]
     fkl = next(r for r in plot if r["policy"] == "fkl")
     assert fkl["kl"] == pytest.approx(6.0) and fkl["divergence"] == "forward_kl"
@@ -305,7 +296,7 @@ def test_labels_are_read_like_the_align_stage():
     info = variant_info(params)
     assert info["shared"] == {"loss": "hinge", "divergence": "alpha", "alpha": 0.25}
     assert info["dpo"] == {"loss": "sigmoid", "divergence": "reverse_kl", "alpha": None}
-    assert variant_loss(params["align"], "shared").beta == 0.2
+    assert read_variant(params, "shared").loss().beta == 0.2
 
 
 @pytest.mark.parametrize(
@@ -501,7 +492,7 @@ def test_without_a_reward_model_reward_is_na_not_zero(repo):
     assert all("reward" not in m and "d_reward" not in m and "kl" in m for m in summary.values())
     header, first = (repo / "reports/summary.csv").read_text().splitlines()[:2]
     assert first.split(",")[header.split(",").index("reward")] == ""  # blank, not 0
-    for png in ("frontier.png", "reward_vs_kl.png"):
+    for png in ("reward_vs_entropy.png", "reward_vs_kl.png"):
         assert (repo / "reports" / png).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -35,9 +35,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, T
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from stages.lib.align import PreferenceTrainer, PromptCollator, build_items, disable_dropout
-from stages.lib.losses import LossConfig
 from stages.lib.pairs import all_pairs, first_round_pairs
 from stages.lib.sequences import reference_rows
+from stages.lib.variants import LossConfig
 
 PAIRINGS = {"disjoint": (first_round_pairs, 2), "all": (all_pairs, 6)}
 

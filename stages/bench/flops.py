@@ -46,8 +46,8 @@ from transformers import (
 from stages.bench import best_seconds
 from stages.bench.align import SequentialOrder, quiet_trainer
 from stages.lib.align import PreferenceTrainer, PromptCollator, disable_dropout
-from stages.lib.losses import LossConfig
 from stages.lib.modeling import fuse_activations
+from stages.lib.variants import LossConfig
 
 
 def matmul_flops(n: int = 2048, repeats: int = 10) -> float:

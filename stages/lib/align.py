@@ -51,10 +51,11 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from stages.lib.config import non_negative, param, positive_finite, positive_int, unit_interval
-from stages.lib.losses import LossConfig, PreferenceLossOutput, batch_loss, preference_loss
+from stages.lib.losses import PreferenceLossOutput, batch_loss, preference_loss
 from stages.lib.modeling import use_bf16
 from stages.lib.sequences import completion_index, completion_logprobs, encode_batch
 from stages.lib.training import is_timing
+from stages.lib.variants import LossConfig
 
 #: Order of the per-pair sums kept on the device: loss, margin, chosen, rejected, correct, pairs.
 _STATS = ("loss", "margin", "chosen_reward", "rejected_reward", "accuracy")

@@ -1,8 +1,8 @@
 """The ``frontier`` stage's compute: β families, Pareto envelopes and the matched-KL comparison.
 
 Pure functions (numpy, and the variants' loss settings read through
-:mod:`stages.lib.losses`); :mod:`stages.frontier` reads the runs and writes the tables and
-plots::
+:mod:`stages.lib.variants`); :mod:`stages.frontier` reads the runs (:mod:`stages.lib.runs`) and
+writes the tables and plots::
 
     fams = group_families({"dpo": {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.3,
                                    "alpha": None, "curriculum": "shuffle"}, ...})
@@ -11,7 +11,7 @@ plots::
     levels, how = kl_levels({"a": (1.0, 5.0), "b": (2.0, 6.0)})   # 2.75, 3.5, 4.25
 
 **Families.** A family is every variant whose settings agree in everything but β: the loss
-settings of :class:`stages.lib.losses.LossConfig` (loss, divergence, alpha, sft_weight,
+settings of :class:`stages.lib.variants.LossConfig` (loss, divergence, alpha, sft_weight,
 label_smoothing) and the prompt order ``curriculum`` (a curriculum run is another method, not
 another point of DPO's curve). Other training overrides (learning rate, epochs) are tuning of a
 point and do not split a family. Its points, ordered by KL, form the family's β curve.
@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stages.lib.bootstrap import interval
-from stages.lib.losses import LOSS_KEYS, read_variant_loss
+from stages.lib.runs import excludes_0
+from stages.lib.variants import LOSS_KEYS, read_variants
 
 #: Settings that define a family besides the loss (all of them, minus β, define it).
 FAMILY_EXTRA = ("curriculum",)
@@ -88,26 +89,14 @@ def family_name(settings: dict) -> str:
 
 
 def variant_settings(params: dict) -> dict[str, dict]:
-    """variant -> its loss settings (``LossConfig``, read as the align stage reads them) and
-    curriculum (default ``shuffle``): what :func:`group_families` groups by (and β)."""
-    align = params.get("align")
-    variants = align.get("variants") if isinstance(align, dict) else None
-    if not isinstance(variants, dict) or not variants:
-        raise ValueError(f"params: align.variants: must be a non-empty mapping, got {variants!r}")
-    common = align.get("common") or {}
-    if not isinstance(common, dict):
-        raise ValueError(f"params: align.common: must be a mapping, got {common!r}")
+    """variant -> its loss settings (``LossConfig``, read as the align stage reads them:
+    :func:`stages.lib.variants.read_variants`) and curriculum (default ``shuffle``): what
+    :func:`group_families` groups by (and β)."""
     out = {}
-    for name, variant in variants.items():
-        variant = variant or {}
-        if not isinstance(variant, dict):
-            raise ValueError(f"params: align.variants.{name}: must be a mapping, got {variant!r}")
-        if name == "sft":
-            raise ValueError("params: align.variants.sft: clashes with the SFT policy's name")
-        loss = read_variant_loss(name, common, variant)
-        merged = {**common, **variant}
-        out[str(name)] = {k: getattr(loss, k) for k in LOSS_KEYS}
-        out[str(name)]["curriculum"] = merged.get("curriculum", "shuffle")
+    for name, variant in read_variants(params).items():
+        loss = variant.loss()
+        out[name] = {k: getattr(loss, k) for k in LOSS_KEYS}
+        out[name]["curriculum"] = variant.settings.get("curriculum", "shuffle")
     return out
 
 
@@ -128,46 +117,6 @@ def group_families(settings: dict[str, dict]) -> list[Family]:
             out[i] = Family(f"{fam.name}-{i}", fam.settings, fam.variants, fam.betas)
         seen[fam.name] = i
     return out
-
-
-# --------------------------------------------------------------------------- runs
-
-
-def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
-    """Per-prompt numerators and denominators of one evaluate run's rows (``report``'s
-    definitions): reward and gold, the prompt's mean score over 1; kl, the mean over its samples
-    of log π − log π_sft over 1 (0 for the SFT policy); entropy, the entropy summed over its
-    generated positions over their number; entropy_first_k and context_entropy the same over
-    the first k generated positions and over the fixed context's tokens
-    (:mod:`stages.lib.policy_entropy`). ``gold`` and the last two only where the rows have
-    them."""
-    if not sft and any("logp_sft" not in r for r in rows):
-        raise ValueError(f"{where}: field 'logp_sft' missing (kl of an aligned policy needs it)")
-    ones = np.ones(len(rows))
-    num = {
-        "reward": np.array([np.mean(r["rewards"]) for r in rows]),
-        "kl": np.zeros(len(rows))
-        if sft
-        else np.array([np.mean(np.subtract(r["logp"], r["logp_sft"])) for r in rows]),
-        "entropy": np.array([np.dot(r["entropy"], r["n_generated"]) for r in rows], dtype=float),
-    }
-    den = {
-        "reward": ones,
-        "kl": ones,
-        "entropy": np.array([sum(r["n_generated"]) for r in rows], dtype=float),
-    }
-    if all("gold" in r for r in rows):
-        num["gold"], den["gold"] = np.array([np.mean(r["gold"]) for r in rows]), ones
-    if all("entropy_first_k" in r and "n_first_k" in r for r in rows):  # stages.lib.policy_entropy
-        num["entropy_first_k"] = np.array(
-            [np.dot(r["entropy_first_k"], r["n_first_k"]) for r in rows], dtype=float
-        )
-        den["entropy_first_k"] = np.array([sum(r["n_first_k"]) for r in rows], dtype=float)
-    if any("context_entropy" in r for r in rows):  # the first evaluate.fixed_contexts prompts
-        tokens = np.array([r.get("context_tokens", 0) for r in rows], dtype=float)
-        num["context_entropy"] = np.array([r.get("context_entropy", 0.0) for r in rows]) * tokens
-        den["context_entropy"] = tokens
-    return num, den
 
 
 # --------------------------------------------------------------------------- pareto
@@ -287,10 +236,6 @@ class Curve:
         return float(self.kl.min()), float(self.kl.max())
 
 
-def _excludes_0(lo: float, hi: float) -> bool:
-    return bool(round(lo, 6) > 0 or round(hi, 6) < 0)
-
-
 def _at(curve: Curve, metric: str, level: float) -> tuple[float, np.ndarray]:
     value = float(interpolate(curve.kl, curve.values[metric], level))
     return value, interpolate(curve.kl_reps, curve.reps[metric], level)
@@ -321,7 +266,7 @@ def matched_row(curve: Curve, base: Curve | None, level: float, metrics: list[st
             continue
         lo, hi = interval(d[both])
         row.update({f"d_{m}": value - b_value, f"d_{m}_lo": lo, f"d_{m}_hi": hi})
-        row[f"d_{m}_excludes_0"] = _excludes_0(lo, hi)
+        row[f"d_{m}_excludes_0"] = excludes_0(lo, hi)
     return row
 
 

@@ -89,7 +89,8 @@ inf/nan (forward KL) or clamps the exponent and loses the gradient (α); see the
 
 Usage::
 
-    from stages.lib.losses import LossConfig, preference_loss
+    from stages.lib.losses import preference_loss
+    from stages.lib.variants import LossConfig
 
     config = LossConfig("sigmoid", "alpha", beta=0.1, alpha=0.5)    # validated once, here
     out = preference_loss(policy_w, policy_l, ref_w, ref_l, len_w, len_l, config)
@@ -102,34 +103,21 @@ Usage::
     out = batch_loss(logps, ref_logps, n_tokens, chosen, rejected, config, groups, rewards)
 
 In ``params.yaml`` the same keys (loss, divergence, beta, alpha, sft_weight, label_smoothing)
-live in ``align.variants.<name>`` (or ``align.common``); :func:`read_loss_config` builds the
-config from such a mapping with errors naming the key.
+live in ``align.variants.<name>`` (or ``align.common``); :class:`LossConfig`, the constants that
+name the losses and divergences (``LOSSES``, ``DIVERGENCES``, ...) and the reading of a variant's
+settings live in the torch-free :mod:`stages.lib.variants`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stages.lib.config import param, positive_finite, read_mapping
-
-DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "alpha")
-PAIRWISE = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm", "apo_zero")
-LISTWISE = ("plackett_luce", "rrhf")
-LOSSES = PAIRWISE + LISTWISE
-#: Losses defined on the log-ratio itself (not an f′ score): reverse KL only.
-REVERSE_KL_ONLY = ("ipo", "sigmoid_norm", "apo_zero")
-#: Losses on policy log-probs alone: no reference, no divergence, no β.
-NO_REFERENCE = ("rrhf",)
-#: Losses that take a label-smoothing ε (cDPO for sigmoid, robust DPO).
-SMOOTHED = ("sigmoid", "robust")
+from stages.lib.variants import DIVERGENCES, LISTWISE, PAIRWISE, LossConfig
 
 #: Exponents above this continue linearly in :func:`safe_exp`. exp(30) ≈ 1.1e13, so at |r| = 1e4
 #: scores stay below ~1e17/α and score slopes at most exp(30): far from float32's 3.4e38, even
@@ -138,11 +126,6 @@ SMOOTHED = ("sigmoid", "robust")
 #: in Δ (Δ ≪ 0), where each capped score contributes slope β·e^30 instead of the paper's β·e^(-r).
 #: The sign of every margin and gradient is kept.
 SAFE_EXP_CAP = 30.0
-
-ALPHA_RANGE = (
-    "in the open interval (0, 1) (use divergence 'reverse_kl' for alpha -> 0, "
-    "'forward_kl' for alpha -> 1)"
-)
 
 
 def safe_exp(x: Tensor) -> Tensor:
@@ -333,7 +316,7 @@ def sft_nll(policy_logps: Tensor, n_tokens: Tensor) -> Tensor:
     return -policy_logps.to(dtype).sum() / n_tokens.to(dtype).sum().clamp(min=1.0)
 
 
-# --------------------------------------------------------------------------- config
+# --------------------------------------------------------------------------- output
 
 
 @dataclass(frozen=True)
@@ -357,165 +340,6 @@ class PreferenceLossOutput:
     def loss(self) -> Tensor:
         """Mean loss over the pairs (prompts, for a listwise loss): the training objective."""
         return self.losses.mean()
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """The loss of a variant, validated once when built (``ValueError`` naming the field).
-
-    Pairwise losses (:data:`PAIRWISE`) act on each preference pair; listwise losses
-    (:data:`LISTWISE`) on all K completions of a prompt ranked by reward (the pairs then only
-    serve the logged accuracy and margin). ``alpha`` is set for ``divergence='alpha'`` only.
-    IPO, sigmoid_norm and apo_zero are only defined for reverse KL: IPO's Eq. 17 regresses the
-    log-ratio margin itself onto 1/(2τ), sigmoid_norm averages the log-ratio over tokens and
-    APO-zero anchors each log-ratio at 0, and no paper derives these on f′ scores (trl allows
-    some; we do not). RRHF ranks policy log-probs with no reference: it takes neither a
-    divergence nor β. ``label_smoothing`` ε is used by sigmoid (cDPO) and robust only;
-    ``sft_weight`` λ adds λ·:func:`sft_nll` of each prompt's best-ranked completion to any loss.
-    """
-
-    loss: str = param(
-        "loss: sigmoid, hinge, ipo, robust, sigmoid_norm, apo_zero (pairwise); "
-        "plackett_luce, rrhf (listwise)",
-        check=lambda v: v in LOSSES,
-        must=f"one of {', '.join(LOSSES)}",
-    )
-    divergence: str = param(  # None: only for rrhf (checked in __post_init__)
-        "score s(r): reverse_kl r, forward_kl -e^-r, jsd log σ(r), alpha (null for rrhf)",
-        None,
-        check=lambda v: v in DIVERGENCES,
-        must=f"one of {', '.join(DIVERGENCES)}",
-    )
-    beta: float = param(  # None: only for rrhf
-        "β: scale of the score margin (τ for ipo; null for rrhf)",
-        None,
-        check=positive_finite,
-        must="a finite number > 0",
-    )
-    alpha: float | None = param(
-        "α of divergence alpha, in (0, 1) (null otherwise)",
-        None,
-        check=lambda v: 0.0 < v < 1.0,
-        must=ALPHA_RANGE,
-    )
-    sft_weight: float = param(
-        "λ: weight of the per-token NLL of each prompt's best-ranked completion (0 = none)",
-        0.0,
-        check=lambda v: 0.0 <= v < math.inf,
-        must="a finite number >= 0",
-    )
-    label_smoothing: float = param(
-        "ε: label-flip rate of cDPO (loss sigmoid) and robust DPO, in [0, 0.5)",
-        0.0,
-        check=lambda v: 0.0 <= v < 0.5,
-        must="in [0, 0.5)",
-    )
-
-    def __post_init__(self) -> None:
-        loss, divergence, beta, alpha = self.loss, self.divergence, self.beta, self.alpha
-        if loss not in LOSSES:
-            raise ValueError(f"loss: must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if loss in NO_REFERENCE:
-            for key, value in (("divergence", divergence), ("beta", beta)):
-                if value is not None:
-                    raise ValueError(
-                        f"{key}: not used by loss {loss!r} (it ranks length-normalised policy "
-                        f"log-probs, without reference or score): remove it, got {value!r}"
-                    )
-        else:
-            if divergence is None:
-                raise ValueError(f"divergence: is missing ({_doc('divergence')})")
-            if divergence not in DIVERGENCES:
-                raise ValueError(
-                    f"divergence: must be one of {', '.join(DIVERGENCES)}, got {divergence!r}"
-                )
-            if beta is None:
-                raise ValueError(f"beta: is missing ({_doc('beta')})")
-            if not _is_real(beta) or not math.isfinite(beta) or beta <= 0:
-                raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
-        if divergence == "alpha":
-            if alpha is None:
-                raise ValueError("alpha: required for divergence 'alpha' (a number in (0, 1))")
-            if not _is_real(alpha) or not 0.0 < alpha < 1.0:
-                raise ValueError(f"alpha: must be {ALPHA_RANGE}, got {alpha!r}")
-        elif alpha is not None:
-            raise ValueError(
-                f"alpha: only used by divergence 'alpha', not {divergence!r}: remove it"
-            )
-        if loss in REVERSE_KL_ONLY and divergence != "reverse_kl":
-            raise ValueError(
-                f"divergence: loss {loss!r} requires divergence 'reverse_kl', got {divergence!r}"
-            )
-        w, eps = self.sft_weight, self.label_smoothing
-        if not _is_real(w) or not 0.0 <= w < math.inf:
-            raise ValueError(f"sft_weight: must be a finite number >= 0, got {w!r}")
-        if not _is_real(eps) or not 0.0 <= eps < 0.5:
-            raise ValueError(f"label_smoothing: must be in [0, 0.5), got {eps!r}")
-        if eps != 0 and loss not in SMOOTHED:
-            raise ValueError(
-                f"label_smoothing: only used by losses {', '.join(SMOOTHED)}, not {loss!r}: "
-                f"remove it, got {eps!r}"
-            )
-
-    @property
-    def listwise(self) -> bool:
-        """True for a loss over all completions of a prompt (:data:`LISTWISE`)."""
-        return self.loss in LISTWISE
-
-    def logged(self) -> dict:
-        """The settings to log: loss, divergence, beta, alpha, plus sft_weight and
-        label_smoothing where they are not 0 (the logs of the original variants are unchanged)."""
-        out = {k: getattr(self, k) for k in ("loss", "divergence", "beta", "alpha")}
-        out.update(
-            {k: getattr(self, k) for k in ("sft_weight", "label_smoothing") if getattr(self, k)}
-        )
-        return out
-
-
-def _doc(key: str) -> str:
-    return next(f.metadata["doc"] for f in dataclasses.fields(LossConfig) if f.name == key)
-
-
-LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig))
-
-
-def read_loss_config(mapping: dict, where: Callable[[str], str]) -> LossConfig:
-    """:class:`LossConfig` from a params mapping of its keys; every error is one line
-    ``params: <where(key)>: ...`` naming the key (also for the checks across keys)."""
-    try:
-        return read_mapping(mapping, "", LossConfig, where=where)
-    except ValueError as err:
-        key, sep, rest = str(err).partition(": ")
-        if sep and key in LOSS_KEYS:  # raised by __post_init__
-            raise ValueError(f"params: {where(key)}: {rest}") from None
-        raise
-
-
-def variant_where(
-    name: str, common: dict, variant: dict, common_keys: tuple[str, ...] = ()
-) -> Callable[[str], str]:
-    """Where a key of alignment variant ``name`` lives, for error messages: ``align.variants.
-    <name>.<key>`` when the variant sets it (or it is set nowhere and is not one of
-    ``common_keys``), else ``align.common.<key>`` (the variant's settings are ``align.common``
-    overridden by ``align.variants.<name>``)."""
-
-    def where(key: str) -> str:
-        if key in variant or (key not in common and key not in common_keys):
-            return f"align.variants.{name}.{key}"
-        return f"align.common.{key}"
-
-    return where
-
-
-def read_variant_loss(name: str, common: dict, variant: dict) -> LossConfig:
-    """The loss of variant ``name``: its loss keys over those of ``align.common``, with
-    errors naming the key where it was set (see :func:`variant_where`)."""
-    merged = {k: v for k, v in {**common, **variant}.items() if k in LOSS_KEYS}
-    return read_loss_config(merged, variant_where(name, common, variant))
 
 
 # --------------------------------------------------------------------------- entry points

@@ -1,8 +1,8 @@
 """The ``report`` stage's figures: aggregated reward against entropy or KL, with intervals.
 
-``reports/frontier.png`` (reward against predictive entropy, with the original's quadratic fit
-through the sigmoid-loss divergence family) and ``reports/reward_vs_kl.png``, drawn from the rows
-:mod:`stages.report` aggregates and its per-seed rows::
+``reports/reward_vs_entropy.png`` (reward against predictive entropy, with the original's
+quadratic fit through the sigmoid-loss divergence family) and ``reports/reward_vs_kl.png``, drawn
+from the rows :mod:`stages.report` aggregates and its per-seed rows::
 
     from stages.lib.report_plots import scatter_png
     scatter_png(rows, per_seed, "kl", Path("reports/reward_vs_kl.png"), "KL (nats/sequence)")
