@@ -35,6 +35,7 @@ SECTIONS = {
     "reference": ReferenceConfig,
     "evaluate": EvaluateConfig,
     "report": ReportConfig,
+    "frontier": ReportConfig,  # one dataclass for both sections
 }
 
 

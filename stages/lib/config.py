@@ -11,7 +11,8 @@ that names the dotted key (``params: sft.epochs: must be >= 0, got -1``)::
     seed = run_seed(params, None)                           # a run's seed: the first of `seeds`
 
 The alignment settings live next to the code they configure: ``LossConfig`` in
-:mod:`stages.lib.losses`, ``TrainConfig`` in :mod:`stages.lib.align`; they use the same reader.
+:mod:`stages.lib.variants` (with the reader of a variant's merged settings), ``TrainConfig`` in
+:mod:`stages.lib.align`; they use the same reader.
 """
 
 from __future__ import annotations
@@ -474,28 +475,7 @@ class EvaluateConfig:
     )
 
 
-# --------------------------------------------------------------------------- report
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    """``report``: aggregate every policy over seeds and prompts."""
-
-    baseline: str = param(
-        "policy the paired differences are taken against (a variant name)",
-        "dpo",
-        check=lambda v: v.strip() != "",
-        must="a non-empty string",
-    )
-    bootstrap: int = param(
-        "resamples of the two-level (seeds, prompts) bootstrap",
-        2000,
-        check=positive_int,
-        must=">= 1",
-    )
-
-
-# --------------------------------------------------------------------------- best-of-n, frontier
+# --------------------------------------------------------------------------- best-of-n
 
 
 @dataclass(frozen=True)
@@ -511,12 +491,17 @@ class BestOfNConfig:
     )
 
 
+# --------------------------------------------------------------------------- report, frontier
+
+
 @dataclass(frozen=True)
-class FrontierConfig:
-    """``frontier``: families along β at matched KL, Pareto envelopes, best-of-n."""
+class ReportConfig:
+    """``report`` and ``frontier`` (one dataclass, read for each section): aggregate every
+    policy over seeds and prompts (``report``); families along β at matched KL, Pareto
+    envelopes, best-of-n (``frontier``)."""
 
     baseline: str = param(
-        "a variant: its family is the one paired differences are taken against",
+        "the variant paired differences are taken against (frontier: against its family)",
         "dpo",
         check=lambda v: v.strip() != "",
         must="a non-empty string",
