@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from stages.lib.frontier import Family
+from stages.lib.tables import markdown_table
 
 #: Metrics a matched-KL row may carry (KL is the level itself).
 MATCHED_METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
@@ -72,11 +73,6 @@ def _delta(r: dict, m: str) -> str:
     return f"{r[f'd_{m}']:+.3f} [{r[f'd_{m}_lo']:+.3f}, {r[f'd_{m}_hi']:+.3f}]{star}"
 
 
-def _table(head: list[str], lines: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
-
-
 def _families(families: list[Family], ranges: dict, base: str) -> list[str]:
     lines = []
     for f in families:
@@ -87,7 +83,7 @@ def _families(families: list[Family], ranges: dict, base: str) -> list[str]:
         span = f"{lo:.3f} – {hi:.3f}" if f.n_betas >= 2 else f"{lo:.3f} (one β)"
         name = f"**{f.name}** (baseline)" if f.name == base else f.name
         lines.append([name, str(f.n_betas), members, span])
-    return _table(["family", "β values", "variants (β)", "KL of its β curve"], lines)
+    return markdown_table(["family", "β values", "variants (β)", "KL of its β curve"], lines)
 
 
 def _note(r: dict) -> str:
@@ -111,7 +107,7 @@ def _level_table(rows: list[dict], metrics: list[str], base: str) -> list[str]:
             else:
                 cells += [_value(r, m), "(baseline)" if r["family"] == base else _delta(r, m)]
         lines.append([*cells, _note(r)])
-    return _table([*head, "note"], lines)
+    return markdown_table([*head, "note"], lines)
 
 
 def _excluding(rows: list[dict], metrics: list[str], base: str) -> str:
@@ -145,7 +141,7 @@ def _bon_table(rows: list[dict], metrics: list[str]) -> list[str]:
     ms = [m for m in ("reward", "gold") if m in metrics]
     head = ["n", "KL (analytic)", *(f"{m} [95% CI]" for m in ms)]
     lines = [[str(r["n"]), f"{r['kl']:.3f}", *(_value(r, m) for m in ms)] for r in rows]
-    return _table(head, lines)
+    return markdown_table(head, lines)
 
 
 def matched_markdown(

@@ -16,6 +16,7 @@ import csv
 from pathlib import Path
 
 from stages.lib.common import atomic_path
+from stages.lib.tables import markdown_table
 
 #: The metrics aggregated with a bootstrap interval and a paired difference.
 ESTIMATES = ("reward", "gold", "entropy", "kl")
@@ -70,11 +71,6 @@ def _range(r: dict) -> str:
     return f"{r['val_accuracy']:.3f} ({r['val_accuracy_min']:.3f}–{r['val_accuracy_max']:.3f})"
 
 
-def _table(head: list[str], lines: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
-
-
 def _policy_table(rows: list[dict]) -> list[str]:
     head = ["policy", "loss", "divergence", "alpha", "reward [95% CI]", "gold [95% CI]"]
     head += ["entropy [95% CI]", "KL [95% CI]", "nll", "distinct-2", "length"]
@@ -93,7 +89,7 @@ def _policy_table(rows: list[dict]) -> list[str]:
         ]
         for r in rows
     ]
-    return _table(head, lines)
+    return markdown_table(head, lines)
 
 
 def _difference(r: dict, key: str) -> str:
@@ -110,7 +106,7 @@ def _difference_table(rows: list[dict], baseline: str) -> list[str]:
         for r in rows
         if r["policy"] != baseline
     ]
-    return _table(head, lines)
+    return markdown_table(head, lines)
 
 
 def _excluding_zero(rows: list[dict], baseline: str) -> str:

@@ -1,4 +1,5 @@
-"""Local table files (JSON Lines or JSON, csv, parquet), checked before ``datasets`` reads them.
+"""Tables: local table files (JSON Lines or JSON, csv, parquet), checked before ``datasets``
+reads them, and the Markdown tables the reports write (:func:`markdown_table`).
 
 ``datasets.load_dataset`` reports a broken file as ``StopIteration`` or "An error occurred while
 generating the dataset", naming neither the problem nor the line. :func:`check_table` reads the
@@ -131,6 +132,12 @@ def _check_parquet(path: Path, columns: Sequence[str], where: str) -> int:
     if meta.num_rows == 0:
         raise ValueError(f"{where} is empty (no rows)")
     return meta.num_rows
+
+
+def markdown_table(head: list[str], lines: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table: the ``head`` cells, the rule, one line per row of cells."""
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
 
 
 def _names(columns: Iterable[str]) -> str:
