@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.lib.tables import check_table
+from stages.lib.tables import check_table, markdown_table
 
 COLUMNS = ("text", "label")
 
@@ -72,3 +72,13 @@ def test_bad_files_are_located(tmp_path, name, content, message):
     assert text.startswith(f"data.source: {tmp_path}/{message}"), text
     assert "\n" not in text
     assert re.sub(r"\s+", " ", text) == text.strip()
+
+
+def test_markdown_table_lines():
+    assert markdown_table(["a", "b"], [["1", "2"], ["3", "4"]]) == [
+        "| a | b |",
+        "|---|---|",
+        "| 1 | 2 |",
+        "| 3 | 4 |",
+    ]
+    assert markdown_table(["only"], []) == ["| only |", "|---|"]
