@@ -15,9 +15,11 @@ sampled (``completion_ids``, EOS last when it emitted one), cut to ``reference.m
 makes, with the same ``max_length``), so every alignment variant reads these numbers instead of
 running the SFT model again. The pass runs under the trainer's autocast (bf16 on a capable GPU)
 with the LM head in float32, so the policy at step 0 reproduces them to float32 precision. All K
-completions of a row are scored, paired or not (listwise losses use them all). Sequences are
-sorted by length and batched (``reference.batch_size``) to keep padding small. The command
-reports how many completions ``max_length`` cut.
+completions of a row are scored, paired or not (listwise losses use them all); a completion's
+last id must be EOS exactly when it is ``finished`` (:func:`stages.lib.contracts.check_eos`,
+which every reader of the preferences calls). Sequences are sorted by length and batched
+(``reference.batch_size``) to keep padding small. The command reports how many completions
+``max_length`` cut.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import typer
 from stages.lib import paths
 from stages.lib.common import write_jsonl
 from stages.lib.config import ReferenceConfig, load_params, read_section
-from stages.lib.contracts import PREFERENCES, read_rows
+from stages.lib.contracts import PREFERENCES, check_eos, read_rows
 from stages.lib.modeling import load_causal_lm
 from stages.lib.sequences import reference_rows
 
@@ -39,6 +41,7 @@ def reference(params: dict, progress: bool = True) -> dict:
     cfg = read_section(params, "reference", ReferenceConfig)
     rows = read_rows(paths.PREFERENCES, PREFERENCES)
     model, tokenizer = load_causal_lm(paths.SFT_DIR)
+    check_eos(rows, paths.PREFERENCES, tokenizer)
     out = reference_rows(
         model,
         tokenizer,

@@ -16,6 +16,7 @@ from stages.lib.contracts import (
     REFERENCE,
     SAMPLES,
     SCORED,
+    check_eos,
     check_row,
     read_reference,
     read_rows,
@@ -167,6 +168,17 @@ def test_read_rows_returns_rows_and_skips_blank_lines(tmp_path):
             PREFERENCES,
             "rows.jsonl:1: missing field 'split' (preferences)",
         ),
+        (
+            [json.dumps(_scored(pairs=[[0, 1], [1, 0]], split="train"))],  # rewards 0.5, -1
+            PREFERENCES,
+            "rows.jsonl:1: pairs entry [1, 0]: rewards[1] = -1 must be above rewards[0] = 0.5 "
+            "(the winner comes first; ties are never pairs)",
+        ),
+        (
+            [json.dumps(_scored(rewards=[1.0, 1.0], pairs=[[0, 1]], split="train"))],
+            PREFERENCES,
+            "rows.jsonl:1: pairs entry [0, 1]: rewards[0] = 1.0 must be above rewards[1] = 1.0",
+        ),
     ],
 )
 def test_read_rows_errors_name_file_line_and_field(tmp_path, lines, contract, message):
@@ -285,3 +297,101 @@ def test_evaluation_rows_without_rewards():
         check_row({**row, "entropy": [], "n_generated": [], "logp": []}, EVALUATION, "f:1")
     with pytest.raises(ValueError, match=r"^f:1: entropy has 1 values for 2 completions$"):
         check_row({**row, "rewards": [1.0, 2.0], "entropy": [1.0]}, EVALUATION, "f:1")
+
+
+# ------------------------------------------------------------------------------ EOS and finished
+
+
+class _Tokenizer:
+    """What :func:`check_eos` reads of a tokenizer: its EOS id and vocabulary size."""
+
+    eos_token_id = 0
+
+    def __len__(self) -> int:
+        return 10
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"finished": [False, True]},
+            "completion 0: field 'finished' is false but its last id is EOS (0)",
+        ),
+        (
+            {"finished": [True, True]},
+            "completion 1: field 'finished' is true but its last id 8 is not EOS (0)",
+        ),
+        (
+            {"finished": [True, True], "completion_ids": [[7, 0], []]},
+            "completion 1: field 'finished' is true but it has no ids, not even EOS (0)",
+        ),
+        (
+            {"completion_ids": [[0, 7, 0], [8]]},
+            "completion 0: field 'completion_ids' holds EOS (0) before its last id",
+        ),
+        (
+            {"completion_ids": [[7, 0], [0, 8]]},
+            "completion 1: field 'completion_ids' holds EOS (0) before its last id",
+        ),
+        (
+            {"completion_ids": [[7, 0], [10]]},
+            "completion 1: field 'completion_ids' holds token id 10, outside the 10-token vocabulary",
+        ),
+    ],
+)
+def test_check_eos_names_file_row_completion_and_field(change, message):
+    """EOS is the last id exactly when ``finished`` is true (no EOS before the end), checked
+    with the tokenizer; the error names the file, the row, the completion and the field."""
+    good = _preferences(2)
+    assert check_eos(good, "data/preferences.jsonl", _Tokenizer()) is good
+    rows = [good[0], {**good[1], **change}]
+    with pytest.raises(ValueError) as err:
+        check_eos(rows, "data/preferences.jsonl", _Tokenizer())
+    text = str(err.value)
+    assert text.startswith(f"data/preferences.jsonl: row 2 ('train-1'), {message}"), text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "reference",
+        pytest.param(
+            "align",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="stages/align.py does not call check_eos yet (issue 26, item 5): "
+                "drop this mark with that edit",
+            ),
+        ),
+    ],
+)
+def test_every_preferences_reader_checks_eos_against_finished(stage, tmp_path, monkeypatch):
+    """A preferences file whose ``finished`` flags were all flipped is refused by every stage
+    that reads it, with the located error of :func:`check_eos`, before anything is written."""
+    from test_align import _params, make_micro_project
+
+    from stages.align import align
+    from stages.reference import reference
+
+    make_micro_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    path = Path("data/preferences.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    write_jsonl(path, [{**r, "finished": [not f for f in r["finished"]]} for r in rows])
+    reference_file = Path("data/reference.jsonl").read_text()
+    assert rows[0]["finished"][0] is False and rows[0]["completion_ids"][0][-1] != 0  # EOS is 0
+    run = {
+        "reference": lambda: reference(_params(), progress=False),
+        "align": lambda: align("dpo", _params(epochs=1)),
+    }
+    with pytest.raises(ValueError) as err:
+        run[stage]()
+    prefix = "align@dpo-0: " if stage == "align" else ""
+    assert str(err.value) == (
+        f"{prefix}data/preferences.jsonl: row 1 ('p0'), completion 0: field 'finished' is true "
+        f"but its last id {rows[0]['completion_ids'][0][-1]} is not EOS (0)"
+    )
+    assert not Path("models/aligned").exists() and not Path("metrics").exists()
+    assert Path("data/reference.jsonl").read_text() == reference_file  # not rewritten

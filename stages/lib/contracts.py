@@ -6,6 +6,9 @@ Each contract names the fields a JSON Lines row must have, their types, and a ro
 
     rows = read_rows("data/prompts/train.jsonl", PROMPTS)
     reference = read_reference("data/reference.jsonl", preferences)   # REFERENCE, row-matched
+    check_eos(preferences, "data/preferences.jsonl", tokenizer)       # EOS last iff finished
+
+A preference pair ``[w, l]`` needs ``rewards[w] > rewards[l]`` (ties are never pairs).
 
 A missing file is a ``FileNotFoundError``.
 """
@@ -66,9 +69,9 @@ def _is_int(v) -> bool:
 
 def _generated(row: dict) -> str | None:
     """``completion_ids`` (one list of token ids >= 0 per completion) and ``finished`` (one bool
-    per completion; a finished completion holds at least its EOS). That the last id of a finished
-    completion is the tokenizer's EOS is checked where the tokenizer is known
-    (:func:`stages.lib.sequences.check_completion_ids`)."""
+    per completion; a finished completion holds at least its EOS). That the last id is the
+    tokenizer's EOS exactly when ``finished`` is checked where the tokenizer is known
+    (:func:`check_eos`)."""
     n, ids, finished = len(row["completions"]), row["completion_ids"], row["finished"]
     if len(ids) != n:
         return f"completion_ids has {len(ids)} entries for {n} completions"
@@ -109,6 +112,13 @@ def _preferences(row: dict) -> str | None:
             or pair[0] == pair[1]
         ):
             return f"pairs entry {pair!r} must be two distinct completion indices below {n}"
+    rewards = row["rewards"]
+    for w, l in row["pairs"]:
+        if not rewards[w] > rewards[l]:
+            return (
+                f"pairs entry {[w, l]!r}: rewards[{w}] = {rewards[w]!r} must be above "
+                f"rewards[{l}] = {rewards[l]!r} (the winner comes first; ties are never pairs)"
+            )
     return None
 
 
@@ -241,6 +251,36 @@ def read_reference(path: str | Path, preferences: list[dict]) -> list[dict]:
                 f"log-probs does not match preferences row {pref['prompt_id']!r} "
                 f"with {len(pref['completions'])} completions"
             )
+    return rows
+
+
+def check_eos(rows: list[dict], path: str | Path, tokenizer) -> list[dict]:
+    """Assert what SAMPLES, SCORED and PREFERENCES rows (read from ``path``) cannot check
+    without the policy's ``tokenizer``: every token id is inside its vocabulary and a
+    completion's last id is EOS exactly when ``finished`` is true (no EOS anywhere else).
+    Every stage that reads those rows with its tokenizer calls this; the one-line
+    ``ValueError`` names the file, the row (1-based), the completion and the field."""
+    eos, vocab = tokenizer.eos_token_id, len(tokenizer)
+    for n, row in enumerate(rows, start=1):
+        for k, (ids, done) in enumerate(zip(row["completion_ids"], row["finished"])):
+            where = f"{path}: row {n} ({row['prompt_id']!r}), completion {k}"
+            if any(t >= vocab for t in ids):
+                raise ValueError(
+                    f"{where}: field 'completion_ids' holds token id {max(ids)}, outside the "
+                    f"{vocab}-token vocabulary"
+                )
+            last = ids[-1] if ids else None
+            if done and last != eos:
+                got = f"its last id {last} is not" if ids else "it has no ids, not even"
+                raise ValueError(f"{where}: field 'finished' is true but {got} EOS ({eos})")
+            if not done and eos is not None and last == eos:
+                raise ValueError(
+                    f"{where}: field 'finished' is false but its last id is EOS ({eos})"
+                )
+            if eos is not None and eos in ids[:-1]:
+                raise ValueError(
+                    f"{where}: field 'completion_ids' holds EOS ({eos}) before its last id"
+                )
     return rows
 
 
