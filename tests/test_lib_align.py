@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import WARMUP_STEPS, assert_warms_up_over, lr_schedule
 
-from stages.lib import trainer as align_trainer
+from stages.lib import align as align_trainer
 from stages.lib.align import (
     PreferenceTrainer,
     PromptCollator,
