@@ -10,8 +10,9 @@ seed's best-of-n reward and gold for n = 1, 2, 4, ... ≤ n_max, at the analytic
 
     python -m stages best-of-n --seed 1      # or: dvc repro best-of-n@1
 
-The draws are the evaluation's: the first ``evaluate.n_prompts`` eval prompts, temperature 1,
-no top-k/top-p, ``evaluate.max_new_tokens``, so best-of-1 is the SFT policy as ``evaluate``
+The draws are the evaluation's (:func:`stages.lib.evaluate.policy_samples`, the function
+``evaluate`` samples with): the first ``evaluate.n_prompts`` eval prompts, temperature 1, no
+top-k/top-p, ``evaluate.max_new_tokens``, so best-of-1 is the SFT policy as ``evaluate``
 measures it; they come from their own random stream (``best_of_n``, seeded by the run seed), so
 they are independent of ``evaluate-sft``'s samples. Scores are ``evaluate``'s
 (:func:`stages.lib.evaluate.reward_scores`). The estimator (all n-subsets of the n_max draws)
@@ -39,8 +40,7 @@ from stages.lib.config import (
     run_seed,
 )
 from stages.lib.contracts import PROMPTS, read_rows
-from stages.lib.evaluate import TEMPERATURE, load_policy, reward_scores
-from stages.lib.generation import generate_completions
+from stages.lib.evaluate import load_policy, policy_samples, reward_scores
 
 #: The random stream of the best-of-n draws (``evaluate`` samples from ``evaluate``).
 STREAM = "best_of_n"
@@ -78,17 +78,8 @@ def draws(params: dict, seed: int) -> tuple[list[dict], dict]:
     rows, k = eval_rows[: ev.n_prompts], cfg.n_max
     prompts = [r["prompt"] for r in rows]
     model, tokenizer = load_policy(paths.SFT_DIR)
-    gen = generate_completions(
-        model,
-        tokenizer,
-        prompts,
-        n_per_prompt=k,
-        temperature=TEMPERATURE,
-        max_new_tokens=ev.max_new_tokens,
-        batch_size=ev.batch_size,
-        seed=seed,
-        stream=STREAM,
-        desc="best-of-n sft",
+    gen = policy_samples(
+        model, tokenizer, prompts, ev, n=k, seed=seed, stream=STREAM, desc="best-of-n sft"
     )
     del model
     texts = [p + c for p, per in zip(prompts, gen.texts) for c in per]

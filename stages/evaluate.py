@@ -39,18 +39,20 @@ another seed's. Definitions (DESIGN.md §6):
   gold scorer: it is null unless ``data.source`` is ``synthetic``.
 * ``distinct_1``/``distinct_2``: distinct n-grams / n-grams over the completions' tokens (EOS
   excluded; bigrams never cross completions); ``length``: mean completion tokens (EOS excluded).
-* ``entropy_first_k`` and ``context_entropy`` (:mod:`stages.lib.policy_entropy`): entropy that
-  does not depend on the sample lengths: the predictive entropy at the first
-  ``evaluate.entropy_first_k`` generated positions of each sample, and teacher-forced on fixed
-  held-out text, the same tokens for every policy (the first ``evaluate.fixed_contexts`` eval
-  prompts, each followed by up to ``evaluate.max_new_tokens`` tokens of its own test review from
-  ``data/prepared/test.jsonl``); both token-weighted, with per-sample (first-k) and per-prompt
-  (context) values in the samples file so that ``frontier`` bootstraps them.
+* ``entropy_first_k`` and ``context_entropy``: entropy that does not depend on the sample
+  lengths: the predictive entropy at the first ``evaluate.entropy_first_k`` generated positions
+  of each sample, and teacher-forced on fixed held-out text, the same tokens for every policy
+  (the first ``evaluate.fixed_contexts`` eval prompts, each followed by up to
+  ``evaluate.max_new_tokens`` tokens of its own test review from ``data/prepared/test.jsonl``);
+  both token-weighted, with per-sample (first-k) and per-prompt (context) values in the samples
+  file so that ``frontier`` bootstraps them.
 
-The compute (sampling, the one-pass log-probs and entropies, reward scoring, the summary) is in
-:mod:`stages.lib.evaluate`; the LM head is applied only at the positions that predict
-generated tokens, ``evaluate.logit_chunk`` rows at a time, so the float32 logits held at once
-are ``logit_chunk × vocab`` (512 × 50257 ≈ 100 MB), never [B, T, V]. The metrics file holds no
+The compute (sampling, the log-probs and entropies, reward scoring, the summary) is in
+:mod:`stages.lib.evaluate`: the policy is loaded once and tokenises the prompts once; one
+scoring pass gives nll, kl's policy half, entropy and entropy_first_k, and the same model then
+scores the fixed contexts. The LM head is applied only at the positions that predict generated
+tokens, ``evaluate.logit_chunk`` rows at a time, so the float32 logits held at once are
+``logit_chunk × vocab`` (512 × 50257 ≈ 100 MB), never [B, T, V]. The metrics file holds no
 timings.
 
 **External policies** (``--external``): the folder ``models/external/<name>`` holds any Hugging
@@ -80,10 +82,15 @@ from stages.lib.config import (
     read_section,
     run_seed,
 )
-from stages.lib.contracts import PROMPTS, read_rows
-from stages.lib.evaluate import reward_scores, sample_and_score_tokens, summarize
+from stages.lib.contracts import PREPARED, PROMPTS, read_rows
+from stages.lib.evaluate import (
+    entropy_fields,
+    fixed_contexts,
+    reward_scores,
+    sample_and_score,
+    summarize,
+)
 from stages.lib.modeling import check_same_tokenizer
-from stages.lib.policy_entropy import policy_entropies
 
 
 def policy_dir(policy: str, seed: int) -> Path:
@@ -186,8 +193,13 @@ def evaluate(
         )
     rows, k = eval_rows[: cfg.n_prompts], cfg.n_samples
     prompts = [r["prompt"] for r in rows]
-    gen, stats, sft_logp, eos = sample_and_score_tokens(path, prompts, cfg, seed=seed)
-    entropy_fields, entropy_metrics = policy_entropies(path, rows, gen.token_ids, cfg)
+    contexts = (  # the first min(fixed_contexts, n_prompts) prompts
+        fixed_contexts(rows, read_rows(paths.PREPARED_TEST, PREPARED), n=cfg.fixed_contexts)
+        if cfg.fixed_contexts
+        else []
+    )
+    scored = sample_and_score(path, prompts, cfg, seed=seed, contexts=contexts)
+    gen, stats, sft_logp, eos = scored.gen, scored.stats, scored.sft_logp, scored.eos
     texts = [p + c for p, per in zip(prompts, gen.texts) for c in per]
     scores, gold = (
         reward_scores(texts, score=score, source=source, batch_size=cfg.batch_size)
@@ -205,10 +217,11 @@ def evaluate(
         seed=seed,
         samples_per_prompt=k,
     )
-    metrics.update(entropy_metrics)  # entropy_first_k, context_entropy (stages.lib.policy_entropy)
+    fields, entropy_metrics = entropy_fields(stats, scored.context, k, len(rows))
+    metrics.update(entropy_metrics)  # entropy_first_k, context_entropy, context_tokens
     out_rows = generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens)
-    for row, fields in zip(out_rows, entropy_fields):
-        row.update(fields)
+    for row, extra in zip(out_rows, fields):
+        row.update(extra)
     write_jsonl(paths.eval_samples(policy, seed), out_rows)
     write_json(paths.eval_metrics(policy, seed), metrics)
     return metrics

@@ -1,5 +1,5 @@
 """The ``evaluate`` stage: held-out check, end to end on tiny models, bad input (the compute
-itself: tests/test_evaluation.py)."""
+itself: tests/test_lib_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from typer.testing import CliRunner
 from stages.cli import stage_command
 from stages.evaluate import check_held_out, main, policy_dir
 from stages.lib.config import TinyClassifierConfig, TinyGPT2Config, load_params
-from stages.lib.evaluate import METRIC_KEYS
+from stages.lib.evaluate import ENTROPY_KEYS, METRIC_KEYS
 from stages.lib.modeling import save_pretrained, tiny_classifier, tiny_gpt2, train_bpe_tokenizer
-from stages.lib.policy_entropy import ENTROPY_KEYS
 from stages.lib.synthetic import generate_splits
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -189,6 +188,29 @@ def test_each_seed_is_its_own_run(workspace, monkeypatch):
     result = _run(workspace, monkeypatch, "dpo", "--seed", "7")
     assert result.exit_code == 1
     assert "error: models/aligned/dpo/seed-7: policy folder not found" in result.output
+
+
+def test_each_model_is_loaded_once_per_run(workspace, monkeypatch, tmp_path):
+    """One run loads the policy once (sampling, the scoring pass with every entropy, the fixed
+    contexts) and, for an aligned policy, models/sft once (kl); the rows carry the first-k and
+    context fields."""
+    import stages.lib.evaluate as evaluation
+
+    root = _copy(workspace, tmp_path / "once", "data", "models/sft", "models/aligned/dpo")
+    loads = []
+    real = evaluation.load_causal_lm
+    monkeypatch.setattr(evaluation, "load_causal_lm", lambda p: loads.append(str(p)) or real(p))
+    for policy, want in (
+        ("sft", ["models/sft"]),
+        ("dpo", ["models/aligned/dpo/seed-0", "models/sft"]),
+    ):
+        loads.clear()
+        result = _run(root, monkeypatch, policy, "--no-reward", n_prompts=3, fixed_contexts=2)
+        assert result.exit_code == 0, result.output
+        assert loads == want
+        rows = _rows(root / f"data/eval/{policy}/seed-0.jsonl")
+        assert [len(r["n_first_k"]) for r in rows] == [2, 2, 2]
+        assert ["context_tokens" in r for r in rows] == [True, True, False]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """The ``evaluate`` compute (:mod:`stages.lib.evaluate`): the chunked log-prob/entropy pass
 against a full log-softmax, packing, the metric helpers and the summary; its samples come from
 their own random stream and from the policy itself (temperature 1), which a chi-square test
-sharp enough to catch temperature 0.7 checks."""
+sharp enough to catch temperature 0.7 checks. The entropies that measure the policy: the
+first-k entropy is the full pass's at those positions (the one pass gives what a second pass
+over the cut completions gave), contexts are the eval prompts' own reviews."""
 
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ from stages.lib.config import EvaluateConfig, SampleConfig, TinyGPT2Config
 from stages.lib.evaluate import (
     METRIC_KEYS,
     bootstrap_interval,
+    context_ids,
     distinct_n,
+    entropy_fields,
+    fixed_contexts,
     generated_stats,
     load_policy,
     pack,
+    ratio,
+    review_index,
     reward_scores,
-    sample_and_score_tokens,
+    sample_and_score,
     sequence_stats,
     summarize,
 )
@@ -69,7 +76,8 @@ def _reference(model, prompt: list[int], gen: list[int]) -> tuple[float, float]:
 def test_chunked_pass_matches_full_log_softmax(tiny, chunk):
     model, tok = tiny
     prompts, gens = _random_sequences(len(tok), 7)
-    logp, ent, n = generated_stats(model, pack(prompts, gens, pad_id=5), chunk=chunk)
+    stats = generated_stats(model, pack(prompts, gens, pad_id=5), chunk=chunk)
+    logp, ent, n = stats["logp"], stats["entropy"], stats["n"]
     assert chunk < max(len(p) + len(g) for p, g in zip(prompts, gens)) or chunk == 1000
     for i, (p, g) in enumerate(zip(prompts, gens)):
         ref_lp, ref_ent = _reference(model, p, g)
@@ -216,7 +224,7 @@ def test_evaluation_does_not_redraw_the_sample_stages_numbers(
     path = _policy_dir(tmp_path, monkeypatch, model, tokenizer)
     prompts = ["the film was", "bad", "I loved this movie and"]
     cfg = _cfg(n_prompts=3, n_samples=4, max_new_tokens=6, batch_size=6)
-    gen, *_ = sample_and_score_tokens(path, prompts, cfg, seed=5)
+    gen = sample_and_score(path, prompts, cfg, seed=5).gen
     sampled = SampleConfig(n_per_prompt=4, temperature=1.0, max_new_tokens=6, batch_size=6)
     rows, _ = sample_rows(
         model,
@@ -241,7 +249,8 @@ def test_evaluation_samples_the_policy_at_temperature_1(tmp_path, monkeypatch, t
     path = _policy_dir(tmp_path, monkeypatch, model, tokenizer)
     n, prompt = 4000, "the plot is not very good but the acting"
     cfg = _cfg(n_samples=n, max_new_tokens=1, batch_size=n, logit_chunk=1000)
-    gen, stats, sft_logp, _ = sample_and_score_tokens(path, [prompt], cfg, seed=0)
+    scored = sample_and_score(path, [prompt], cfg, seed=0)
+    gen, stats, sft_logp = scored.gen, scored.stats, scored.sft_logp
     assert sft_logp is None  # the SFT policy itself: no second pass
     first = [g[0] for g in gen.token_ids[0]]
     probs = next_token_probs(model, tokenizer, prompt)
@@ -251,3 +260,118 @@ def test_evaluation_samples_the_policy_at_temperature_1(tmp_path, monkeypatch, t
     g = torch.Generator().manual_seed(0)
     drawn = torch.multinomial(tempered, n, replacement=True, generator=g).tolist()
     assert chi_square_by_rank(drawn, probs) > 5 * CHI2_LIMIT  # what temperature 0.7 would give
+
+
+# ------------------------------------------------ entropy that measures the policy (first k, contexts)
+
+
+def _per_position_entropy(model, prompt: list[int], gen: list[int]) -> np.ndarray:
+    """The predictive entropy at every generated position, from the model's own logits."""
+    ids = torch.tensor([prompt + gen])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return ent[len(prompt) - 1 : len(prompt) + len(gen) - 1].double().numpy()
+
+
+def test_first_k_is_the_entropy_at_the_first_k_positions(tiny_lm):
+    model, tok = tiny_lm
+    prompts = [tok("the film was", add_special_tokens=False)["input_ids"]] * 3
+    gen = [
+        tok(" good and fun but not very", add_special_tokens=False)["input_ids"],
+        tok(" bad", add_special_tokens=False)["input_ids"],
+        tok(" dull plot and a boring ending", add_special_tokens=False)["input_ids"],
+    ]
+    k = 3
+    stats = sequence_stats(model, prompts, gen, first_k=k, batch_size=2, chunk=4)
+    for i, (p, g) in enumerate(zip(prompts, gen)):
+        expected = _per_position_entropy(model, p, g)[:k]
+        assert stats["n_first_k"][i] == min(k, len(g))
+        assert stats["entropy_first_k"][i] == pytest.approx(expected.sum(), rel=1e-5)
+    full = sequence_stats(model, prompts, gen, batch_size=2, chunk=4)
+    short = int(np.argmin([len(g) for g in gen]))
+    assert stats["entropy_first_k"][short] == pytest.approx(full["entropy"][short], rel=1e-6)
+    assert ratio(stats["entropy_first_k"], stats["n_first_k"]) == pytest.approx(
+        round(stats["entropy_first_k"].sum() / stats["n_first_k"].sum(), 6)
+    )
+    assert ratio(np.zeros(2), np.zeros(2)) is None
+    assert not full["n_first_k"].any() and not full["entropy_first_k"].any()  # first_k 0
+
+
+@pytest.mark.parametrize("k, batch_size", [(1, 3), (4, 5), (50, 16)])
+def test_one_pass_first_k_equals_the_two_pass_definition(tiny, k, batch_size):
+    """The first-k entropy of the one scoring pass is the old definition's: a second pass over
+    the completions cut to k tokens (to float32 rounding: the batches are padded otherwise)."""
+    model, tok = tiny
+    prompts, gens = _random_sequences(len(tok), 16, seed=3)
+    gens[2] = []  # an empty completion has no first position
+    one = sequence_stats(model, prompts, gens, first_k=k, batch_size=batch_size, chunk=5)
+    cut = [g[:k] for g in gens]
+    two = sequence_stats(model, prompts, cut, batch_size=batch_size, chunk=5)
+    assert one["n_first_k"].tolist() == two["n"].tolist()
+    np.testing.assert_allclose(one["entropy_first_k"], two["entropy"], rtol=1e-6, atol=1e-6)
+    full = sequence_stats(model, prompts, gens, batch_size=batch_size, chunk=5)
+    for key in ("logp", "entropy", "n"):  # asking for first k changes nothing else
+        assert one[key].tolist() == full[key].tolist()
+
+
+def test_sample_and_score_loads_once_and_scores_contexts_with_it(tmp_path, monkeypatch, tiny_lm):
+    """The SFT policy: one load for sampling, the scoring pass (first k included) and the fixed
+    contexts; the first-k entropy and the contexts' entropy are the old two passes'."""
+    model, tokenizer = tiny_lm
+    path = _policy_dir(tmp_path, monkeypatch, model, tokenizer)
+    loads = []
+    real = evaluation.load_causal_lm
+    monkeypatch.setattr(evaluation, "load_causal_lm", lambda p: loads.append(p) or real(p))
+    prompts = ["the film was", "bad", "I loved this movie and"]
+    contexts = [" good and fun but not very good", " plot"]
+    cfg = _cfg(n_prompts=3, n_samples=3, max_new_tokens=10, batch_size=4)
+    cfg = _cfg(**{**cfg.__dict__, "logit_chunk": 7, "entropy_first_k": 4})
+    scored = sample_and_score(path, prompts, cfg, seed=3, contexts=contexts)
+    assert loads == [path] and scored.sft_logp is None
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert scored.gen.prompt_ids == ids  # tokenised once, for sampling
+    flat = [g for per in scored.gen.token_ids for g in per]
+    assert any(len(g) > 4 for g in flat)  # the first k are a part of the completions
+    flat_prompts = [p for p in ids for _ in range(3)]
+    cut = sequence_stats(model, flat_prompts, [g[:4] for g in flat], batch_size=4, chunk=7)
+    assert scored.stats["n_first_k"].tolist() == cut["n"].tolist()
+    np.testing.assert_allclose(scored.stats["entropy_first_k"], cut["entropy"], rtol=1e-6)
+    rest = [tokenizer(c, add_special_tokens=False)["input_ids"][:10] for c in contexts]
+    ctx = sequence_stats(model, ids[:2], rest, batch_size=4, chunk=7)
+    assert scored.context["n"].tolist() == ctx["n"].tolist() and len(ctx["n"]) == 2
+    assert scored.context["entropy"].tolist() == ctx["entropy"].tolist()
+    fields, metrics = entropy_fields(scored.stats, scored.context, 3, 3)
+    assert [f["n_first_k"] for f in fields] == cut["n"].reshape(3, 3).astype(int).tolist()
+    assert "context_entropy" in fields[1] and "context_entropy" not in fields[2]
+    assert metrics["context_tokens"] == int(ctx["n"].sum())
+    assert metrics["entropy_first_k"] == ratio(cut["entropy"], cut["n"])
+
+
+def test_contexts_are_the_prompts_own_reviews(tiny_lm):
+    _, tok = tiny_lm
+    test_rows = [
+        {"text": "the film was good and the acting was great", "label": 1},
+        {"text": "it was a dull plot and a boring ending", "label": 0},
+    ]
+    rows = [
+        {"prompt_id": "test-1", "prompt": "it was a dull"},
+        {"prompt_id": "test-0", "prompt": "the film was good"},
+    ]
+    ids = tok([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    p_ids, c_ids = context_ids(tok, ids, fixed_contexts(rows, test_rows, n=5), 3)
+    assert len(p_ids) == 2  # n is capped by the prompts given
+    assert p_ids[0] == tok("it was a dull", add_special_tokens=False)["input_ids"]
+    rest = tok(" plot and a boring ending", add_special_tokens=False)["input_ids"]
+    assert c_ids[0] == rest[:3]
+    assert len(context_ids(tok, ids, fixed_contexts(rows, test_rows, n=1), 3)[0]) == 1
+
+
+def test_bad_prompt_ids_and_prefixes_name_the_prompt():
+    assert review_index("test-12", 13, "f") == 12
+    for bad in ("train-1", "test-13", "test-x", "12"):
+        with pytest.raises(ValueError, match=rf"^f: prompt_id '{bad}' is not 'test-<row>'"):
+            review_index(bad, 13, "f")
+    rows = [{"prompt_id": "test-0", "prompt": "a different start"}]
+    with pytest.raises(ValueError, match="prompt 'test-0' is not the start of its review"):
+        fixed_contexts(rows, [{"text": "the film was good", "label": 1}], n=1)

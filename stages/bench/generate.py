@@ -26,7 +26,7 @@ import torch
 from stages.lib import paths
 from stages.lib.config import EvaluateConfig
 from stages.lib.contracts import PROMPTS, read_rows
-from stages.lib.evaluate import reward_scores, sample_and_score_tokens
+from stages.lib.evaluate import reward_scores, sample_and_score
 from stages.lib.generation import cut_at_eos, generate_completions, generation_config, left_pad
 
 
@@ -141,7 +141,7 @@ def evaluation_cost(
     rows = read_rows(paths.EVAL_PROMPTS, PROMPTS)[:n_prompts]
     prompts = [r["prompt"] for r in rows]
     start = time.perf_counter()
-    gen, stats, _, _ = sample_and_score_tokens(Path(policy), prompts, cfg, seed=seed)
+    gen = sample_and_score(Path(policy), prompts, cfg, seed=seed).gen
     scored = time.perf_counter()
     reward_scores(
         [p + c for p, per in zip(prompts, gen.texts) for c in per],

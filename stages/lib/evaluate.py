@@ -1,11 +1,12 @@
 """The ``evaluate`` stage's compute: sample a policy, score its tokens and texts, summarize.
 
-Used by ``stages/evaluate.py`` (which reads and writes the files) and by the evaluation-cost
-benchmark (:mod:`stages.bench.generate`), so both run the same code::
+Used by ``stages/evaluate.py`` (which reads and writes the files), ``stages/best_of_n.py``
+(:func:`policy_samples`: the same draws) and the evaluation-cost benchmark
+(:mod:`stages.bench.generate`), so all run the same code::
 
-    from stages.lib.evaluate import reward_scores, sample_and_score_tokens, summarize
-    gen, stats, sft_logp, eos = sample_and_score_tokens(Path("models/aligned/dpo"), prompts,
-                                                        cfg, seed=0)
+    from stages.lib.evaluate import fixed_contexts, reward_scores, sample_and_score, summarize
+    scored = sample_and_score(Path("models/aligned/dpo/seed-0"), prompts, cfg, seed=0,
+                              contexts=fixed_contexts(rows, test_rows, n=100))
     scores, gold = reward_scores(texts, score="logit", source="synthetic", batch_size=64)
 
 Definitions (DESIGN.md §6): the *generated positions* of a sample are those of its generated
@@ -13,9 +14,23 @@ tokens, the EOS included when the policy emitted it; position t is scored with t
 it was sampled from. The sequences and log π(y|x) are those of :mod:`stages.lib.sequences` (the
 reference stage's and the trainer's): prompt ids + generated ids, EOS counted, the LM head and
 log-softmax in float32; nothing is cut (``max_length=None``: prompt + ``max_new_tokens`` fits
-the context, checked at sampling). One decoder pass per batch gives both log-probs and
-entropies: the LM head runs only at the positions that predict generated tokens, ``chunk`` rows
-at a time, so the float32 logits held at once are ``chunk × vocab``, never [B, T, V].
+the context, checked at sampling). The policy is loaded once: one decoder pass per batch gives
+log-probs, entropies and the first-k entropies; the LM head runs only at the positions that
+predict generated tokens, ``chunk`` rows at a time, so the float32 logits held at once are
+``chunk × vocab``, never [B, T, V]. The fixed contexts are a second, teacher-forced pass of the
+same loaded model; the SFT model (kl) is the only other one loaded.
+
+Two entropies measure the policy, not its sample lengths (``entropy`` averages over the
+positions the policy chose to generate, so longer completions are measured at other positions):
+
+* ``entropy_first_k``: the predictive entropy at the first ``evaluate.entropy_first_k``
+  generated positions of each sample (fewer where the completion is shorter), token-weighted.
+* ``context_entropy``: teacher-forced on fixed held-out text, the same tokens for every policy:
+  each of the first ``evaluate.fixed_contexts`` eval prompts (at most ``evaluate.n_prompts``)
+  followed by its own test review's next tokens (the prompt id ``test-<i>`` is row i of
+  ``data/prepared/test.jsonl``, whose text begins with the prompt), at most
+  ``evaluate.max_new_tokens`` of them, tokenised apart from the prompt as generation appends its
+  tokens; token-weighted. No sampling is involved.
 
 Policies sample from the random stream ``evaluate`` (:func:`stages.lib.generation.batch_seed`),
 never the ``sample`` stage's draws, at temperature 1 (:data:`TEMPERATURE`), no top-k, no top-p.
@@ -23,6 +38,7 @@ never the ``sample`` stage's draws, at temperature 1 (:data:`TEMPERATURE`), no t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +74,8 @@ METRIC_KEYS = (
     "n_prompts",
     "n_samples",
 )
+#: The keys :func:`entropy_fields` adds to them.
+ENTROPY_KEYS = ("entropy_first_k", "context_entropy", "context_tokens")
 
 
 def pack(
@@ -71,10 +89,15 @@ def pack(
 
 @torch.inference_mode()
 def generated_stats(
-    model, batch: dict[str, torch.Tensor], *, chunk: int, entropy: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per sequence: summed log π of the generated tokens, summed predictive entropy at the
-    generated positions (zeros when ``entropy=False``) and the number of generated tokens.
+    model, batch: dict[str, torch.Tensor], *, chunk: int, entropy: bool = True, first_k: int = 0
+) -> dict[str, torch.Tensor]:
+    """Per sequence: ``logp`` (summed log π of the generated tokens), ``entropy`` (summed
+    predictive entropy at the generated positions; zeros when ``entropy=False``), ``n`` (their
+    number), and ``entropy_first_k``/``n_first_k``: the same over the first ``first_k``
+    generated positions of each sequence (fewer where it is shorter; zeros when ``first_k`` is
+    0). The distribution at a position depends only on what precedes it, so these are the
+    entropies a pass over the completions cut to ``first_k`` tokens gives (to float32 rounding:
+    such a pass pads its batches to other lengths).
 
     One decoder pass; the LM head runs on ``chunk`` predicting positions at a time."""
     device = next(model.parameters()).device
@@ -90,13 +113,19 @@ def generated_stats(
         logp_tok[s : s + chunk] = logp.gather(-1, tokens[s : s + chunk, None]).squeeze(-1)
         if entropy:
             ent_tok[s : s + chunk] = -(logp.exp() * logp).sum(-1)
-    n = ids.shape[0]
-    zeros = torch.zeros(n, device=device)
-    return (
-        zeros.index_add(0, rows, logp_tok).cpu(),
-        zeros.index_add(0, rows, ent_tok).cpu(),
-        target.sum(-1).cpu(),
-    )
+    zeros = torch.zeros(ids.shape[0], device=device)
+    first = target.long().cumsum(-1)[rows, cols] <= first_k  # rank 1: first generated token
+    return {
+        "logp": zeros.index_add(0, rows, logp_tok).cpu(),
+        "entropy": zeros.index_add(0, rows, ent_tok).cpu(),
+        "n": target.sum(-1).cpu(),
+        "entropy_first_k": zeros.index_add(0, rows[first], ent_tok[first]).cpu(),
+        "n_first_k": target.sum(-1).clamp(max=first_k).cpu(),
+    }
+
+
+#: The per-sequence arrays of :func:`sequence_stats`.
+STAT_KEYS = ("logp", "entropy", "n", "entropy_first_k", "n_first_k")
 
 
 def sequence_stats(
@@ -107,22 +136,20 @@ def sequence_stats(
     batch_size: int,
     chunk: int,
     entropy: bool = True,
+    first_k: int = 0,
 ) -> dict[str, np.ndarray]:
     """:func:`generated_stats` over many sequences, batched by length (longest first); returns
-    ``logp``, ``entropy`` (sums) and ``n`` arrays in input order."""
+    the :data:`STAT_KEYS` arrays (sums and counts) in input order."""
     order = sorted(range(len(gen_ids)), key=lambda i: -(len(prompt_ids[i]) + len(gen_ids[i])))
-    out = {k: np.zeros(len(gen_ids)) for k in ("logp", "entropy", "n")}
+    out = {k: np.zeros(len(gen_ids)) for k in STAT_KEYS}
     for s in range(0, len(order), batch_size):
         idx = [i for i in order[s : s + batch_size] if gen_ids[i]]
         if not idx:
             continue
         batch = pack([prompt_ids[i] for i in idx], [gen_ids[i] for i in idx])
-        logp, ent, n = generated_stats(model, batch, chunk=chunk, entropy=entropy)
-        out["logp"][idx], out["entropy"][idx], out["n"][idx] = (
-            logp.double().numpy(),
-            ent.double().numpy(),
-            n.numpy(),
-        )
+        stats = generated_stats(model, batch, chunk=chunk, entropy=entropy, first_k=first_k)
+        for key in STAT_KEYS:
+            out[key][idx] = stats[key].double().numpy()
     return out
 
 
@@ -202,35 +229,67 @@ def load_policy(path: Path):
     return load_causal_lm(path)
 
 
-def sample_and_score_tokens(
-    path: Path, prompts: list[str], cfg: EvaluateConfig, *, seed: int
-) -> tuple[Generations, dict[str, np.ndarray], np.ndarray | None, int | None]:
-    """Sample ``cfg.n_samples`` completions per prompt from the policy at ``path``
-    (:data:`TEMPERATURE`, random stream :data:`STREAM` seeded by ``seed``), then its log-probs
-    and entropies (one pass) and, unless it is the SFT policy, the SFT log-probs of the same
-    tokens. Returns (generations, stats, sft_logp or None, the tokenizer's EOS id)."""
-    path = Path(path)
-    k = cfg.n_samples
-    model, tokenizer = load_policy(path)
-    gen = generate_completions(
+def policy_samples(
+    model,
+    tokenizer,
+    prompts: list[str],
+    cfg: EvaluateConfig,
+    *,
+    n: int,
+    seed: int,
+    stream: str,
+    desc: str,
+) -> Generations:
+    """``n`` completions of each prompt as evaluation draws them (``evaluate`` and
+    ``best-of-n``): :data:`TEMPERATURE`, no top-k, no top-p, ``cfg.max_new_tokens`` and
+    ``cfg.batch_size``, from the random stream ``stream`` seeded by ``seed``."""
+    return generate_completions(
         model,
         tokenizer,
         prompts,
-        n_per_prompt=k,
+        n_per_prompt=n,
         temperature=TEMPERATURE,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         seed=seed,
-        stream=STREAM,
-        desc=f"evaluate {path.name}",
+        stream=stream,
+        desc=desc,
     )
-    prompt_ids = [
-        p for p in tokenizer(prompts, add_special_tokens=False)["input_ids"] for _ in range(k)
-    ]
+
+
+@dataclass
+class Scored:
+    """One policy's samples and their token statistics (:func:`sample_and_score`)."""
+
+    gen: Generations
+    stats: dict[str, np.ndarray]  # STAT_KEYS per sample, flat (prompt-major)
+    sft_logp: np.ndarray | None  # log π_sft of each sample; None for the SFT policy (kl = 0)
+    context: dict[str, np.ndarray] | None  # STAT_KEYS per fixed context; None without contexts
+    eos: int | None  # the tokenizer's EOS id
+
+
+def sample_and_score(
+    path: Path, prompts: list[str], cfg: EvaluateConfig, *, seed: int, contexts: list[str] = ()
+) -> Scored:
+    """Load the policy at ``path`` once; sample ``cfg.n_samples`` completions per prompt
+    (:func:`policy_samples`, stream :data:`STREAM`); one scoring pass over them gives log π,
+    the entropy and the first-``cfg.entropy_first_k`` entropy; one teacher-forced pass gives
+    the entropy of ``contexts`` (:func:`fixed_contexts`: the text after each of the first
+    ``len(contexts)`` prompts) after its prompt's tokens. Unless it is the SFT policy, the SFT
+    model then scores the same tokens (kl). Prompts are tokenised once, for sampling."""
+    path, k = Path(path), cfg.n_samples
+    model, tokenizer = load_policy(path)
+    desc = f"evaluate {path.name}"
+    gen = policy_samples(model, tokenizer, prompts, cfg, n=k, seed=seed, stream=STREAM, desc=desc)
+    prompt_ids = [p for p in gen.prompt_ids for _ in range(k)]
     flat_gen = [g for per in gen.token_ids for g in per]
     batching = {"batch_size": cfg.batch_size, "chunk": cfg.logit_chunk}
     check_logits(model, pack(prompt_ids[:1], flat_gen[:1]))
-    stats = sequence_stats(model, prompt_ids, flat_gen, **batching)
+    stats = sequence_stats(model, prompt_ids, flat_gen, first_k=cfg.entropy_first_k, **batching)
+    context = None
+    if contexts:
+        p_ids, c_ids = context_ids(tokenizer, gen.prompt_ids, contexts, cfg.max_new_tokens)
+        context = sequence_stats(model, p_ids, c_ids, **batching)
     del model
     sft_logp = None
     if path.resolve() != paths.SFT_DIR.resolve():
@@ -240,7 +299,83 @@ def sample_and_score_tokens(
                 f"{path}: tokenizer differs from {paths.SFT_DIR}'s; kl needs the same one"
             )
         sft_logp = sequence_stats(sft, prompt_ids, flat_gen, entropy=False, **batching)["logp"]
-    return gen, stats, sft_logp, tokenizer.eos_token_id
+    return Scored(gen, stats, sft_logp, context, tokenizer.eos_token_id)
+
+
+# ------------------------------------------------------------ entropy that ignores lengths
+
+
+def review_index(prompt_id: str, n_rows: int, where: str) -> int:
+    """Row of ``data/prepared/test.jsonl`` of an eval prompt id ``test-<i>``."""
+    prefix, _, index = prompt_id.rpartition("-")
+    if prefix != "test" or not index.isdigit() or int(index) >= n_rows:
+        raise ValueError(
+            f"{where}: prompt_id {prompt_id!r} is not 'test-<row>' of the {n_rows} test reviews "
+            f"(fixed contexts need the eval prompts' reviews; set evaluate.fixed_contexts: 0)"
+        )
+    return int(index)
+
+
+def fixed_contexts(
+    prompt_rows: list[dict],
+    test_rows: list[dict],
+    *,
+    n: int,
+    where: str | Path = paths.EVAL_PROMPTS,
+) -> list[str]:
+    """The text that follows each of the first ``n`` eval prompts in its own test review."""
+    out = []
+    for row in prompt_rows[:n]:
+        text = test_rows[review_index(row["prompt_id"], len(test_rows), where)]["text"]
+        if not text.startswith(row["prompt"]):
+            raise ValueError(
+                f"{where}: prompt {row['prompt_id']!r} is not the start of its review "
+                f"(re-run prepare)"
+            )
+        out.append(text[len(row["prompt"]) :])
+    return out
+
+
+def context_ids(
+    tokenizer, prompt_ids: list[list[int]], contexts: list[str], max_tokens: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The (already tokenised) prompts of ``contexts`` and the first ``max_tokens`` tokens of
+    each context, tokenised apart from its prompt, as generation appends its tokens."""
+    rest = tokenizer(list(contexts), add_special_tokens=False)["input_ids"] if contexts else []
+    return prompt_ids[: len(rest)], [ids[:max_tokens] for ids in rest]
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> float | None:
+    """Σ num / Σ den, rounded as evaluate's metrics; None when there is no token."""
+    total = float(np.sum(den))
+    return round(float(np.sum(num)) / total, 6) if total else None
+
+
+def _per(num, den) -> list[float]:
+    return [round(float(e / c), 6) if c else 0.0 for e, c in zip(num, den)]
+
+
+def entropy_fields(
+    stats: dict[str, np.ndarray], context: dict[str, np.ndarray] | None, k: int, n_rows: int
+) -> tuple[list[dict], dict]:
+    """Per-prompt fields of ``data/eval`` rows (``entropy_first_k`` and ``n_first_k`` per
+    sample, ``k`` samples a prompt; ``context_entropy`` and ``context_tokens`` for the prompts
+    with a fixed context) and the metrics of :data:`ENTROPY_KEYS`."""
+    fields = []
+    for i in range(n_rows):
+        sl = slice(i * k, (i + 1) * k)
+        ent, n = stats["entropy_first_k"][sl], stats["n_first_k"][sl]
+        fields.append({"entropy_first_k": _per(ent, n), "n_first_k": [int(c) for c in n]})
+    metrics = {"entropy_first_k": ratio(stats["entropy_first_k"], stats["n_first_k"])}
+    metrics.update(context_entropy=None, context_tokens=0)
+    if context is not None:
+        for i, (e, c) in enumerate(zip(context["entropy"], context["n"])):
+            fields[i].update(context_entropy=_per([e], [c])[0], context_tokens=int(c))
+        metrics.update(
+            context_entropy=ratio(context["entropy"], context["n"]),
+            context_tokens=int(context["n"].sum()),
+        )
+    return fields, metrics
 
 
 def reward_scores(

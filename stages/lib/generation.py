@@ -17,6 +17,7 @@ output does not depend on the batches before it, and two callers with the same `
                                stream="sample")
     out.texts[0]          # 4 completions of the first prompt (prompt text excluded)
     out.token_ids[0][0]   # generated ids of its first completion (EOS kept if generated)
+    out.prompt_ids[0]     # the ids the first prompt was tokenised to (scoring reuses them)
     out.tokens_per_second
 
 With ``record_logprobs=True`` each completion also gets the log-probability of its generated ids
@@ -54,6 +55,7 @@ class Generations:
     n_tokens: int  # generated tokens in total (EOS counted, padding not)
     seconds: float  # wall time spent in ``generate``
     logprobs: list[list[float]] | None = None  # [prompt][k] Σ log π(token), record_logprobs only
+    prompt_ids: list[list[int]] | None = None  # [prompt] the prompt's ids, as sampled from
 
     @property
     def tokens_per_second(self) -> float:
@@ -226,4 +228,4 @@ def generate_completions(
         model.generation_config = saved_config
         hf_logger.removeFilter(quiet)
         bar.close()
-    return Generations(texts, tokens, finished, n_tokens, seconds, logprobs)
+    return Generations(texts, tokens, finished, n_tokens, seconds, logprobs, prompt_ids)
