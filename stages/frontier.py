@@ -80,7 +80,7 @@ from stages.lib.variants import SFT
 OUT = paths.FRONTIER_DIR
 #: Metrics compared along the curves: every per-prompt metric of stages.lib.runs but KL (the
 #: axis), each only where every run has it: gold needs a gold scorer, the last two an evaluate
-#: that writes them (stages.lib.policy_entropy).
+#: that writes them (stages.lib.evaluate).
 METRICS = tuple(m for m in RUN_METRICS if m != "kl")
 BON = "best-of-n"
 

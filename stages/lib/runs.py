@@ -58,7 +58,7 @@ def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
         else np.array([np.mean(np.subtract(r["logp"], r["logp_sft"])) for r in rows])
     )
     den["kl"] = ones
-    if all("entropy_first_k" in r and "n_first_k" in r for r in rows):  # lib.policy_entropy
+    if all("entropy_first_k" in r and "n_first_k" in r for r in rows):  # stages.lib.evaluate
         num["entropy_first_k"] = np.array(
             [np.dot(r["entropy_first_k"], r["n_first_k"]) for r in rows], dtype=float
         )
