@@ -199,7 +199,7 @@ def read_loss_config(mapping: dict, where: Callable[[str], str]) -> LossConfig:
 def check_name(name: str) -> None:
     """A variant name is a DVC matrix key that also works in dotted parameter paths."""
     if not VARIANT_NAME.match(str(name)):
-        hint = f" (try {name.replace('.', '_')!r})" if "." in str(name) else ""
+        hint = f" (try {str(name).replace('.', '_')!r})" if "." in str(name) else ""
         raise ValueError(
             f"variant name {name!r} must match {VARIANT_NAME.pattern}: it is a DVC matrix "
             f"key inside the parameter path align.variants.<name>{hint}"
