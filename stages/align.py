@@ -52,7 +52,7 @@ from stages.lib.align import (
 )
 from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
 from stages.lib.config import load_params, read_mapping, run_seed
-from stages.lib.contracts import PREFERENCES, read_reference, read_rows
+from stages.lib.contracts import PREFERENCES, check_eos, read_reference, read_rows
 from stages.lib.modeling import load_causal_lm
 from stages.lib.variants import LossConfig, Variant, read_variant
 
@@ -169,6 +169,7 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
         refs = read_reference(paths.REFERENCE, prefs)
         seed_everything(cfg.seed)  # before the model load, as always: same numbers
         model, tokenizer = load_causal_lm(paths.SFT_DIR, torch.device("cpu"))  # float32
+        check_eos(prefs, paths.PREFERENCES, tokenizer)
         collator = PromptCollator(tokenizer, cfg.max_length)
         items = build_items(prefs, refs)
         key = variant.where("max_length", TRAIN_KEYS)

@@ -355,17 +355,7 @@ def test_check_eos_names_file_row_completion_and_field(change, message):
 
 @pytest.mark.parametrize(
     "stage",
-    [
-        "reference",
-        pytest.param(
-            "align",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="stages/align.py does not call check_eos yet (issue 26, item 5): "
-                "drop this mark with that edit",
-            ),
-        ),
-    ],
+    ["reference", "align"],
 )
 def test_every_preferences_reader_checks_eos_against_finished(stage, tmp_path, monkeypatch):
     """A preferences file whose ``finished`` flags were all flipped is refused by every stage
