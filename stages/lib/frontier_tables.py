@@ -160,7 +160,7 @@ def matched_markdown(
         "every generated position (it moves with the sample lengths), `entropy_first_k` over "
         "each sample's first evaluate.entropy_first_k generated positions, `context_entropy` "
         "teacher-forced on the same held-out review tokens for every policy "
-        "(stages/lib/policy_entropy.py); the last is the one that measures the policy alone. "
+        "(stages/lib/evaluate.py); the last is the one that measures the policy alone. "
         "A family is every variant equal in everything but β (stages/lib/frontier.py).",
         "",
         "## Families",
