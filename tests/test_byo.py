@@ -225,7 +225,7 @@ def test_exported_pairs_load_and_report_has_no_reward_and_the_external_policy(re
     table = (byo / "reports/summary.md").read_text()
     assert "| elsewhere | external | – | – | n/a |" in table
     assert "Reward n/a for sft, dpo, fkl, elsewhere" in table
-    for png in ("frontier.png", "reward_vs_kl.png"):
+    for png in ("reward_vs_entropy.png", "reward_vs_kl.png"):
         assert (byo / "reports" / png).stat().st_size > 0
 
 

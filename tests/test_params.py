@@ -117,7 +117,7 @@ def test_paper_profile():
 
 
 def test_losses_profile_adds_every_newer_loss_and_the_curriculum_to_the_demo():
-    from stages.lib.losses import LOSSES
+    from stages.lib.variants import LOSSES
 
     params, demo = compose("losses"), compose("demo")
     variants = params["align"]["variants"]
@@ -192,6 +192,6 @@ def test_every_key_is_commented():
 )
 def test_variant_names_are_dvc_and_hydra_keys(name):
     """A dot in a variant name would break `align.variants.<name>` in dvc.yaml params and -S."""
-    from stages.align import VARIANT_NAME
+    from stages.lib.variants import VARIANT_NAME
 
     assert VARIANT_NAME.match(name) and "." not in name

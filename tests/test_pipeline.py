@@ -177,8 +177,8 @@ def test_repro_writes_every_output(repo):
         "summary.md",
         "summary.csv",
         "seeds.csv",
-        "frontier.json",
-        "frontier.png",
+        "points.json",
+        "reward_vs_entropy.png",
         "reward_vs_kl.png",
     ):
         assert (path / "reports" / report).stat().st_size > 0, report
@@ -200,7 +200,7 @@ def test_plots_cover_every_training_run(repo):
     for v in VARIANTS:
         for s in SEEDS:
             assert f"logs/align/{v}/seed-{s}/plots/metrics/train/loss.tsv" in shown["data"]
-    assert "reports/frontier.png" in shown["data"] and "frontier" in shown["data"]
+    assert "reports/reward_vs_entropy.png" in shown["data"] and "reward_vs_entropy" in shown["data"]
 
 
 def test_exp_run_reruns_only_the_changed_variant(repo):
