@@ -244,7 +244,7 @@ def _fake_code(root: Path) -> Path:
         "pathlib.Path(f'{stage}-{variant}-{seed}-{threads}').write_text(str(pathlib.Path.cwd()))\n"
         "pathlib.Path(f'{stage}-{variant}-{seed}-{warm}').write_text(os.environ.get('STAGES_WARM_DIR', ''))\n"
     )
-    (root / "stages/warm.py").write_text(
+    (root / "stages/warm_server.py").write_text(
         "import os, sys, pathlib\n"
         "assert sys.argv[1:] == ['stop']\n"
         "pathlib.Path('stopped').write_text(os.environ['STAGES_WARM_DIR'])\n"

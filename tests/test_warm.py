@@ -30,6 +30,7 @@ CLI = '''
 import sys
 
 COMMANDS = {"probe": ("stages.probe", "report what the command sees")}
+TOOLS = set()  # commands that are not stages (the warm server does not preload them)
 
 
 def main():

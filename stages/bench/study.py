@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from stages.lib.frontier import group_families, variant_settings
+from stages.tools.params import compose
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds per stage run on the demo, 2-core CPU (README, Performance; best-of-n: its draws took
@@ -48,23 +48,6 @@ SECONDS = {
 }
 #: Two runs side by side with one thread each vs one after the other (README, Performance).
 PARALLEL_SPEEDUP = 1.35
-
-
-def compose(profile: str) -> dict:
-    """``conf/`` composed with ``profile=<profile>``, as ``dvc exp run -S profile=...``."""
-    from dvc.utils.hydra import compose_and_dump
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "params.yaml"
-        compose_and_dump(
-            out,
-            str(ROOT / "conf"),
-            None,
-            "config",
-            str(ROOT / ".dvc" / "hydra"),
-            [f"profile={profile}"],
-        )
-        return yaml.safe_load(out.read_text())
 
 
 def study_size(params: dict, done: set[str], from_scratch: bool) -> dict:
