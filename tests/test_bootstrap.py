@@ -6,14 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages import report
-from stages.lib import bootstrap
+from stages import frontier, report
+from stages.lib import bootstrap, runs
 from stages.lib.bootstrap import draw_resamples, interval, point_estimate, replicates
 
 
-def test_report_uses_the_library_bootstrap():
-    for name in ("Resamples", "draw_resamples", "point_estimate", "replicates", "interval"):
-        assert getattr(report, name) is getattr(bootstrap, name)
+def test_report_frontier_and_runs_use_the_library_bootstrap():
+    """One bootstrap: the stages draw the resamples, the runs module estimates on them."""
+    for module in (report, frontier):
+        assert module.draw_resamples is bootstrap.draw_resamples
+    for name in ("Resamples", "point_estimate", "replicates", "interval"):
+        assert getattr(runs, name) is getattr(bootstrap, name)
 
 
 def test_resamples_are_seeded_and_weights_sum_to_the_prompts():
