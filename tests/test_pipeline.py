@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+#: Every test here runs `dvc repro` or `dvc exp run` of the micro project (about 3 minutes).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("dpo", "alpha-0_5")
 SEEDS = (0, 1)
