@@ -30,9 +30,10 @@ from stages.lib.align import (
     training_arguments,
 )
 from stages.lib.config import load_params, read_mapping
-from stages.lib.losses import LossConfig, preference_loss
+from stages.lib.losses import preference_loss
 from stages.lib.modeling import use_bf16
 from stages.lib.sequences import completion_logprobs, encode_batch, reference_rows
+from stages.lib.variants import LossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the film was good bad great awful plot acting boring fun dull story".split()

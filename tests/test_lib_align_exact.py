@@ -26,8 +26,8 @@ from stages.lib.align import (
     disable_dropout,
     training_arguments,
 )
-from stages.lib.losses import LossConfig
 from stages.lib.sequences import reference_rows
+from stages.lib.variants import LossConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
