@@ -43,6 +43,10 @@ COMMANDS = {
     ),
     "reference": ("stages.reference", "Log-probs of every completion under the SFT policy, once."),
     "align": ("stages.align", "Train one DPO-family variant on the preference pairs."),
+    "quality-reference": (
+        "stages.quality_reference",
+        "Reference sets of held-out reviews and the feature spaces of the quality measures.",
+    ),
     "evaluate": (
         "stages.evaluate",
         "Sample a policy on held-out prompts; reward, entropy, nll, kl.",

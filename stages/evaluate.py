@@ -91,6 +91,8 @@ from stages.lib.evaluate import (
     summarize,
 )
 from stages.lib.modeling import check_same_tokenizer
+from stages.lib.quality import QualityConfig
+from stages.lib.quality_reference import Spaces, measure_run
 
 
 def policy_dir(policy: str, seed: int) -> Path:
@@ -191,6 +193,12 @@ def evaluate(
         raise FileNotFoundError(
             f"{paths.REWARD_DIR}: reward model not found (run the reward stage)"
         )
+    quality = read_section(params, "quality", QualityConfig) if "quality" in params else None
+    spaces = (  # read before sampling: a stale or missing reference fails fast
+        Spaces.read(paths.QUALITY_SPACES, quality, paths.SFT_DIR)
+        if quality is not None and quality.measures
+        else None
+    )
     rows, k = eval_rows[: cfg.n_prompts], cfg.n_samples
     prompts = [r["prompt"] for r in rows]
     contexts = (  # the first min(fixed_contexts, n_prompts) prompts
@@ -219,6 +227,11 @@ def evaluate(
     )
     fields, entropy_metrics = entropy_fields(stats, scored.context, k, len(rows))
     metrics.update(entropy_metrics)  # entropy_first_k, context_entropy, context_tokens
+    if spaces is not None:
+        completions = [c for per in gen.texts for c in per]
+        q_fields, metrics["quality"] = measure_run(spaces, texts, completions, k, quality, seed)
+        for extra, q in zip(fields, q_fields):
+            extra["quality"] = q
     out_rows = generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens)
     for row, extra in zip(out_rows, fields):
         row.update(extra)

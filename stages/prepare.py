@@ -33,6 +33,7 @@ from stages.lib import paths
 from stages.lib.common import (
     first_line,
     is_hub_id,
+    prompt_text,
     resolve_path,
     seeded_subset,
     write_json,
@@ -138,11 +139,6 @@ def clean_rows(
     if not out:
         raise ValueError(f"data.source: split '{split}' is empty")
     return seeded_subset(out, limit, f"{seed}-{split}-rows"), empty
-
-
-def prompt_text(text: str, words: int) -> str:
-    """The prompt of a review: its first ``words`` whitespace-separated words, single-spaced."""
-    return " ".join(text.split()[:words])
 
 
 def make_prompts(

@@ -120,6 +120,7 @@ def _run(root: Path, monkeypatch, policy: str, *args: str, **evaluate):
         **PARAMS,
         "data": {**PARAMS["data"], "source": "synthetic"},
         "evaluate": {**PARAMS["evaluate"], **SMALL, **evaluate},
+        "quality": {**PARAMS["quality"], "measures": []},  # tests/test_quality_reference.py
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(root)

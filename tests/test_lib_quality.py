@@ -239,28 +239,28 @@ def test_mean_hidden_features_ignore_padding_and_batching(tiny_lm, torch_one_thr
     [
         (
             lambda: quality_diversity(modes(10)[:5], modes(10), k=5, seed=0),
-            "params: evaluate.quality.k: must be < the reference set's size (5), got 5",
+            "params: quality.k: must be < the reference set's size (5), got 5",
         ),
         (
             lambda: quality_diversity(modes(10), modes(10)[:3], k=5, seed=0),
-            "params: evaluate.quality.k: must be < the number of samples (3), got 5",
+            "params: quality.k: must be < the number of samples (3), got 5",
         ),
-        (lambda: check_k(0, 10, 10), "params: evaluate.quality.k: must be an integer >= 1"),
+        (lambda: check_k(0, 10, 10), "params: quality.k: must be an integer >= 1"),
         (
             lambda: quality_diversity(modes(10), modes(10), k=3, seed=0, measures=["fid"]),
-            "params: evaluate.quality.measures: unknown measure 'fid'",
+            "params: quality.measures: unknown measure 'fid'",
         ),
-        (lambda: check_measures("mauve"), "params: evaluate.quality.measures: must be a list"),
+        (lambda: check_measures("mauve"), "params: quality.measures: must be a list"),
         (
             lambda: check_feature_spaces(["tfidf", "bert"]),
-            "params: evaluate.quality.features: unknown feature space 'bert'",
+            "params: quality.features: unknown feature space 'bert'",
         ),
         (
             lambda: check_reference_size(500, 300, 5, "held-out positive reviews"),
-            "params: evaluate.quality.reference_size: must be <= the 300 held-out positive",
+            "params: quality.reference_size: must be <= the 300 held-out positive",
         ),
-        (lambda: check_reference_size(5, 300, 5), "evaluate.quality.reference_size: must be an"),
-        (lambda: TfidfSvd(dim=8, seed=0).fit(FIT), "params: evaluate.quality.tfidf_dim: must be <"),
+        (lambda: check_reference_size(5, 300, 5), "quality.reference_size: must be an"),
+        (lambda: TfidfSvd(dim=8, seed=0).fit(FIT), "params: quality.tfidf_dim: must be <"),
         (lambda: prdc_measures(modes(10), modes(10)[:, :3], k=3), "feature widths differ"),
     ],
 )

@@ -132,7 +132,7 @@ def policy_runs(policy: str, rows: list[list[dict]]) -> list[PolicyRun]:
     for s, per_seed in enumerate(rows):
         num, den = per_prompt(per_seed, sft=False, where=policy)
         ids = [r["prompt_id"] for r in per_seed]
-        run = Run(policy, s, Path(f"data/eval/{policy}/seed-{s}.jsonl"), ids, num, den)
+        run = Run(policy, s, Path(f"data/eval/{policy}/seed-{s}.jsonl"), ids, num, den, {})
         means = dict.fromkeys(MEANS, 1.0)
         metrics = {**means, "n_prompts": N_PROMPTS, "n_samples": N_SAMPLES}
         out.append(PolicyRun(**vars(run), metrics=metrics, val_accuracy=None))
@@ -231,7 +231,7 @@ def frontier_curves():
             raw[variant] = {"kl": kl, "reward": reward}
             num = [{"kl": kl[s], "reward": reward[s]} for s in range(N_SEEDS)]
             den = [{"kl": ones[s], "reward": ones[s]} for s in range(N_SEEDS)]
-            runs = [Run(variant, s, Path(variant), [], num[s], den[s]) for s in range(N_SEEDS)]
+            runs = [Run(variant, s, Path(variant), [], num[s], den[s], {}) for s in range(N_SEEDS)]
             est.append(estimate(*stack(runs, ("kl", "reward")), draws))
         curves[fam] = curve(fam, len(points), est, ["reward"])
     return raw, curves, draws

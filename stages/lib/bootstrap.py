@@ -55,6 +55,16 @@ def replicates(num: np.ndarray, den: np.ndarray, draws: Resamples) -> np.ndarray
     return np.take_along_axis(per_seed, draws.seeds, axis=1).mean(1)
 
 
+def set_replicates(hits: np.ndarray, draws: Resamples) -> np.ndarray:
+    """A set fraction recomputed on every resample: [B]. ``hits`` [S, N, P] says which of N
+    reference points the samples of prompt p hit in seed s (coverage, recall); a resample's
+    value per seed is the fraction of points hit by a drawn prompt (a prompt drawn twice hits
+    the same points once), averaged over the resampled seeds."""
+    drawn = draws.prompt_weights.T  # [P, B]
+    per_seed = np.stack([((h.astype(np.float64) @ drawn) > 0).mean(axis=0) for h in hits], axis=1)
+    return np.take_along_axis(per_seed, draws.seeds, axis=1).mean(1)
+
+
 def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap replicates."""
     tail = (1 - level) / 2 * 100

@@ -87,6 +87,11 @@ def is_hub_id(name: str) -> bool:
     return not name.startswith((".", "/", "~", "$")) and bool(HUB_ID.match(name))
 
 
+def prompt_text(text: str, words: int) -> str:
+    """The prompt of a review: its first ``words`` whitespace-separated words, single-spaced."""
+    return " ".join(text.split()[:words])
+
+
 def seeded_subset(items: Sequence[T], limit: int | None, key: str) -> list[T]:
     """``limit`` items drawn at random under the seed string ``key``, kept in their order; all
     items when ``limit`` is None or not below ``len(items)``."""

@@ -77,6 +77,8 @@ def unit_interval(v) -> bool:
 
 def _type_name(kind: Any) -> str:
     args = typing.get_args(kind)
+    if typing.get_origin(kind) is list:
+        return f"a list of {_type_name(args[0])}"
     if args:
         return " or ".join("null" if a is _NONE else _type_name(a) for a in args)
     return getattr(kind, "__name__", str(kind))
@@ -98,6 +100,9 @@ def _coerce(value: Any, kind: Any, dotted: str) -> Any:
             return value
         if option in (int, str) and isinstance(value, option) and not isinstance(value, bool):
             return value
+        if typing.get_origin(option) is list and isinstance(value, list):
+            (item,) = typing.get_args(option)  # list[str]: every element coerced
+            return [_coerce(v, item, f"{dotted}[{i}]") for i, v in enumerate(value)]
         if dataclasses.is_dataclass(option) and isinstance(value, dict):
             return read_mapping(value, dotted, option)
     raise ValueError(f"params: {dotted}: must be {_type_name(kind)}, got {value!r}")

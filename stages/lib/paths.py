@@ -121,3 +121,11 @@ def external_model(name: str) -> Path:
     """``models/external/<name>``: an external policy folder (any causal LM sharing the SFT
     tokenizer), listed by name under ``external`` in params.yaml."""
     return EXTERNAL_DIR / name
+
+
+# The quality–diversity measures (issue 28): written once per profile by quality-reference.
+QUALITY_DIR = Path("data/quality")
+#: ``data/quality/reference.jsonl``: the reference sets' held-out reviews, cut to a sample's length.
+QUALITY_REFERENCE = QUALITY_DIR / "reference.jsonl"
+#: ``data/quality/spaces.npz``: the fitted feature spaces and the reference sets' features.
+QUALITY_SPACES = QUALITY_DIR / "spaces.npz"

@@ -17,27 +17,103 @@ Packages: MAUVE from ``mauve-text`` (the authors' code, fed our features), Vendi
 written here (a few lines of numpy, the definitions of Naeem et al.'s ``prdc`` package, which
 the tests check them against): ``prdc`` 0.2 runs each distance matrix in an 8-thread pool and
 prints on every call, 0.1-0.3 s per call on 2 cores against ~0.01 s here. Heavy imports happen
-inside the functions. Bad settings raise a one-line ``ValueError`` naming the key of a future
-``evaluate.quality`` params section (``k``, ``measures``, ``features``, ``reference_size``).
+inside the functions. Bad settings raise a one-line ``ValueError`` naming the key of the
+``quality`` params section (:class:`QualityConfig`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from stages.lib.config import param, positive_int
+
 #: The params section the messages name.
-KEY = "evaluate.quality"
+KEY = "quality"
 #: Measures computed from a feature space (one value per space), in report order.
 FEATURE_MEASURES = ("precision", "recall", "density", "coverage", "mauve", "vendi")
 #: Measures computed from the texts themselves (one value per run).
 TEXT_MEASURES = ("self_bleu",)
 MEASURES = FEATURE_MEASURES + TEXT_MEASURES
 PRDC = ("precision", "recall", "density", "coverage")
-#: ``hidden``: the SFT policy's mean last hidden state; ``tfidf``: TF-IDF + SVD fitted on the
-#: train reviews (independent of every model, the reward model included).
-FEATURE_SPACES = ("hidden", "tfidf")
+#: Measures of the samples against a reference set (one value per space and reference).
+REFERENCE_MEASURES = PRDC + ("mauve",)
+#: ``tfidf``: TF-IDF + SVD fitted on the train reviews (independent of every model, the reward
+#: model included); ``hidden``: the SFT policy's mean last hidden state; ``encoder``: the mean
+#: last hidden state of a local encoder folder (``quality.encoder``, e.g. a sentence encoder).
+FEATURE_SPACES = ("tfidf", "hidden", "encoder")
+#: Reference sets of held-out human text: every test review, or the positive (label 1) ones.
+REFERENCE_SETS = ("all", "positive")
+
+
+def metric_name(measure: str, space: str | None = None, reference: str | None = None) -> str:
+    """The metric key of a measure: ``<measure>_<space>_<reference>`` (precision, recall,
+    density, coverage, mauve), ``vendi_<space>`` (the samples alone) or ``self_bleu``."""
+    return "_".join(p for p in (measure, space, reference) if p)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """``quality``: the quality–diversity measures of every evaluate run against held-out
+    human reviews (reference sets built once by the quality-reference stage)."""
+
+    measures: list[str] = param(
+        "measures to compute",
+        MEASURES,
+        check=lambda v: bool(check_measures(v)) or True,
+    )
+    features: list[str] = param(
+        "feature spaces", ("tfidf", "hidden"), check=lambda v: bool(check_feature_spaces(v)) or True
+    )
+    references: list[str] = param(
+        "reference sets", REFERENCE_SETS, check=lambda v: bool(check_references(v)) or True
+    )
+    reference_size: int = param("reviews per reference set", 400, check=positive_int, must=">= 1")
+    k: int = param("nearest neighbours of the k-NN balls", 5, check=positive_int, must=">= 1")
+    tfidf_dim: int = param("SVD dimensions of the tfidf space", 64, check=positive_int, must=">= 1")
+    tfidf_fit_texts: int | None = param(
+        "train reviews the tfidf space is fitted on (null = all)",
+        None,
+        check=positive_int,
+        must="null or >= 1",
+    )
+    self_bleu_texts: int = param(
+        "samples scored by self-BLEU (a seeded subset)", 400, check=lambda v: v >= 2, must=">= 2"
+    )
+    encoder: str | None = param("local encoder folder of the encoder space", None)
+
+    def __post_init__(self):
+        if len(self.measures) != len(set(self.measures)):
+            raise ValueError(f"params: {KEY}.measures: repeats a measure: {self.measures!r}")
+        if not self.measures:
+            return
+        if not self.features and any(m in FEATURE_MEASURES for m in self.measures):
+            raise ValueError(f"params: {KEY}.features: empty, but measures need a feature space")
+        if not self.references and any(m in REFERENCE_MEASURES for m in self.measures):
+            raise ValueError(f"params: {KEY}.references: empty, but measures need a reference")
+        if "encoder" in self.features and not self.encoder:
+            raise ValueError(
+                f"params: {KEY}.encoder: is null, but features lists 'encoder' (give a local "
+                f"encoder folder)"
+            )
+        if self.reference_size <= self.k:
+            raise ValueError(
+                f"params: {KEY}.k: must be < reference_size ({self.reference_size}), got {self.k}"
+            )
+
+    def metric_names(self) -> list[str]:
+        """Every metric key a run reports (:func:`metric_name`), in report order."""
+        out = []
+        for space in self.features:
+            for ref in self.references:
+                out += [
+                    metric_name(m, space, ref) for m in self.measures if m in REFERENCE_MEASURES
+                ]
+            if "vendi" in self.measures:
+                out.append(metric_name("vendi", space))
+        return out + (["self_bleu"] if "self_bleu" in self.measures else [])
 
 
 def _names(values, known: Sequence[str], key: str, what: str) -> tuple[str, ...]:
@@ -60,6 +136,11 @@ def check_measures(measures) -> tuple[str, ...]:
 def check_feature_spaces(features) -> tuple[str, ...]:
     """``evaluate.quality.features`` without duplicates, each one of :data:`FEATURE_SPACES`."""
     return _names(features, FEATURE_SPACES, "features", "feature space")
+
+
+def check_references(references) -> tuple[str, ...]:
+    """``quality.references`` without duplicates, each one of :data:`REFERENCE_SETS`."""
+    return _names(references, REFERENCE_SETS, "references", "reference set")
 
 
 def check_k(k, n_reference: int, n_samples: int) -> int:
@@ -116,6 +197,44 @@ def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
     return np.partition(cdist(features, features), k, axis=1)[:, k]
 
 
+@dataclass
+class Hits:
+    """Which k-NN balls hold which points, the parts of :func:`prdc_measures` (N reference
+    points X_i, M samples Y_j): ``inside[j]`` the number of reference balls B(X_i, NND_k(X_i))
+    that hold Y_j; ``covers[i, j]`` whether Y_j is in X_i's ball; ``recalls[i, j]`` whether X_i
+    is in Y_j's ball B(Y_j, NND_k(Y_j)). Grouped by prompt, coverage and recall can be
+    bootstrapped over prompts (a prompt's samples cover a set of reference balls)."""
+
+    k: int
+    inside: np.ndarray  # [M] int
+    covers: np.ndarray  # [N, M] bool
+    recalls: np.ndarray  # [N, M] bool
+
+    def measures(self) -> dict[str, float]:
+        """Precision, recall, density and coverage (see :func:`prdc_measures`)."""
+        return {
+            "precision": float((self.inside > 0).mean()),
+            "recall": float(self.recalls.any(axis=1).mean()),
+            "density": float(self.inside.mean() / self.k),
+            "coverage": float(self.covers.any(axis=1).mean()),
+        }
+
+
+def prdc_hits(reference, samples, k: int, reference_radii=None) -> Hits:
+    """The :class:`Hits` of ``samples`` against ``reference`` (``reference_radii``: the
+    reference's :func:`knn_radii` for this ``k`` when cached, else computed)."""
+    from scipy.spatial.distance import cdist
+
+    reference, samples = _pair(reference, samples)
+    k = check_k(k, len(reference), len(samples))
+    real = knn_radii(reference, k) if reference_radii is None else np.asarray(reference_radii)
+    if real.shape != (len(reference),):
+        raise ValueError(f"reference_radii: shape {real.shape}, expected ({len(reference)},)")
+    dist = cdist(reference, samples)  # [N, M]
+    covers = dist < real[:, None]
+    return Hits(k, covers.sum(axis=0), covers, dist < knn_radii(samples, k)[None, :])
+
+
 def prdc_measures(reference, samples, k: int) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage
     (Naeem et al. 2020) of ``samples`` (policy, Y_1..Y_M) against ``reference`` (real, X_1..X_N),
@@ -128,19 +247,7 @@ def prdc_measures(reference, samples, k: int) -> dict[str, float]:
     - coverage  = 1/N Σ_i 1[∃j: Y_j ∈ B(X_i, NND_k(X_i))]   real balls holding a sample.
 
     Identical sets give 1 for all four (density exactly 1 without distance ties)."""
-    from scipy.spatial.distance import cdist
-
-    reference, samples = _pair(reference, samples)
-    k = check_k(k, len(reference), len(samples))
-    real_radii, fake_radii = knn_radii(reference, k), knn_radii(samples, k)
-    dist = cdist(reference, samples)  # [N, M]
-    inside_real = dist < real_radii[:, None]
-    return {
-        "precision": float(inside_real.any(axis=0).mean()),
-        "recall": float((dist < fake_radii[None, :]).any(axis=1).mean()),
-        "density": float(inside_real.sum(axis=0).mean() / k),
-        "coverage": float(inside_real.any(axis=1).mean()),
-    }
+    return prdc_hits(reference, samples, k).measures()
 
 
 def mauve_score(

@@ -34,7 +34,7 @@ class TfidfSvd:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"params: {KEY}.tfidf_dim: must be an integer >= 1, got {dim!r}")
         self.dim, self.seed = dim, seed
-        self.vectorizer = self.svd = None
+        self.vectorizer = self.components = None
 
     def fit(self, texts: Sequence[str]) -> TfidfSvd:
         from sklearn.decomposition import TruncatedSVD
@@ -50,17 +50,40 @@ class TfidfSvd:
             )
         svd = TruncatedSVD(n_components=self.dim, algorithm="randomized", random_state=self.seed)
         svd.fit(tfidf)
-        self.vectorizer, self.svd = vectorizer, svd
+        self.vectorizer, self.components = vectorizer, np.asarray(svd.components_, np.float64)
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """``[len(texts), dim]`` float64, unit rows (zero rows for texts with no known term)."""
-        if self.svd is None:
+        """``[len(texts), dim]`` float64, unit rows (zero rows for texts with no known term):
+        the TF-IDF rows projected on the SVD basis (TruncatedSVD.transform), L2-normalised."""
+        if self.components is None:
             raise RuntimeError("TfidfSvd.transform before fit")
         from sklearn.preprocessing import normalize
 
-        z = self.svd.transform(self.vectorizer.transform(list(texts)))
+        z = self.vectorizer.transform(list(texts)) @ self.components.T
         return normalize(np.asarray(z, dtype=np.float64), norm="l2", axis=1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`from_arrays` needs (terms in column order, idf weights, SVD basis):
+        numpy arrays a stage can save with ``np.savez`` instead of a pickle."""
+        if self.components is None:
+            raise RuntimeError("TfidfSvd.arrays before fit")
+        terms = self.vectorizer.get_feature_names_out().astype(str)
+        return {"terms": terms, "idf": self.vectorizer.idf_, "components": self.components}
+
+    @classmethod
+    def from_arrays(cls, terms, idf, components, seed: int = 0) -> TfidfSvd:
+        """The fitted space back from :meth:`arrays` (same transform, bit for bit)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        components = np.asarray(components, dtype=np.float64)
+        embed = cls(int(components.shape[0]), seed)
+        vectorizer = TfidfVectorizer(
+            vocabulary=[str(t) for t in terms], sublinear_tf=True, dtype=np.float64
+        )
+        vectorizer.idf_ = np.asarray(idf, dtype=np.float64)
+        embed.vectorizer, embed.components = vectorizer, components
+        return embed
 
 
 def tfidf_svd_features(

@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from stages.lib import paths
-from stages.lib.bootstrap import Resamples, interval, point_estimate, replicates
+from stages.lib.bootstrap import (
+    Resamples,
+    interval,
+    point_estimate,
+    replicates,
+    set_replicates,
+)
 from stages.lib.contracts import EVALUATION, read_rows
 
 #: Every per-prompt metric, numerator / denominator per eval prompt (:func:`per_prompt`).
@@ -33,15 +39,71 @@ METRICS = {
     "kl": "mean over the prompt's samples of log π(y|x) − log π_sft(y|x) / 1 (0 for sft)",
     "entropy_first_k": "entropy summed over the first k generated positions / their number",
     "context_entropy": "entropy summed over the fixed context's tokens / their number",
+    "precision_<space>_<set>": "samples inside a reference k-NN ball / the prompt's samples",
+    "density_<space>_<set>": "Σ over samples of the reference balls holding it / k / samples",
 }
+#: Every set metric: a fraction of the N reference points that any prompt's samples hit
+#: (:func:`quality_sets`); bootstrapped over prompts as sets, not as ratios.
+SET_METRICS = {
+    "coverage_<space>_<set>": "reference points whose k-NN ball holds a sample / N",
+    "recall_<space>_<set>": "reference points inside a sample's k-NN ball / N",
+}
+
+
+def _quality(rows: list[dict], where: str) -> dict[str, tuple[int, list[dict]]]:
+    """``<space>/<set>`` -> (k, its entry per row) of the rows' ``quality`` fields
+    (:mod:`stages.lib.quality_reference`); {} when the rows have none."""
+    if not any("quality" in r for r in rows):
+        return {}
+    if not all(isinstance(r.get("quality"), dict) for r in rows):
+        raise ValueError(f"{where}: field 'quality' missing in some rows (re-run evaluate)")
+    keys = [k for k in rows[0]["quality"] if k != "k"]
+    out = {}
+    for key in keys:
+        entries = [r["quality"].get(key) for r in rows]
+        k = rows[0]["quality"].get("k")
+        n = entries[0]["n_reference"] if isinstance(entries[0], dict) else None
+        for i, (r, e) in enumerate(zip(rows, entries)):
+            ok = (
+                isinstance(e, dict)
+                and r["quality"].get("k") == k
+                and e.get("n_reference") == n
+                and len(e.get("inside", ())) == len(r["entropy"])
+                and all(0 <= j < n for j in (*e.get("covers", ()), *e.get("recalls", ())))
+            )
+            if not ok or not isinstance(k, int) or k < 1:
+                raise ValueError(
+                    f"{where}: row {i + 1}: quality {key!r} must hold n_reference, an inside "
+                    f"count per sample and reference indices below n_reference, with one k"
+                )
+        out[key] = (k, entries)
+    return out
+
+
+def _quality_name(measure: str, key: str) -> str:
+    return f"{measure}_{key.replace('/', '_')}"
+
+
+def quality_sets(rows: list[dict], where: str) -> dict[str, np.ndarray]:
+    """Per set metric of :data:`SET_METRICS`, the [N, P] matrix of which reference points the
+    samples of each prompt hit (a prompt's ``covers`` / ``recalls``); {} without quality."""
+    out = {}
+    for key, (_, entries) in _quality(rows, where).items():
+        for measure, field in (("coverage", "covers"), ("recall", "recalls")):
+            hits = np.zeros((entries[0]["n_reference"], len(rows)), dtype=bool)
+            for p, e in enumerate(entries):
+                hits[e[field], p] = True
+            out[_quality_name(measure, key)] = hits
+    return out
 
 
 def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
     """Per-prompt numerators and denominators of one evaluate run's rows (see :data:`METRICS`):
     ``reward`` where every row has rewards, ``gold`` where every row has gold scores,
     ``entropy_first_k`` where every row has it, ``context_entropy`` where any row has it (the
-    first ``evaluate.fixed_contexts`` prompts; 0 over 0 for the others); ``where`` names the
-    file in errors."""
+    first ``evaluate.fixed_contexts`` prompts; 0 over 0 for the others), precision and density
+    per space and reference set where the rows have ``quality``; ``where`` names the file in
+    errors."""
     if not sft and any("logp_sft" not in r for r in rows):
         raise ValueError(f"{where}: field 'logp_sft' missing (kl of an aligned policy needs it)")
     ones = np.ones(len(rows))
@@ -67,6 +129,12 @@ def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
         tokens = np.array([r.get("context_tokens", 0) for r in rows], dtype=float)
         num["context_entropy"] = np.array([r.get("context_entropy", 0.0) for r in rows]) * tokens
         den["context_entropy"] = tokens
+    samples = np.array([len(r["entropy"]) for r in rows], dtype=float)
+    for key, (k, entries) in _quality(rows, where).items():
+        inside = [np.asarray(e["inside"]) for e in entries]
+        num[_quality_name("precision", key)] = np.array([(c > 0).sum() for c in inside], float)
+        num[_quality_name("density", key)] = np.array([c.sum() / k for c in inside], float)
+        den[_quality_name("precision", key)] = den[_quality_name("density", key)] = samples
     return num, den
 
 
@@ -75,8 +143,9 @@ def per_prompt(rows: list[dict], *, sft: bool, where: str) -> tuple[dict, dict]:
 
 @dataclass
 class Run:
-    """One (policy, seed) evaluation: its samples file, prompt ids and the per-prompt
-    numerators and denominators of :func:`per_prompt` (metric -> [P])."""
+    """One (policy, seed) evaluation: its samples file, prompt ids, the per-prompt
+    numerators and denominators of :func:`per_prompt` (metric -> [P]) and the hit matrices of
+    :func:`quality_sets` (metric -> [N, P])."""
 
     policy: str
     seed: int
@@ -84,6 +153,7 @@ class Run:
     prompt_ids: list[str]
     num: dict[str, np.ndarray]
     den: dict[str, np.ndarray]
+    sets: dict[str, np.ndarray]
 
 
 def eval_stage(policy: str, seed: int, external: bool = False) -> str:
@@ -102,7 +172,8 @@ def read_eval(policy: str, seed: int, external: bool = False) -> Run:
         raise FileNotFoundError(f"{path}: not found (run `dvc repro {stage}`)")
     rows = read_rows(path, EVALUATION)
     num, den = per_prompt(rows, sft=policy == "sft", where=str(path))
-    return Run(policy, seed, path, [r["prompt_id"] for r in rows], num, den)
+    sets = quality_sets(rows, str(path))
+    return Run(policy, seed, path, [r["prompt_id"] for r in rows], num, den, sets)
 
 
 def check_same_prompts(ids: list[str], first: list[str], path: Path, first_path: Path) -> None:
@@ -139,9 +210,10 @@ def stack(runs: list[Run], metrics) -> tuple[dict, dict]:
     return num, den
 
 
-def estimate(num: dict, den: dict, draws: Resamples) -> dict:
-    """Per metric (``num``/``den``: metric -> [S, P]): ``value`` (mean over seeds of the runs'
-    values), bootstrap replicates ``reps`` [B], per-seed values ``seeds`` and the 95% ``ci``."""
+def estimate(num: dict, den: dict, draws: Resamples, sets: dict | None = None) -> dict:
+    """Per metric (``num``/``den``: metric -> [S, P]; ``sets``: set metric -> [S, N, P] hits,
+    :func:`stack_sets`): ``value`` (mean over seeds of the runs' values), bootstrap replicates
+    ``reps`` [B], per-seed values ``seeds`` and the 95% ``ci``."""
     out = {}
     for m in num:
         reps = replicates(num[m], den[m], draws)
@@ -151,7 +223,18 @@ def estimate(num: dict, den: dict, draws: Resamples) -> dict:
             "seeds": num[m].sum(1) / den[m].sum(1),
             "ci": interval(reps),
         }
+    for m, hits in (sets or {}).items():
+        reps = set_replicates(hits, draws)
+        per_seed = hits.any(axis=2).mean(axis=1)
+        out[m] = {"value": float(per_seed.mean()), "reps": reps, "seeds": per_seed}
+        out[m]["ci"] = interval(reps)
     return out
+
+
+def stack_sets(runs: list[Run]) -> dict[str, np.ndarray]:
+    """[S, N, P] hit matrices over a policy's runs of each set metric every run has."""
+    keep = [m for m in runs[0].sets if all(m in r.sets for r in runs)]
+    return {m: np.stack([r.sets[m] for r in runs]) for m in keep}
 
 
 def excludes_0(lo: float, hi: float) -> bool:
