@@ -39,3 +39,21 @@ def test_common_resamples_make_a_constant_shift_exact():
     np.testing.assert_allclose(diff, 0.25, atol=1e-12)
     assert point_estimate(num + 0.25, np.ones_like(num)) == pytest.approx(num.mean() + 0.25)
     assert interval(np.arange(101.0)) == pytest.approx((2.5, 97.5))
+
+
+def test_set_replicates_are_unions_of_the_drawn_prompts():
+    """Coverage/recall on a resample: the fraction of reference points hit by any drawn prompt
+    of each resampled seed, averaged over the resampled seeds; checked against a brute-force
+    union. Catches counting a prompt drawn twice twice (a fraction > 1 or weighted), taking
+    the seed index of the original instead of the resampled seed, or averaging per prompt."""
+    from stages.lib.bootstrap import set_replicates
+
+    rng = np.random.default_rng(3)
+    hits = rng.random((3, 7, 5)) < 0.2  # [S, N, P]
+    draws = draw_resamples(n_seeds=3, n_prompts=5, n=40, seed=1)
+    got = set_replicates(hits, draws)
+    for b in range(40):
+        drawn = [p for p in range(5) if draws.prompt_weights[b, p] > 0]
+        per_seed = [hits[s][:, drawn].any(axis=1).mean() for s in draws.seeds[b]]
+        assert got[b] == pytest.approx(np.mean(per_seed))
+    assert got.max() <= 1.0

@@ -275,3 +275,12 @@ def test_valid_names_pass():
     assert check_measures(["mauve", "recall", "mauve"]) == ("mauve", "recall")
     assert check_feature_spaces(("tfidf", "hidden")) == ("tfidf", "hidden")
     assert check_k(5, 6, 6) == 5
+
+
+def test_tfidf_space_round_trips_through_arrays():
+    """The fitted space saved as arrays (data/quality/spaces.npz, no pickle) embeds any text
+    exactly as the fitted object (catches a lost idf, a re-sorted vocabulary or basis)."""
+    embed = TfidfSvd(dim=3, seed=0).fit(FIT)
+    back = TfidfSvd.from_arrays(**embed.arrays())
+    texts = ["a good film with a great cast", "bad bad plot", "unknown words only"]
+    np.testing.assert_array_equal(back.transform(texts), embed.transform(texts))

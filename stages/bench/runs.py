@@ -39,6 +39,7 @@ INPUTS = (
     "data/reference.jsonl",
     "data/prompts",
     "data/prepared/test.jsonl",  # evaluate's context entropy reads the eval prompts' reviews
+    "data/quality",  # evaluate's quality measures (a baseline commit without them ignores it)
 )
 
 
