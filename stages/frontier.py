@@ -7,13 +7,17 @@ params.yaml and, for ``sft`` and every variant and every seed of ``seeds``,
 ``data/best_of_n/seed-<s>.jsonl`` (``best-of-n``'s draws). Writes::
 
     reports/frontier/matched_kl.md, .csv   per KL level and family: reward, gold, entropy
-                                           [95% CI] and paired differences against the
-                                           baseline family; best-of-n as one more curve
+                                           and the quality measures [95% CI] and paired
+                                           differences against the baseline family;
+                                           best-of-n as one more curve
     reports/frontier/points.csv            per policy: its family, β, the estimates with
                                            intervals, and whether it is on a Pareto envelope
     reports/frontier/best_of_n.csv         per n: analytic KL, reward and gold [95% CI]
     reports/frontier/overview.png          every family on one set of axes (4 panels)
     reports/frontier/families.png          one row of 4 panels per family
+    reports/frontier/precision_recall.png  per KL level (column) and feature space and
+                                           reference set (row): each family's (recall,
+                                           precision) at that KL, both 95% intervals, and SFT
     metrics/frontier.json                  the matched-KL values, under dvc.yaml's `metrics:`
 
     python -m stages frontier                 # or: dvc repro frontier
@@ -38,6 +42,19 @@ extrapolation. **Best-of-n** (n = 1, 2, 4, ... ≤ ``best_of_n.n_max``) sits at 
 log n − (n − 1)/n, its reward and gold estimated from all n-subsets of the draws
 (:mod:`stages.lib.best_of_n`); between its n it is interpolated the same way.
 
+**Quality–diversity**: where the runs' rows hold ``quality`` fields (evaluate against held-out
+human reviews, :mod:`stages.lib.quality_reference`), the k-NN measures precision, recall,
+density and coverage of every feature space and reference set that all runs have
+(``<measure>_<space>_<set>``, found from the metric names) are compared like reward: precision
+and density are per-prompt ratios, recall and coverage fractions of the reference set hit by
+any prompt's samples, bootstrapped as sets on the same resamples
+(:func:`stages.lib.runs.estimate`), so their interpolation and paired differences are those of
+reward. The CSVs gain their columns after the existing ones (without quality fields the files
+are exactly the former ones), the Markdown one table per space and set at each level;
+best-of-n has none ("–", empty cells). ``precision_recall.png`` draws the precision–recall
+plane of the generative-modelling literature at each matched KL (a "no quality measures"
+notice without them).
+
 **Pareto envelope**: the policies (``sft`` and every variant, seed-mean points) that no other
 policy beats in both coordinates: max reward (gold) at min KL, and max reward at max entropy;
 drawn as the staircase of what the best run at that budget reaches.
@@ -59,29 +76,31 @@ from stages.lib.common import atomic_path, write_json
 from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
 from stages.lib.contracts import BEST_OF_N, read_rows
 from stages.lib.frontier import (
-    Curve,
     Family,
+    curve,
     group_families,
     kl_levels,
     matched_kl,
-    pareto_front,
+    point_rows,
+    quality_metrics,
     variant_settings,
 )
 from stages.lib.frontier_tables import (
-    MATCHED_COLUMNS,
-    POINT_COLUMNS,
     frontier_metrics,
+    matched_columns,
     matched_markdown,
+    point_columns,
 )
 from stages.lib.runs import METRICS as RUN_METRICS
-from stages.lib.runs import check_same_prompts, estimate, load_runs, stack
+from stages.lib.runs import check_same_prompts, estimate, load_runs, stack, stack_sets
 from stages.lib.variants import SFT
 
 OUT = paths.FRONTIER_DIR
 #: Metrics compared along the curves: every per-prompt metric of stages.lib.runs but KL (the
-#: axis), each only where every run has it: gold needs a gold scorer, the last two an evaluate
-#: that writes them (stages.lib.evaluate).
-METRICS = tuple(m for m in RUN_METRICS if m != "kl")
+#: axis) and the quality templates (``<space>``: found per run, :func:`quality_metrics`), each
+#: only where every run has it: gold needs a gold scorer, the last two an evaluate that writes
+#: them (stages.lib.evaluate).
+METRICS = tuple(m for m in RUN_METRICS if m != "kl" and "<" not in m)
 BON = "best-of-n"
 
 
@@ -151,50 +170,6 @@ def _cis(e: dict) -> dict:
     return out
 
 
-def curve(name: str, n_betas: int, points: list[dict], metrics: list[str]) -> Curve:
-    """A :class:`Curve` through the estimates of ``points`` (one per variant or n)."""
-    c = Curve(
-        name,
-        n_betas,
-        np.array([p["kl"]["value"] for p in points]),
-        np.stack([p["kl"]["reps"] for p in points], axis=1),
-    )
-    for m in metrics:
-        if all(m in p for p in points):
-            c.values[m] = np.array([p[m]["value"] for p in points])
-            c.reps[m] = np.stack([p[m]["reps"] for p in points], axis=1)
-    return c
-
-
-def point_rows(est: dict, families: list[Family], metrics: list[str]) -> list[dict]:
-    """One row per policy: family, β, estimates with intervals, Pareto flags."""
-    where = {v: (f.name, b) for f in families for v, b in zip(f.variants, f.betas)}
-    rows = []
-    for policy, e in est.items():
-        fam, beta = where.get(policy, ("sft", None))
-        row = {"policy": policy, "family": fam, "beta": beta}
-        for m in ("kl", *metrics):
-            if m in e:
-                row.update({m: e[m]["value"], f"{m}_lo": e[m]["ci"][0], f"{m}_hi": e[m]["ci"][1]})
-        rows.append(row)
-    names = [r["policy"] for r in rows]
-    for y, x, higher, flag in (
-        ("reward", "kl", False, "front_reward_kl"),
-        ("gold", "kl", False, "front_gold_kl"),
-        ("reward", "entropy", True, "front_reward_entropy"),
-    ):
-        if all(y in r and x in r for r in rows):
-            front = {
-                names[i]
-                for i in pareto_front(
-                    [r[x] for r in rows], [r[y] for r in rows], x_higher_better=higher
-                )
-            }
-            for r in rows:
-                r[flag] = r["policy"] in front
-    return rows
-
-
 # --------------------------------------------------------------------------- stage
 
 
@@ -249,12 +224,18 @@ def frontier(
         ids, rewards, gold = read_best_of_n(s)
         check_same_prompts(ids, first.prompt_ids, paths.best_of_n_samples(s), first.path)
         bon.append((rewards, gold))
-    metrics = [m for m in METRICS if all(m in r.num for per in runs.values() for r in per)]
+    every = [r for per in runs.values() for r in per]
+    metrics = [m for m in METRICS if all(m in r.num for r in every)]
+    quality = quality_metrics(every)
+    compared = [*metrics, *quality]
     draws = draw_resamples(len(seeds), len(first.prompt_ids), cfg.bootstrap, read_seed(params))
-    est = {p: estimate(*stack(runs[p], ("kl", *metrics)), draws) for p in policies}
+    est = {}
+    for p in policies:
+        sets = {m: hits for m, hits in stack_sets(runs[p]).items() if m in quality}
+        est[p] = estimate(*stack(runs[p], ("kl", *metrics, *quality)), draws, sets=sets)
     bon_est = bon_estimates(bon, draws)
-    curves = [curve(f.name, f.n_betas, [est[v] for v in f.variants], metrics) for f in families]
-    curves.append(curve(BON, len(bon_est), list(bon_est.values()), metrics))
+    curves = [curve(f.name, f.n_betas, [est[v] for v in f.variants], compared) for f in families]
+    curves.append(curve(BON, len(bon_est), list(bon_est.values()), compared))
     ranges = {c.name: c.kl_range for c in curves[:-1] if c.n_betas >= 2}
     base_curve = next(c for c in curves if c.name == base.name)
     fallback = base_curve.kl_range if base.n_betas >= 2 else None
@@ -262,8 +243,8 @@ def frontier(
         levels, how = kl_levels(ranges, fallback)
     else:
         how = "given with --kl-levels (not the pipeline's automatic levels)"
-    matched = matched_kl(curves, base.name, levels, metrics)
-    points = point_rows(est, families, metrics)
+    matched = matched_kl(curves, base.name, levels, compared)
+    points = point_rows(est, families, compared)
     bon_rows = [{"n": n, **{k: e[k]["value"] for k in e}, **_cis(e)} for n, e in bon_est.items()]
     setup = {
         "seeds": seeds,
@@ -273,20 +254,22 @@ def frontier(
         "levels": levels,
         "baseline": base.name,
         "metrics": metrics,
+        "quality": quality,
         "ranges": {c.name: c.kl_range for c in curves},
     }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "matched_kl.md") as tmp:
         tmp.write_text(matched_markdown(setup, families, matched, points, bon_rows))
-    write_csv(out / "matched_kl.csv", matched, MATCHED_COLUMNS)
-    write_csv(out / "points.csv", points, POINT_COLUMNS)
+    write_csv(out / "matched_kl.csv", matched, matched_columns(quality))
+    write_csv(out / "points.csv", points, point_columns(quality))
     write_csv(out / "best_of_n.csv", bon_rows, BON_COLUMNS)
     summary = frontier_metrics(setup, matched)
     write_json(metrics_path, summary)
-    from stages.lib.frontier_plots import families_png, overview_png
+    from stages.lib.frontier_plots import families_png, overview_png, precision_recall_png
 
     overview_png(out / "overview.png", families, est, bon_est, points, metrics)
     families_png(out / "families.png", families, est, bon_est, points, metrics)
+    precision_recall_png(out / "precision_recall.png", families, matched, est[SFT], setup)
     return {"metrics": summary, "matched": matched, "points": points, "best_of_n": bon_rows}
 
 
@@ -310,5 +293,5 @@ def main(
         f"frontier: {len(result['points']) - 1} variants, KL levels "
         f"{', '.join(f'{v:.2f}' for v in found) or 'none'} -> {out}/matched_kl.md, "
         f"matched_kl.csv, points.csv, best_of_n.csv, overview.png, families.png, "
-        f"{metrics_path}"
+        f"precision_recall.png, {metrics_path}"
     )

@@ -9,6 +9,8 @@ writes the tables and plots::
     front = pareto_front(kl, reward)                  # indices of the non-dominated points
     at = interpolate(kl_reps, reward_reps, 4.0)       # [B] values at KL 4 (NaN: out of range)
     levels, how = kl_levels({"a": (1.0, 5.0), "b": (2.0, 6.0)})   # 2.75, 3.5, 4.25
+    c = curve("sigmoid-reverse_kl", 3, [est["dpo"], ...], ["reward", ...])  # est: runs.estimate
+    groups = quality_groups(["precision_tfidf_all", "recall_tfidf_all", ...])  # per space+set
 
 **Families.** A family is every variant whose settings agree in everything but β: the loss
 settings of :class:`stages.lib.variants.LossConfig` (loss, divergence, alpha, sft_weight,
@@ -25,6 +27,12 @@ replicate whose KL range misses L gives no value (no extrapolation) and the shar
 with a value is reported as ``coverage``. Paired differences against the baseline family use
 the same replicates (same resampled seeds and prompts). A family with fewer than 2 distinct β
 or whose point-estimate KL range misses L gets no value.
+
+**Quality–diversity.** The k-NN measures of :data:`QUALITY_MEASURES` (``<measure>_<space>_<set>``
+of :mod:`stages.lib.runs`: precision and density per-prompt ratios, recall and coverage
+fractions of a reference set bootstrapped as sets) ride the same curves: interpolated per
+replicate like reward, paired against the baseline the same way. Which spaces and sets exist is
+read off the metric names (:func:`quality_metrics`); best-of-n has none.
 """
 
 from __future__ import annotations
@@ -35,13 +43,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stages.lib.bootstrap import interval
-from stages.lib.runs import excludes_0
+from stages.lib.runs import Run, excludes_0
 from stages.lib.variants import LOSS_KEYS, read_variants
 
 #: Settings that define a family besides the loss (all of them, minus β, define it).
 FAMILY_EXTRA = ("curriculum",)
 #: Quantiles of the common KL range at which families are compared.
 QUANTILES = (0.25, 0.5, 0.75)
+#: The k-NN quality–diversity measures compared along the curves, in table order (their metric
+#: names are ``<measure>_<space>_<set>``: :func:`stages.lib.quality.metric_name`).
+QUALITY_MEASURES = ("precision", "recall", "density", "coverage")
 
 
 # --------------------------------------------------------------------------- families
@@ -144,6 +155,67 @@ def pareto_front(x, y, *, x_higher_better: bool = False) -> list[int]:
     return sorted(keep, key=lambda i: (x[i], -y[i]))
 
 
+def point_rows(est: dict, families: list[Family], metrics: list[str]) -> list[dict]:
+    """One row per policy (``est``: policy -> :func:`stages.lib.runs.estimate`): family, β,
+    the estimates of KL and ``metrics`` with intervals, Pareto flags."""
+    where = {v: (f.name, b) for f in families for v, b in zip(f.variants, f.betas)}
+    rows = []
+    for policy, e in est.items():
+        fam, beta = where.get(policy, ("sft", None))
+        row = {"policy": policy, "family": fam, "beta": beta}
+        for m in ("kl", *metrics):
+            if m in e:
+                row.update({m: e[m]["value"], f"{m}_lo": e[m]["ci"][0], f"{m}_hi": e[m]["ci"][1]})
+        rows.append(row)
+    names = [r["policy"] for r in rows]
+    for y, x, higher, flag in (
+        ("reward", "kl", False, "front_reward_kl"),
+        ("gold", "kl", False, "front_gold_kl"),
+        ("reward", "entropy", True, "front_reward_entropy"),
+    ):
+        if all(y in r and x in r for r in rows):
+            front = {
+                names[i]
+                for i in pareto_front(
+                    [r[x] for r in rows], [r[y] for r in rows], x_higher_better=higher
+                )
+            }
+            for r in rows:
+                r[flag] = r["policy"] in front
+    return rows
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def _measure(name: str) -> tuple[str, str] | None:
+    """(measure, ``<space>_<set>``) of a quality metric name, or None for another metric."""
+    for m in QUALITY_MEASURES:
+        if name.startswith(f"{m}_") and len(name) > len(m) + 1:
+            return m, name[len(m) + 1 :]
+    return None
+
+
+def quality_metrics(runs: list[Run]) -> list[str]:
+    """The quality metrics every run has (ratios in ``num``, set fractions in ``sets``),
+    grouped per space and reference set (first-seen order) and :data:`QUALITY_MEASURES`
+    order within a group; [] for runs without ``quality`` fields."""
+    names = [m for m in (*runs[0].num, *runs[0].sets) if _measure(m)]
+    shared = [m for m in names if all(m in r.num or m in r.sets for r in runs)]
+    return [m for _, group in quality_groups(shared) for m in group]
+
+
+def quality_groups(metrics) -> list[tuple[str, list[str]]]:
+    """``<space>_<set>`` -> its quality metrics among ``metrics`` (in
+    :data:`QUALITY_MEASURES` order), per group in first-seen order; other metrics ignored."""
+    groups: dict[str, dict[str, str]] = {}
+    for name in metrics:
+        found = _measure(name)
+        if found:
+            groups.setdefault(found[1], {})[found[0]] = name
+    return [(g, [by[m] for m in QUALITY_MEASURES if m in by]) for g, by in groups.items()]
+
+
 # --------------------------------------------------------------------------- interpolation
 
 
@@ -234,6 +306,23 @@ class Curve:
     @property
     def kl_range(self) -> tuple[float, float]:
         return float(self.kl.min()), float(self.kl.max())
+
+
+def curve(name: str, n_betas: int, points: list[dict], metrics: list[str]) -> Curve:
+    """A :class:`Curve` through the estimates of ``points`` (one per variant or n, each
+    :func:`stages.lib.runs.estimate`'s dict with ``kl``); a metric some point lacks is left
+    out (best-of-n has no entropy or quality)."""
+    c = Curve(
+        name,
+        n_betas,
+        np.array([p["kl"]["value"] for p in points]),
+        np.stack([p["kl"]["reps"] for p in points], axis=1),
+    )
+    for m in metrics:
+        if all(m in p for p in points):
+            c.values[m] = np.array([p[m]["value"] for p in points])
+            c.reps[m] = np.stack([p[m]["reps"] for p in points], axis=1)
+    return c
 
 
 def _at(curve: Curve, metric: str, level: float) -> tuple[float, np.ndarray]:

@@ -8,6 +8,11 @@ joins its seed-mean points in x order; its band spans each point's 95% interval 
 bootstrap over seeds and prompts); faint dots are single seeds. The envelope is the staircase
 of the non-dominated policies (:func:`stages.lib.frontier.pareto_front`): the best y any policy
 reaches within that x budget.
+
+``precision_recall.png`` is the plane of the generative-modelling literature at matched KL: one
+column per KL level, one row per feature space and reference set; in each panel every family's
+interpolated (recall, precision) at that level with both 95% intervals as error bars (the
+family colours of the other figures) and the SFT policy's point (at KL 0, for reference).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.lib.common import atomic_path
-from stages.lib.frontier import Family
+from stages.lib.frontier import Family, quality_groups
 
 #: (x, y, envelope flag in the points rows, staircase side) of the four panels.
 PANELS = (
@@ -165,4 +170,91 @@ def families_png(
             ax.set_title(f"{fam.name}: β {betas}", fontsize=8)
         row[0].legend(fontsize=6, loc="best")
     _save(fig, path)
+    plt.close(fig)
+
+
+def _pr_point(ax, r: dict, prec: str, rec: str, color, marker: str, label: str) -> None:
+    """(recall, precision) of a row with its two 95% intervals drawn as lines: from the
+    interval's ends, not as ± errors (a set fraction's bootstrap interval need not hold the
+    point estimate: :func:`stages.lib.bootstrap.set_replicates`)."""
+    x, y = r[rec], r[prec]
+    ax.plot([x], [y], marker, color=color, ms=9 if marker == "*" else 5, label=label, zorder=5)
+    for (x0, x1), (y0, y1) in (
+        ((r.get(f"{rec}_lo"), r.get(f"{rec}_hi")), (y, y)),
+        ((x, x), (r.get(f"{prec}_lo"), r.get(f"{prec}_hi"))),
+    ):
+        if all(_ok(v) for v in (x0, x1, y0, y1)):
+            ax.plot([x0, x1], [y0, y1], "-", color=color, lw=1, marker="|" if y0 == y1 else "_")
+
+
+def _pr_panel(ax, rows: list[dict], colors: dict, sft: dict, prec: str, rec: str) -> None:
+    for r in rows:
+        if r["status"] == "ok" and _ok(r.get(prec)) and _ok(r.get(rec)):
+            _pr_point(ax, r, prec, rec, colors[r["family"]], "o", r["family"])
+    if prec in sft and rec in sft:
+        point = {}
+        for m in (prec, rec):
+            point[m] = sft[m]["value"]
+            point[f"{m}_lo"], point[f"{m}_hi"] = sft[m]["ci"]
+        _pr_point(ax, point, prec, rec, "black", "*", "sft (KL 0)")
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+
+
+def _ok(v) -> bool:
+    return v is not None and not (isinstance(v, float) and np.isnan(v))
+
+
+def precision_recall_png(
+    path: Path, families: list[Family], matched: list[dict], sft: dict, setup: dict
+) -> None:
+    """Precision against recall at every KL level, per feature space and reference set
+    (``setup``: the stage's ``levels`` and ``quality`` metrics); a notice without them."""
+    plt = _plt()
+    groups = [
+        (g, ms[0], ms[1])
+        for g, ms in quality_groups(setup["quality"])
+        if [m.split("_")[0] for m in ms[:2]] == ["precision", "recall"]
+    ]
+    if not groups:
+        fig, ax = plt.subplots(figsize=(6, 2), dpi=80)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no quality measures", ha="center", va="center", fontsize=12)
+        _save(fig, path)
+        plt.close(fig)
+        return
+    levels = setup["levels"] or [None]
+    colors = dict(zip((f.name for f in families), _colors(len(families))))
+    fig, axes = plt.subplots(
+        len(groups),
+        len(levels),
+        figsize=(max(4.2 * len(levels), 6.5), 3.6 * len(groups) + 0.6),
+        dpi=90,
+        squeeze=False,
+    )
+    for row, (group, prec, rec) in zip(axes, groups):
+        space, _, ref = group.partition("_")
+        for ax, level in zip(row, levels):
+            rows = [r for r in matched if level is not None and r["kl"] == level]
+            _pr_panel(ax, rows, colors, sft, prec, rec)
+            what = "no KL level" if level is None else f"KL = {level:.3f}"
+            ax.set_title(f"{what}: {space} space, {ref} references", fontsize=8)
+            ax.set_xlabel(f"recall ({space}, {ref})", fontsize=8)
+            ax.set_ylabel(f"precision ({space}, {ref})", fontsize=8)
+    handles: dict = {}
+    for ax in axes.ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(
+        list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=7, frameon=False
+    )
+    fig.suptitle(
+        "Precision vs recall at matched KL: each family interpolated along its β curve;\n"
+        "error bars = 95% intervals over seeds and prompts",
+        fontsize=10,
+    )
+    rows_of_legend = (len(handles) + 3) // 4
+    fig.tight_layout(rect=(0, min(0.4, 0.04 * rows_of_legend / len(groups) + 0.03), 1, 0.96))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)

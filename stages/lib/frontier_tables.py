@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import math
 
-from stages.lib.frontier import Family
+from stages.lib.frontier import Family, quality_groups
 from stages.lib.tables import markdown_table
 
 #: Metrics a matched-KL row may carry (KL is the level itself).
 MATCHED_METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
 #: The matched-KL tables per level: reward and gold; the three entropies.
 GROUPS = (("reward", "gold"), ("entropy", "entropy_first_k", "context_entropy"))
+#: (prefix, suffix) of a metric's columns in a matched-KL row (stages.lib.frontier.matched_row).
+MATCHED_PARTS = (
+    ("", ""),
+    ("", "_lo"),
+    ("", "_hi"),
+    ("", "_coverage"),
+    ("d_", ""),
+    ("d_", "_lo"),
+    ("d_", "_hi"),
+    ("d_", "_excludes_0"),
+)
 MATCHED_COLUMNS = (
     "kl",
     "family",
@@ -22,20 +33,7 @@ MATCHED_COLUMNS = (
     "kl_min",
     "kl_max",
     "status",
-    *(
-        f"{p}{m}{s}"
-        for m in MATCHED_METRICS
-        for p, s in (
-            ("", ""),
-            ("", "_lo"),
-            ("", "_hi"),
-            ("", "_coverage"),
-            ("d_", ""),
-            ("d_", "_lo"),
-            ("d_", "_hi"),
-            ("d_", "_excludes_0"),
-        )
-    ),
+    *(f"{p}{m}{s}" for m in MATCHED_METRICS for p, s in MATCHED_PARTS),
 )
 POINT_COLUMNS = (
     "policy",
@@ -45,6 +43,30 @@ POINT_COLUMNS = (
     "front_reward_kl",
     "front_gold_kl",
     "front_reward_entropy",
+)
+
+
+def matched_columns(quality=()) -> tuple[str, ...]:
+    """The columns of ``matched_kl.csv``: :data:`MATCHED_COLUMNS`, then those of the quality
+    metrics (:func:`stages.lib.frontier.quality_metrics`), in their order."""
+    return (*MATCHED_COLUMNS, *(f"{p}{m}{s}" for m in quality for p, s in MATCHED_PARTS))
+
+
+def point_columns(quality=()) -> tuple[str, ...]:
+    """The columns of ``points.csv``: :data:`POINT_COLUMNS`, then each quality metric's value
+    and 95% interval."""
+    return (*POINT_COLUMNS, *(f"{m}{s}" for m in quality for s in ("", "_lo", "_hi")))
+
+
+#: The Markdown's paragraph on the quality tables (only where the runs have quality fields).
+QUALITY_NOTE = (
+    "Quality–diversity: the k-NN measures of the samples against held-out human reviews "
+    "(stages/lib/quality.py), per feature space and reference set, interpolated and paired "
+    "like reward. precision: share of samples inside some reference point's k-NN ball; "
+    "recall: share of reference points inside some sample's ball; density: reference balls "
+    "holding a sample, over k, per sample (can exceed 1); coverage: share of reference points "
+    "whose ball holds a sample. Recall and coverage are fractions of the reference set hit by "
+    'any prompt\'s samples, bootstrapped as sets over prompts. Best-of-n has none ("–").'
 )
 FRONTS = (
     ("front_reward_kl", "reward against KL (max reward, min KL)", "reward", "kl"),
@@ -94,10 +116,12 @@ def _note(r: dict) -> str:
     return f"outside its KL range [{r['kl_min']:.3f}, {r['kl_max']:.3f}]"
 
 
-def _level_table(rows: list[dict], metrics: list[str], base: str) -> list[str]:
+def _level_table(
+    rows: list[dict], metrics: list[str], base: str, names: list[str] | None = None
+) -> list[str]:
     head = ["family"]
-    for m in metrics:
-        head += [f"{m} [95% CI]", f"Δ {m} [95% CI]"]
+    for name in names or metrics:
+        head += [f"{name} [95% CI]", f"Δ {name} [95% CI]"]
     lines = []
     for r in rows:
         cells = [r["family"]]
@@ -121,6 +145,19 @@ def _excluding(rows: list[dict], metrics: list[str], base: str) -> str:
         if ms:
             found.append(f"{r['family']} ({', '.join(ms)})")
     return "; ".join(found) if found else "none"
+
+
+def _quality_tables(rows: list[dict], quality: list[str], base: str) -> list[str]:
+    lines = []
+    for group, ms in quality_groups(quality):
+        space, _, ref = group.partition("_")
+        lines += [
+            "",
+            f"Quality–diversity in the `{space}` space against the `{ref}` reference set:",
+            "",
+            *_level_table(rows, ms, base, [m.split("_")[0] for m in ms]),
+        ]
+    return lines
 
 
 def _fronts(points: list[dict]) -> list[str]:
@@ -149,6 +186,7 @@ def matched_markdown(
 ) -> str:
     """The Markdown of ``reports/frontier/matched_kl.md``."""
     base, metrics, levels = setup["baseline"], setup["metrics"], setup["levels"]
+    quality = setup.get("quality", [])
     lines = [
         "# Frontier: families at matched KL",
         "",
@@ -183,6 +221,8 @@ def matched_markdown(
             "interval excludes 0. Best-of-n: the SFT policy's best of n draws by reward, at its "
             "analytic KL log n − (n − 1)/n, interpolated between its n the same way.",
         ]
+    if levels and quality:
+        lines += ["", QUALITY_NOTE]
     for i, level in enumerate(levels):
         rows = [r for r in matched if r["kl"] == level]
         lines += ["", f"### KL = {level:.3f} (level {i + 1} of {len(levels)})"]
@@ -190,10 +230,11 @@ def matched_markdown(
             shown = [m for m in group if m in metrics]
             if shown:
                 lines += ["", *_level_table(rows, shown, base)]
+        lines += _quality_tables(rows, quality, base)
         lines += [
             "",
             f"Δ intervals that exclude 0 (sign of the difference): "
-            f"{_excluding(rows, metrics, base)}.",
+            f"{_excluding(rows, [*metrics, *quality], base)}.",
         ]
     lines += [
         "",
@@ -217,7 +258,9 @@ def matched_markdown(
 
 def frontier_metrics(setup: dict, matched: list[dict]) -> dict:
     """``metrics/frontier.json``: the KL levels and, per family (and best-of-n) and level
-    ``kl<i>``, the values, intervals and paired differences that exist (no NaN, no strings)."""
+    ``kl<i>``, the values, intervals and paired differences that exist (no NaN, no strings),
+    the quality metrics' (``setup["quality"]``) after the others."""
+    columns = matched_columns(setup.get("quality", ()))
     out: dict = {"kl_levels": {f"kl{i + 1}": round(v, 6) for i, v in enumerate(setup["levels"])}}
     for i, level in enumerate(setup["levels"]):
         for r in matched:
@@ -225,7 +268,7 @@ def frontier_metrics(setup: dict, matched: list[dict]) -> dict:
                 continue
             entry = {
                 k: round(float(r[k]), 6) + 0.0
-                for k in MATCHED_COLUMNS[6:]
+                for k in columns[6:]
                 if k in r and not k.endswith("_excludes_0") and _ok(r[k])
             }
             out.setdefault(r["family"], {})[f"kl{i + 1}"] = entry
