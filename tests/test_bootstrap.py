@@ -41,19 +41,24 @@ def test_common_resamples_make_a_constant_shift_exact():
     assert interval(np.arange(101.0)) == pytest.approx((2.5, 97.5))
 
 
-def test_set_replicates_are_unions_of_the_drawn_prompts():
-    """Coverage/recall on a resample: the fraction of reference points hit by any drawn prompt
-    of each resampled seed, averaged over the resampled seeds; checked against a brute-force
-    union. Catches counting a prompt drawn twice twice (a fraction > 1 or weighted), taking
-    the seed index of the original instead of the resampled seed, or averaging per prompt."""
+def test_set_replicates_resample_seeds_and_reference_points():
+    """Coverage/recall on a resample: per resampled seed, the share of reference points hit by
+    any prompt, the points drawn with replacement (same draw for every policy), averaged over
+    the resampled seeds; checked against a brute-force loop. Catches resampling the prompts
+    (a union over ~63% distinct prompts is biased low), counting a point hit by two prompts
+    twice, or another point draw per call (unpaired policies)."""
     from stages.lib.bootstrap import set_replicates
 
     rng = np.random.default_rng(3)
     hits = rng.random((3, 7, 5)) < 0.2  # [S, N, P]
     draws = draw_resamples(n_seeds=3, n_prompts=5, n=40, seed=1)
     got = set_replicates(hits, draws)
+    points = draws.point_weights(7)
+    np.testing.assert_array_equal(points, draws.point_weights(7))  # paired across calls
+    assert points.sum(axis=1).tolist() == [7] * 40
     for b in range(40):
-        drawn = [p for p in range(5) if draws.prompt_weights[b, p] > 0]
-        per_seed = [hits[s][:, drawn].any(axis=1).mean() for s in draws.seeds[b]]
+        per_seed = [np.dot(points[b], hits[s].any(axis=1)) / 7 for s in draws.seeds[b]]
         assert got[b] == pytest.approx(np.mean(per_seed))
-    assert got.max() <= 1.0
+    # unbiased: the replicates centre on the estimate (a prompt resample would not)
+    many = draw_resamples(n_seeds=3, n_prompts=5, n=4000, seed=2)
+    assert set_replicates(hits, many).mean() == pytest.approx(hits.any(axis=2).mean(), abs=0.01)

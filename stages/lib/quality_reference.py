@@ -24,8 +24,8 @@ read by :mod:`stages.lib.runs`): ``{"k": k, "<space>/<set>": {"n_reference": N, 
 [per sample: reference balls holding it], "covers": [reference indices whose ball holds one of
 the prompt's samples], "recalls": [reference indices inside one of its samples' balls]}}``.
 Precision and density are means over samples (``inside`` > 0, ``inside`` / k); coverage and
-recall are fractions of reference points hit by any prompt, so the report bootstraps them over
-prompts from these sets (the samples' k-NN radii fixed at the run's full sample set).
+recall are fractions of reference points hit by any prompt (the union of the sets), which the
+report bootstraps over seeds and reference points (:func:`stages.lib.bootstrap.set_replicates`).
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ METRICS = {
     "density_<space>_<set>": "Σ over samples of the reference balls holding it / k / samples",
 }
 #: Every set metric: a fraction of the N reference points that any prompt's samples hit
-#: (:func:`quality_sets`); bootstrapped over prompts as sets, not as ratios.
+#: (:func:`quality_sets`); bootstrapped over seeds and reference points, not prompts
+#: (:func:`stages.lib.bootstrap.set_replicates`).
 SET_METRICS = {
     "coverage_<space>_<set>": "reference points whose k-NN ball holds a sample / N",
     "recall_<space>_<set>": "reference points inside a sample's k-NN ball / N",
