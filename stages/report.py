@@ -15,6 +15,12 @@ every policy and every seed of ``seeds``, ``metrics/eval/<policy>/seed-<s>.json`
     reports/reward_vs_entropy.png      reward against predictive entropy, with interval bars
     reports/reward_vs_kl.png           reward against KL to the SFT policy, with interval bars
     metrics/summary.json               the aggregates, under dvc.yaml's `metrics:`
+    reports/quality.md, quality.csv    per policy, feature space and reference set: precision,
+                                       recall, density, coverage (intervals, paired
+                                       differences), MAUVE, Vendi, self-BLEU (seed min–max), and
+                                       the rank agreement of the policies between spaces
+    reports/precision_recall.png       precision against recall, one panel per space and set
+    metrics/quality.json               the quality numbers and the agreement, under `metrics:`
 
     python -m stages report              # or: dvc repro report
 
@@ -57,6 +63,18 @@ reproduction of the original's figure, not a frontier: the ``frontier`` stage dr
 envelope of non-dominated runs and compares families at matched KL. The fit needs at least
 3 family points with distinct entropies.
 
+**Quality and diversity** (issue #28; :mod:`stages.lib.report_quality`): where the runs hold
+the quality measures of ``evaluate`` (their metrics files' ``quality`` and the rows' per-prompt
+fields, :mod:`stages.lib.quality_reference`), precision and density are per-prompt ratios,
+bootstrapped on the summary's resamples; recall and coverage are sets of reference points hit
+(:mod:`stages.lib.runs`) and resample the same seeds and the reference points. Both get paired
+differences against the baseline; MAUVE, Vendi and self-BLEU get the mean and min–max over
+seeds. Spearman's rho between the policies' values in two feature spaces, recomputed on every
+replicate, says how far the spaces agree on the ranking. Every run must hold the same quality
+measures, or none (one-line error naming the file); with none, quality.md says so in one line,
+quality.csv is its header, metrics/quality.json is ``{}`` and precision_recall.png says "no
+quality measures".
+
 **External policies** (``external`` in params.yaml: folders under ``models/external``, evaluated
 by ``evaluate-external@<name>-<seed>``) are reported like variants, labelled ``external`` in
 the loss column and drawn as grey diamonds; they have no align run (no val accuracy). **Without
@@ -87,7 +105,16 @@ from stages.lib.config import (
     read_seed,
     read_seeds,
 )
-from stages.lib.report_plots import scatter_png
+from stages.lib.report_plots import precision_recall_png, scatter_png
+from stages.lib.report_quality import COLUMNS as QUALITY_COLUMNS
+from stages.lib.report_quality import (
+    agreement,
+    csv_rows,
+    quality_markdown,
+    quality_metrics,
+    quality_rows,
+    read_layout,
+)
 from stages.lib.report_tables import (
     COLUMNS,
     ESTIMATES,
@@ -102,6 +129,7 @@ from stages.lib.runs import Run, check_runs, estimate, eval_stage, excludes_0, r
 from stages.lib.variants import SFT, read_variants
 
 REPORTS = paths.REPORTS_DIR
+QUALITY_METRICS = paths.METRICS_DIR / "quality.json"
 #: Fields of a run's metrics file that must be finite numbers (``reward`` too, unless null: no
 #: reward model).
 REQUIRED = ("entropy", "nll", "kl", "distinct_2", "length", "n_prompts", "n_samples")
@@ -340,6 +368,28 @@ def _baseline(cfg: ReportConfig, info: dict[str, dict]) -> str:
     return cfg.baseline
 
 
+def quality_outputs(
+    info: dict[str, dict],
+    runs: dict[str, list[PolicyRun]],
+    baseline: str,
+    draws: Resamples,
+    rows: list[dict],
+    seeds: list[int],
+    n: int,
+) -> tuple[str, list[dict], dict, tuple]:
+    """The quality part (:mod:`stages.lib.report_quality`): quality.md's text, quality.csv's
+    rows, metrics/quality.json and the arguments of precision_recall.png (placeholders without
+    quality measures); checked and computed before the stage writes anything."""
+    layout = read_layout(runs)
+    qrows, agree = [], {}
+    if layout is not None:
+        qrows, ests = quality_rows(info, runs, baseline, layout, draws)
+        agree = agreement(ests, layout, list(info))
+    counts = {"n_prompts": rows[0]["n_prompts"], "n_samples": rows[0]["n_samples"]}
+    text = quality_markdown(qrows, layout, agree, seeds=seeds, baseline=baseline, n=n, **counts)
+    return text, csv_rows(qrows, layout), quality_metrics(qrows, layout, agree), (qrows, layout)
+
+
 def report(params: dict, out: Path = REPORTS) -> list[dict]:
     """Run the stage; returns the aggregated rows it reported."""
     info, seeds = variant_info(params), read_seeds(params)
@@ -350,6 +400,7 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
     draws = draw_resamples(len(seeds), n_prompts, cfg.bootstrap, read_seed(params))
     rows, per_seed = aggregate(info, runs, baseline, draws), seed_rows(runs)
     fit = family_fit(rows, plain_sigmoid(params))
+    quality = quality_outputs(info, runs, baseline, draws, rows, seeds, cfg.bootstrap)
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap))
     write_csv(out / "summary.csv", rows, COLUMNS)
@@ -365,14 +416,21 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
         fit,
     )
     scatter_png(rows, per_seed, "kl", out / "reward_vs_kl.png", "KL(π ‖ π_sft) (nats/sequence)")
+    with atomic_path(out / "quality.md") as tmp:
+        tmp.write_text(quality[0])
+    write_csv(out / "quality.csv", quality[1], QUALITY_COLUMNS)
+    write_json(QUALITY_METRICS, quality[2])
+    precision_recall_png(*quality[3], out / "precision_recall.png")
     return rows
 
 
 def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:
-    """Aggregate every policy over seeds and prompts: tables, plots, metrics/summary.json."""
+    """Aggregate every policy over seeds and prompts: tables, plots, metrics/summary.json and
+    metrics/quality.json."""
     rows = report(load_params(params))
     typer.echo(
         f"reported {len(rows)} policies x {rows[0]['n_seeds']} seeds -> {REPORTS}/summary.md, "
         f"summary.csv, seeds.csv, reward_vs_entropy.png, reward_vs_kl.png, points.json, "
-        f"{paths.SUMMARY_METRICS}"
+        f"quality.md, quality.csv, precision_recall.png, {paths.SUMMARY_METRICS}, "
+        f"{QUALITY_METRICS}"
     )
