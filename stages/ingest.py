@@ -3,11 +3,18 @@
 policies").
 
 Reads ``ingest.*``, ``pairs.*`` (``strategy`` for ranked rows, ``val_fraction``), ``sft.model``
-(whose tokenizer tokenises the completions; the ``sft`` stage then keeps or fine-tunes that
-model, so ``models/sft`` has the same tokenizer) and ``seed``; the dataset ``ingest.source``
-(trl's ``prompt``/``chosen``/``rejected`` or the ranked ``prompt``/``completions``/``rewards``:
-:mod:`stages.lib.ingest_sources`). Writes what the replaced stages would have written,
-under the working directory (``byo/`` under ``dvc repro byo/dvc.yaml``)::
+(whose tokenizer tokenises the completions and whose chat template renders conversational
+rows; the ``sft`` stage then keeps or fine-tunes that model, so ``models/sft`` has the same
+tokenizer) and ``seed``; the dataset ``ingest.source``: trl's standard ``prompt``/``chosen``/
+``rejected`` text, its conversational form (lists of ``{"role", "content"}`` messages, rendered
+with ``ingest.chat_template``: the tokenizer's chat template or a plain one; the last assistant
+turn is the completion), its implicit-prompt forms (``chosen``/``rejected`` only: the prompt is
+their common prefix, as trl extracts it) or the ranked ``prompt``/``completions``/``rewards``
+(:mod:`stages.lib.ingest_sources`, :mod:`stages.lib.ingest_formats`); trl's unpaired
+``prompt``/``completion``/``label`` is refused. A hub dataset id is loaded here, but not under
+DVC, where the source is a tracked dependency: snapshot it first (docs/byo.md). Writes what the
+replaced stages would have written, under the working directory (``byo/`` under
+``dvc repro byo/dvc.yaml``)::
 
     data/preferences.jsonl         PREFERENCES rows: completions tokenised + EOS, pairs, split
     data/prompts/{train,eval}.jsonl   PROMPTS: train-side prompts; held-out eval prompts
@@ -69,10 +76,11 @@ def ingest(params: dict) -> Outputs:
 
 
 def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to read.")) -> None:
-    """Import a preference dataset (trl format or ranked) in place of sample, score, pairs."""
+    """Import a preference dataset (trl's formats or ranked) in place of sample, score, pairs."""
     m = ingest(load_params(params)).metrics
+    template = f" (chat template: {m['chat_template']})" if "chat_template" in m else ""
     typer.echo(
-        f"{m['format']} rows: {m['train']['pairs']} train / {m['val']['pairs']} val pairs from "
+        f"{m['format']} rows{template}: {m['train']['pairs']} train / {m['val']['pairs']} val pairs from "
         f"{m['train']['prompts'] + m['val']['prompts']} rows ({m['rows_without_pairs']} without "
         f"a pair), {m['eval_prompts']} eval prompts from {m['eval_source']} -> "
         f"{paths.PREFERENCES}, {paths.PAIRS_TRL}"

@@ -61,6 +61,9 @@ def test_pairwise_rows_tokenised_like_sampled_ones(tiny_lm):
         check_row(p, PROMPTS, "prompt")
     m = out.metrics
     assert m["format"] == "pairwise" and m["eval_source"] == "split 'test'"
+    assert (
+        "chat_template" not in m
+    )  # conversational data only: the committed metrics stay as they are
     assert (m["train"], m["val"]) == ({"prompts": 16, "pairs": 16}, {"prompts": 4, "pairs": 4})
     assert m["val_texts_in_train"] == 0 and m["eval_texts_in_train"] == 0
     # SFT texts: prompt + chosen of the training rows, and of the eval rows

@@ -118,7 +118,7 @@ def _records_of(tables):
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"chosen": " a", "rejected": " b"}, ":2: no 'prompt' field (fields: chosen, rejected)"),
+        ({"chosen": " a", "rejected": " b"}, ":2: field 'prompt' is missing"),
         ({"prompt": "p", "chosen": " a"}, ":2: field 'rejected' is missing"),
         ({"prompt": "p", "chosen": "", "rejected": " b"}, ":2: field 'chosen' is empty"),
         ({"prompt": "  ", "chosen": " a", "rejected": " b"}, ":2: field 'prompt' is empty"),
@@ -129,7 +129,7 @@ def _records_of(tables):
         ({"prompt": "p", "chosen": None, "rejected": " b"}, ":2: field 'chosen' is missing"),
         (
             {"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}], "rejected": " b"},
-            ":2: field 'chosen' must be plain text, got a list (trl's conversational format",
+            ":2: field 'chosen' must be plain text, got a list (a split has one format, told by",
         ),
         (
             {"prompt": "p", "completions": [" a"], "rewards": [1]},

@@ -6,11 +6,18 @@ and ``evaluate`` run on them unchanged::
     out = build_outputs(tables, cfg, pairs_cfg, tokenizer, seed)
     out.preferences, out.train_prompts, out.eval_prompts, out.prepared, out.metrics
 
+* **Texts.** Rows come in as texts: trl's standard and ranked forms as they are, its
+  implicit-prompt and conversational forms as :mod:`stages.lib.ingest_formats` turns them into
+  prompt and completions (conversations rendered with ``ingest.chat_template``, ``auto``: the
+  policy tokenizer's chat template when it has one, else the plain template; the metrics say
+  which, ``chat_template``, for conversational data). The same template renders every row, so
+  the eval prompts too.
 * **Tokens.** A completion's ``completion_ids`` are its text tokenised on its own with the
   policy's tokenizer (no special tokens added) followed by the EOS, as a sampled completion
   that stopped has them (``finished`` is true); the prompt is tokenised by the stages that read
   it, as for sampled rows. A text that contains the EOS token itself is refused (its own EOS
-  would end the completion early).
+  would end the completion early), except a prompt rendered by the chat template, whose EOS
+  tokens are the template's turn ends.
 * **Rows and pairs.** One PREFERENCES row per source row, ``prompt_id`` ``<split>-<index>``
   (0-based row index). A pairwise row has completions ``[chosen, rejected]``, rewards
   ``[1, 0]`` (the preference as a label, not a reward-model score) and the pair ``[[0, 1]]``; a
@@ -39,6 +46,7 @@ from statistics import fmean
 from stages.lib.common import seeded_subset
 from stages.lib.config import PairsConfig, param, positive_int, unit_interval
 from stages.lib.contracts import PREFERENCES, check_row
+from stages.lib.ingest_formats import CHAT_TEMPLATES, CONVERSATIONAL, Chat
 from stages.lib.ingest_sources import Record, Table, read_records
 from stages.lib.pairs import hold_out_by_text, make_pairs
 
@@ -69,6 +77,13 @@ class IngestConfig:
     max_train_rows: int | None = param(
         "seeded subset of train rows (null = all)", None, check=positive_int, must="null or >= 1"
     )
+    chat_template: str = param(
+        "how conversational rows become text: auto (the tokenizer's chat template if it has "
+        "one, else plain), tokenizer or plain",
+        "auto",
+        check=lambda v: v in CHAT_TEMPLATES,
+        must=" or ".join(CHAT_TEMPLATES),
+    )
 
 
 @dataclass
@@ -88,7 +103,8 @@ def _norm(text: str) -> str:
 
 def tokenize_records(records: list[Record], tokenizer) -> list[list[list[int]]]:
     """Per record, per completion: its tokens (no special tokens added) + EOS. A prompt or
-    completion containing the EOS token is a one-line error naming the row and field."""
+    completion containing the EOS token is a one-line error naming the row and field (except
+    a prompt rendered by the tokenizer's chat template, whose EOS tokens are the template's)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("params: sft.model: its tokenizer has no EOS token")
@@ -99,7 +115,10 @@ def tokenize_records(records: list[Record], tokenizer) -> list[list[list[int]]]:
     for record, prompt in zip(records, prompt_ids):
         mine = ids[start : start + len(record.completions)]
         start += len(record.completions)
-        for field, tokens in (("prompt", prompt), *zip(record.fields, mine)):
+        checked = list(zip(record.fields, mine))
+        if not record.templated:
+            checked.insert(0, ("prompt", prompt))
+        for field, tokens in checked:
             if eos in tokens:
                 raise ValueError(
                     f"{record.where}: field '{field}' contains the tokenizer's EOS token "
@@ -114,13 +133,17 @@ def _best(record: Record) -> str:
 
 
 def _eval_split(
-    tables: dict[str, Table], train: list[tuple[str, Record]], cfg: IngestConfig, seed: int
+    tables: dict[str, Table],
+    train: list[tuple[str, Record]],
+    cfg: IngestConfig,
+    seed: int,
+    chat: Chat,
 ) -> tuple[list[tuple[str, Record]], list[tuple[str, Record]], str, int]:
     """(train rows kept, eval rows, where eval prompts come from, test rows skipped for sharing
     a train prompt's text)."""
     if cfg.test_split is not None and cfg.test_split in tables:
         test = tables[cfg.test_split]
-        records = read_records(test, PARAMETER)
+        records = read_records(test, PARAMETER, chat)
         texts = {_norm(r.prompt) for _, r in train}
         kept = [(f"{cfg.test_split}-{i}", r) for i, r in enumerate(records)]
         held = [(pid, r) for pid, r in kept if _norm(r.prompt) not in texts]
@@ -171,11 +194,11 @@ def build_outputs(
             f"params: ingest.train_split: the source has no '{cfg.train_split}' split "
             f"(splits: {', '.join(tables)})"
         )
-    source = tables[cfg.train_split]
-    records = read_records(source, PARAMETER)
+    source, chat = tables[cfg.train_split], Chat(cfg.chat_template, tokenizer)
+    records = read_records(source, PARAMETER, chat)
     rows = [(f"{cfg.train_split}-{i}", r) for i, r in enumerate(records)]
     rows = seeded_subset(rows, cfg.max_train_rows, f"{seed}-ingest-rows")
-    train, held, eval_source, skipped = _eval_split(tables, rows, cfg, seed)
+    train, held, eval_source, skipped = _eval_split(tables, rows, cfg, seed, chat)
     eval_prompts = _eval_prompts(held, cfg.n_eval_prompts, seed)
     if not eval_prompts:
         raise ValueError(
@@ -219,8 +242,11 @@ def build_outputs(
     }
     eval_texts = {_norm(p["prompt"]) for p in eval_prompts}
     lengths = [len(c) for r in preferences for c in r["completion_ids"]]
+    used = [source, *([tables[cfg.test_split]] if cfg.test_split in tables else [])]
+    conversational = any(t.format in CONVERSATIONAL for t in used)
     metrics = {
         "format": source.format,
+        **({"chat_template": chat.name} if conversational else {}),
         "source_rows": len(records),
         "rows": len(rows),
         "rows_without_pairs": dropped,

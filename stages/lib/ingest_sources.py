@@ -1,38 +1,59 @@
-"""Preference datasets in: trl's standard format or the ranked form, read and checked row by row.
+"""Preference datasets in: trl's formats or the ranked form, read and checked row by row.
 
 A source (``ingest.source``) is a Hugging Face dataset id, a local ``save_to_disk`` folder (what
 ``datasets.load_from_disk`` reads, e.g. our own ``data/pairs-trl``), a local folder of split
 files (``train.jsonl`` and optionally ``test.jsonl``; jsonl, json, csv or parquet) or one such
-file (the train split). Every split is one of two formats, told apart by its columns:
+file (the train split). A hub id is loaded with ``datasets.load_dataset`` only outside DVC: under
+DVC (``DVC_STAGE`` is set for every stage command) the source is a tracked dependency, so a hub
+id is refused with the command that snapshots it (docs/byo.md). Every split is one of these
+formats, told apart by its first row (:func:`stages.lib.ingest_formats.detect`):
 
 * **pairwise**, trl's standard preference format: ``prompt``, ``chosen``, ``rejected``, plain
   text (one preference pair per row);
 * **ranked**: ``prompt``, ``completions`` (a list of K >= 2 texts) and ``rewards`` (K numbers),
-  for the listwise losses; pairs are drawn from the rewards with ``pairs.strategy``.
+  for the listwise losses; pairs are drawn from the rewards with ``pairs.strategy``;
+* **pairwise-implicit**: ``chosen``, ``rejected`` text only, the prompt their common prefix;
+* **conversational** (``prompt``, ``chosen``, ``rejected`` lists of ``{"role", "content"}``
+  messages) and **conversational-implicit** (``chosen``, ``rejected`` whole conversations):
+  rendered to text with ``ingest.chat_template``, the last assistant turn the completion;
+* **unpaired** (``prompt``, ``completion``, ``label``): refused, naming the format and what to do.
 
-Every row is checked before anything is written; a bad one is a one-line ``ValueError`` naming
-the file and line (jsonl, csv), array item (json) or row (parquet, datasets) and the field::
+The last three: :mod:`stages.lib.ingest_formats`. Every row is checked before anything is
+written; a bad one is a one-line ``ValueError`` naming the file and line (jsonl, csv), array
+item (json) or row (parquet, datasets), all counted from 1, and the field::
 
     from stages.lib.ingest_sources import load_tables, read_records
     tables = load_tables("preferences", "ingest.source")       # {"train": Table, "test": Table}
-    records = read_records(tables["train"], "ingest.source")
+    records = read_records(tables["train"], "ingest.source", chat)   # chat: conversational rows
     # ingest.source: preferences/train.jsonl:7: field 'rejected' is identical to 'chosen'
 
-Refused: a missing or null field, a field that is not plain text (trl's *conversational*
-format, lists of messages, is not supported), an empty (or whitespace-only) text, ``chosen``
+Refused: a missing or null field, a text field that is not text (or a message list in a split
+whose first row is text: one format per split), an empty (or whitespace-only) text, ``chosen``
 identical to ``rejected``, a ranked row with fewer than 2 completions, two identical
-completions, or rewards that are not one finite number per completion. Texts are kept exactly
-as given (no stripping): the completion is what follows the prompt.
+completions, rewards that are not one finite number per completion, and the message errors of
+:mod:`stages.lib.ingest_formats`. Texts are kept exactly as given (no stripping): the completion
+is what follows the prompt.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from stages.lib.common import first_line, is_hub_id, resolve_path
+from stages.lib.ingest_formats import (
+    EXPECTED,
+    UNPAIRED,
+    Chat,
+    columns_of,
+    detect,
+    messages,
+    split_conversation,
+    split_implicit,
+)
 from stages.lib.tables import FORMATS, check_table
 
 PAIRWISE = ("prompt", "chosen", "rejected")
@@ -49,16 +70,19 @@ class Table:
 
     @property
     def format(self) -> str:
-        """``ranked`` when the rows have ``completions`` or ``rewards``, else ``pairwise``."""
-        columns = set(self.rows[0]) if self.rows else set()
-        return "ranked" if columns & {"completions", "rewards"} else "pairwise"
+        """The format of the first row's columns (:func:`stages.lib.ingest_formats.detect`):
+        ``pairwise``, ``ranked``, ``pairwise-implicit``, ``conversational``,
+        ``conversational-implicit`` or ``unpaired``."""
+        return detect(self.rows[0]) if self.rows else "pairwise"
 
 
 @dataclass
 class Record:
     """A checked row: the prompt, its completions (chosen first for a pairwise row), one
     reward per completion (pairwise: 1 chosen, 0 rejected), the pair of a pairwise row (None
-    for a ranked row: drawn later), the row's location and the field name of each completion."""
+    for a ranked row: drawn later), the row's location, the field name of each completion and
+    whether the prompt was rendered by the tokenizer's chat template (its special tokens, the
+    EOS included, are then the template's own and kept)."""
 
     where: str
     prompt: str
@@ -66,6 +90,7 @@ class Record:
     rewards: list[float]
     pairs: list[list[int]] | None
     fields: list[str]
+    templated: bool = False
 
 
 # --------------------------------------------------------------------------- loading
@@ -120,7 +145,7 @@ def _load_files(files: dict[str, Path], parameter: str) -> dict[str, Table]:
     datasets.disable_progress_bars()
     tables = {}
     for split, path in files.items():
-        check_table(path, ("prompt",), parameter)
+        check_table(path, (), parameter)  # the columns depend on the format: read_records
         try:
             loaded = datasets.load_dataset(
                 FORMATS[path.suffix.lower()], data_files={split: str(path)}, split=split
@@ -165,6 +190,13 @@ def load_tables(source: str, parameter: str) -> dict[str, Table]:
             f"{parameter}: {source!r} is not an existing file or folder, or a Hugging Face "
             f"dataset id"
         )
+    if os.environ.get("DVC_STAGE"):  # set by DVC for every stage command it runs
+        raise ValueError(
+            f"{parameter}: {source!r} is not a local file or folder, and under DVC the source "
+            f'must be a tracked local copy: from the repository root run python -c "import '
+            f"datasets; datasets.load_dataset('{source}').save_to_disk('byo/preferences')\" && "
+            f"dvc add byo/preferences, then set ingest.source: preferences (docs/byo.md)"
+        )
     try:
         data = datasets.load_dataset(source)
     except Exception as err:  # noqa: BLE001 - any loader failure is a bad source
@@ -180,8 +212,8 @@ def _text(value, where: str, field: str) -> str:
         raise ValueError(f"{where}: field '{field}' is missing")
     if isinstance(value, (list, dict)):
         raise ValueError(
-            f"{where}: field '{field}' must be plain text, got a {type(value).__name__} "
-            f"(trl's conversational format is not supported)"
+            f"{where}: field '{field}' must be plain text, got a {type(value).__name__} (a "
+            f"split has one format, told by its first row)"
         )
     if not isinstance(value, str):
         raise ValueError(f"{where}: field '{field}' must be text, got {value!r}")
@@ -231,18 +263,49 @@ def ranked_record(row: dict, where: str) -> Record:
     return Record(where, prompt, texts, [float(r) for r in rewards], None, fields)
 
 
-def read_records(table: Table, parameter: str) -> list[Record]:
-    """Every row of ``table`` checked (its format's columns first, then row by row)."""
+def implicit_record(row: dict, where: str) -> Record:
+    """A checked implicit-prompt row (``chosen``, ``rejected`` text sharing the prompt)."""
+    chosen, rejected = (_text(row.get(f), where, f) for f in ("chosen", "rejected"))
+    if chosen == rejected:
+        raise ValueError(f"{where}: field 'rejected' is identical to 'chosen'")
+    prompt, chosen, rejected = split_implicit(chosen, rejected, where)
+    return Record(where, prompt, [chosen, rejected], [1.0, 0.0], [[0, 1]], ["chosen", "rejected"])
+
+
+def conversational_record(row: dict, where: str, chat: Chat, explicit: bool) -> Record:
+    """A checked conversational row (lists of messages), rendered to text with ``chat``."""
+    prompt = messages(row.get("prompt"), where, "prompt") if explicit else None
+    chosen, rejected = (messages(row.get(f), where, f) for f in ("chosen", "rejected"))
+    context, win, lose = split_conversation(prompt, chosen, rejected, where)
+    texts = chat.render(context, win, lose, where, "prompt" if explicit else "chosen")
+    fields = ["chosen", "rejected"]
+    return Record(
+        where, texts[0], list(texts[1:]), [1.0, 0.0], [[0, 1]], fields, chat.name != "plain"
+    )
+
+
+def read_records(table: Table, parameter: str, chat: Chat | None = None) -> list[Record]:
+    """Every row of ``table`` checked (its format's columns first, then row by row);
+    conversational rows are rendered with ``chat`` (default: the plain template)."""
     if not table.rows:
         raise ValueError(f"{parameter}: {table.name} has no rows")
-    columns = PAIRWISE if table.format == "pairwise" else RANKED
+    fmt = table.format
+    if fmt == "unpaired":
+        raise ValueError(f"{parameter}: {table.name}: {UNPAIRED}")
     present = set(table.rows[0])
-    missing = [c for c in columns if c not in present]
+    missing = [c for c in columns_of(fmt) if c not in present]
     if missing:
         raise ValueError(
             f"{parameter}: {table.name}: no {', '.join(repr(c) for c in missing)} column "
-            f"(columns: {', '.join(map(str, table.rows[0]))}; expected "
-            f"{', '.join(PAIRWISE)} or {', '.join(RANKED)})"
+            f"(columns: {', '.join(map(str, table.rows[0]))}; expected {EXPECTED})"
         )
-    check = pairwise_record if table.format == "pairwise" else ranked_record
+    chat = chat or Chat()
+    checks = {
+        "pairwise": pairwise_record,
+        "ranked": ranked_record,
+        "pairwise-implicit": implicit_record,
+        "conversational": lambda row, where: conversational_record(row, where, chat, True),
+        "conversational-implicit": lambda r, where: conversational_record(r, where, chat, False),
+    }
+    check = checks[fmt]
     return [check(row, f"{parameter}: {where}") for row, where in zip(table.rows, table.where)]
