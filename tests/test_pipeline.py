@@ -50,6 +50,7 @@ MICRO = {
     "evaluate": {"n_prompts": 12, "n_samples": 2, "max_new_tokens": 16, "bootstrap": 100},
     "best_of_n": {"n_max": 4},
     "frontier": {"bootstrap": 200},
+    "quality": {"reference_size": 20, "k": 3, "tfidf_dim": 16, "self_bleu_texts": 24},
 }
 
 
@@ -127,6 +128,7 @@ def test_repro_writes_every_output(repo):
         "score",
         "pairs",
         "reference",
+        "quality-reference",
         "report",
         "frontier",
         *(f"evaluate-sft@{s}" for s in SEEDS),
@@ -193,6 +195,18 @@ def test_repro_writes_every_output(repo):
     assert "kl_levels" in metrics["frontier.json"]  # one β per family here: no level
     for name in ("matched_kl.md", "matched_kl.csv", "points.csv", "overview.png"):
         assert (path / "reports" / "frontier" / name).stat().st_size > 0, name
+    # the quality-diversity measures run in every evaluate, and report aggregates them
+    assert (path / "data/quality/spaces.npz").is_file()
+    quality = metrics["quality.json"]
+    for policy in policies:
+        for s in SEEDS:
+            ev = metrics[f"eval/{policy}/seed-{s}.json"]["quality"]
+            assert 0 <= ev["coverage_tfidf_positive"] <= 1 and ev["vendi_hidden"] >= 1
+        agg = quality[policy]
+        assert agg["precision_tfidf_all_lo"] <= agg["precision_tfidf_all_hi"]
+    assert quality["dpo"]["d_coverage_hidden_positive"] == 0.0
+    for name in ("quality.md", "quality.csv", "precision_recall.png"):
+        assert (path / "reports" / name).stat().st_size > 0, name
 
 
 def test_plots_cover_every_training_run(repo):
