@@ -541,3 +541,60 @@ def test_external_policies_are_reported_labelled_external(repo):
 def test_bad_external_names(repo, external, message):
     with pytest.raises(ValueError, match=f"^{message}"):
         report({**PARAMS, "external": external})
+
+
+# --------------------------------------------------------------------------- the SFT policy's fit
+# Issue 27 item 7: the old report never read metrics/sft.json, so a policy worse than uniform
+# went unmentioned; the tests below that look for the warning failed on it.
+
+
+def _sft_metrics(**fields) -> None:
+    metrics = {"model": "../models/sft", "epochs": 0, "eval_texts": 200, "perplexity": 7.34}
+    _write(Path("metrics/sft.json"), json.dumps({**metrics, **fields}))
+
+
+def test_a_flagged_sft_policy_opens_the_summary_with_a_warning(repo, capsys):
+    _sft_metrics(perplexity=4190.2, vocab_size=2048, perplexity_warning=True)
+    report(PARAMS)
+    lines = (repo / "reports/summary.md").read_text().splitlines()
+    assert lines[:2] == ["# Evaluation summary", ""]
+    assert lines[2] == (
+        "**Warning:** the SFT policy's held-out perplexity is 4190.20 (metrics/sft.json), above "
+        "its vocabulary size 2048 (worse than a uniform guess): it fits these texts poorly, and "
+        "every policy here starts from it; fine-tune it (more) on them (`sft.epochs`) or pick a "
+        "model that fits the data (`sft.model`)."
+    )
+    assert lines[3] == "" and lines[4].startswith("6 held-out prompts × 2 samples")
+    assert "report: warning: the SFT policy's held-out perplexity is 4190.20" in (
+        capsys.readouterr().err
+    )
+
+
+def test_the_warning_names_sft_max_perplexity_when_that_is_what_was_passed(repo):
+    _sft_metrics(perplexity=60.0, vocab_size=2048, perplexity_warning=True, max_perplexity=50.0)
+    report(PARAMS)
+    md = (repo / "reports/summary.md").read_text()
+    assert "perplexity is 60.00 (metrics/sft.json), above `sft.max_perplexity` 50: it fits" in md
+
+
+def test_without_a_warning_the_summary_is_unchanged(repo):
+    """No metrics/sft.json (tests, or a pipeline without it) and a policy that fits (the demo:
+    7.34 with 2,048 tokens) give the same bytes: the committed summary stays as it is."""
+    report(PARAMS)
+    before = (repo / "reports/summary.md").read_bytes()
+    _sft_metrics(perplexity=7.34, vocab_size=2048, perplexity_warning=False)
+    report(PARAMS)
+    assert (repo / "reports/summary.md").read_bytes() == before
+    _sft_metrics()  # an older metrics file, without the keys
+    report(PARAMS)
+    assert (repo / "reports/summary.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "byo/dvc.yaml"])
+def test_report_depends_on_the_sft_metrics_it_reads(pipeline):
+    import yaml
+
+    stages = yaml.safe_load((ROOT / pipeline).read_text())["stages"]
+    assert "metrics/sft.json" in stages["report"]["deps"]
+    sft_outs = [o if isinstance(o, str) else next(iter(o)) for o in stages["sft"]["outs"]]
+    assert "metrics/sft.json" in sft_outs  # the file the sft stage of that pipeline writes

@@ -151,12 +151,40 @@ def _reward_note(rows: list[dict]) -> list[str]:
     return lines
 
 
-def summary_markdown(rows: list[dict], fit, seeds: list[int], baseline: str, n: int) -> str:
-    """The Markdown summary: the policy table, the paired differences, the frontier fit."""
+def sft_warning(sft: dict | None, where: str = "metrics/sft.json") -> str | None:
+    """The summary's warning line when the ``sft`` stage's metrics (``where``; None: no file)
+    say its held-out perplexity is above the vocabulary size or ``sft.max_perplexity``
+    (``perplexity_warning``), naming the perplexity, the limit and what to do; else None."""
+    if not sft or sft.get("perplexity_warning") is not True:
+        return None
+    ppl, vocab, limit = sft.get("perplexity"), sft.get("vocab_size"), sft.get("max_perplexity")
+    if not isinstance(ppl, (int, float)):
+        return (
+            f"**Warning:** {where} flags the SFT policy's held-out perplexity (perplexity_warning)."
+        )
+    above = []
+    if isinstance(vocab, int) and ppl > vocab:
+        above.append(f"its vocabulary size {vocab} (worse than a uniform guess)")
+    if isinstance(limit, (int, float)) and ppl > limit:
+        above.append(f"`sft.max_perplexity` {limit:g}")
+    return (
+        f"**Warning:** the SFT policy's held-out perplexity is {ppl:.2f} ({where}), above "
+        f"{' and '.join(above) or 'its limit'}: it fits these texts poorly, and every policy "
+        "here starts from it; fine-tune it (more) on them (`sft.epochs`) or pick a model that "
+        "fits the data (`sft.model`)."
+    )
+
+
+def summary_markdown(
+    rows: list[dict], fit, seeds: list[int], baseline: str, n: int, warning: str | None = None
+) -> str:
+    """The Markdown summary: ``warning`` (:func:`sft_warning`) if any, the policy table, the
+    paired differences, the frontier fit."""
     r0 = rows[0]
     lines = [
         "# Evaluation summary",
         "",
+        *([warning, ""] if warning else []),
         f"{r0['n_prompts']} held-out prompts × {r0['n_samples']} samples per policy and seed, "
         f"temperature 1; seeds {', '.join(map(str, seeds))}. Each value is the mean over the "
         "seeds of one run's metric; brackets: 95% interval of a two-level bootstrap over seeds "
