@@ -130,6 +130,7 @@ from stages.lib.report_tables import (
     write_csv,
 )
 from stages.lib.runs import Run, check_runs, estimate, eval_stage, excludes_0, read_eval, stack
+from stages.lib.tables import plural
 from stages.lib.variants import SFT, read_variants
 
 REPORTS = paths.REPORTS_DIR
@@ -447,7 +448,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to r
     metrics/quality.json."""
     rows = report(load_params(params))
     typer.echo(
-        f"reported {len(rows)} policies x {rows[0]['n_seeds']} seeds -> {REPORTS}/summary.md, "
+        f"reported {len(rows)} policies x {plural(rows[0]['n_seeds'], 'seed')} -> "
+        f"{REPORTS}/summary.md, "
         f"summary.csv, seeds.csv, reward_vs_entropy.png, reward_vs_kl.png, points.json, "
         f"quality.md, quality.csv, precision_recall.png, {paths.SUMMARY_METRICS}, "
         f"{QUALITY_METRICS}"

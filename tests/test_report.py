@@ -598,3 +598,35 @@ def test_report_depends_on_the_sft_metrics_it_reads(pipeline):
     assert "metrics/sft.json" in stages["report"]["deps"]
     sft_outs = [o if isinstance(o, str) else next(iter(o)) for o in stages["sft"]["outs"]]
     assert "metrics/sft.json" in sft_outs  # the file the sft stage of that pipeline writes
+
+
+# --------------------------------------------------------------------------- wording
+# Issue 27 item 8: the old tables wrote a KL of float noise as `-0.000` and a one-seed run as
+# "seeds 0 ... mean over the seeds", "x 1 seeds"; both tests failed on it.
+
+
+def test_a_negative_kl_of_float_noise_is_written_as_zero(repo):
+    params = {**PARAMS, "external": ["trl-dpo"]}
+    for i in range(len(SEEDS)):  # barely moved from SFT: KL -0.0002 on every prompt and seed
+        write_run("trl-dpo", i, 0.0, 3.0, -0.0002)
+    rows = report(params)
+    assert rows[-1]["kl"] == pytest.approx(-0.0002) and rows[-1]["kl_hi"] < 0  # the values stay
+    md = (repo / "reports/summary.md").read_text()
+    (line,) = [x for x in md.splitlines() if x.startswith("| trl-dpo | external |")]
+    assert "| 0.000 [0.000, 0.000] |" in line and "-0.000" not in line
+    # a signed difference keeps its sign: it says on which side of 0 the value lies
+    assert "| hinge | -0.500 [-0.500, -0.500] * |" in md
+
+
+def test_one_seed_is_worded_in_the_singular(repo):
+    params = {**PARAMS, "seeds": [SEEDS[0]]}
+    result_rows = report(params)
+    assert result_rows[0]["n_seeds"] == 1
+    md = (repo / "reports/summary.md").read_text()
+    assert "temperature 1; seed 0. Each value is that run's metric; brackets:" in md
+    assert "seeds 0." not in md and "mean over the seeds of one run's metric" not in md
+    assert "6 held-out prompts × 2 samples per policy and seed" in md
+    Path("params.yaml").write_text(json.dumps(params))
+    result = _invoke()
+    assert result.exit_code == 0, result.output
+    assert f"reported {len(POINTS)} policies x 1 seed -> reports/summary.md" in result.output
