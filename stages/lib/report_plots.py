@@ -79,9 +79,9 @@ def label_offsets(
     its own point than any other: the first of above right (``first``, where every label went
     before), above left, below right, below left whose box (about 0.6 em per character,
     1.2 em high) overlaps no label placed before it (in order) and the middle of whose side
-    next to its point is no nearer another point; else the first that overlaps no label; else above right moved
-    up a line at a time until free. ``points`` are where the points are drawn, in typographic
-    points (display units * 72 / dpi)."""
+    next to its point is no nearer another point; else the first that overlaps no label; else
+    above right moved up a line at a time until free. ``points`` are where the points are
+    drawn, in typographic points (display units * 72 / dpi)."""
     height = 1.2 * fontsize
     dx, dy = first
     places = [(dx, dy, "left"), (-dx, dy, "right")]
