@@ -93,6 +93,7 @@ from stages.lib.frontier_tables import (
 )
 from stages.lib.runs import METRICS as RUN_METRICS
 from stages.lib.runs import check_same_prompts, estimate, load_runs, stack, stack_sets
+from stages.lib.tables import plural
 from stages.lib.variants import SFT
 
 OUT = paths.FRONTIER_DIR
@@ -290,7 +291,7 @@ def main(
     result = frontier(load_params(params), out, levels, metrics_path)
     found = list(result["metrics"]["kl_levels"].values())
     typer.echo(
-        f"frontier: {len(result['points']) - 1} variants, KL levels "
+        f"frontier: {plural(len(result['points']) - 1, 'variant')}, KL levels "
         f"{', '.join(f'{v:.2f}' for v in found) or 'none'} -> {out}/matched_kl.md, "
         f"matched_kl.csv, points.csv, best_of_n.csv, overview.png, families.png, "
         f"precision_recall.png, {metrics_path}"

@@ -6,7 +6,10 @@ Reads ``seed``, ``seeds``, ``report.*`` and ``align.common``/``align.variants`` 
 alpha, read as the align stage reads them: the variant's keys over ``align.common``) and, for
 every policy and every seed of ``seeds``, ``metrics/eval/<policy>/seed-<s>.json``,
 ``data/eval/<policy>/seed-<s>.jsonl`` (the per-sample scores) and, for a variant,
-``metrics/align/<variant>/seed-<s>.json`` (its validation accuracy). Writes::
+``metrics/align/<variant>/seed-<s>.json`` (its validation accuracy); ``metrics/sft.json`` when it
+exists, for one thing only: when it says the SFT policy's held-out perplexity is above its
+vocabulary size or ``sft.max_perplexity`` (``perplexity_warning``, the ``sft`` stage), the
+summary opens with that warning (and the stage prints it). Writes::
 
     reports/summary.md, summary.csv    per policy: mean over seeds, 95% interval (seeds and
                                        prompts), paired differences against report.baseline
@@ -121,11 +124,13 @@ from stages.lib.report_tables import (
     EXTERNAL,
     MEANS,
     SEED_COLUMNS,
+    sft_warning,
     summary_markdown,
     summary_metrics,
     write_csv,
 )
 from stages.lib.runs import Run, check_runs, estimate, eval_stage, excludes_0, read_eval, stack
+from stages.lib.tables import plural
 from stages.lib.variants import SFT, read_variants
 
 REPORTS = paths.REPORTS_DIR
@@ -390,6 +395,19 @@ def quality_outputs(
     return text, csv_rows(qrows, layout), quality_metrics(qrows, layout, agree), (qrows, layout)
 
 
+def read_sft_warning() -> str | None:
+    """The summary's warning line from ``metrics/sft.json`` (:func:`sft_warning`: the SFT
+    policy's held-out perplexity above its vocabulary size or ``sft.max_perplexity``), printed
+    to stderr too; None without one or without the file (the report does not need it)."""
+    path = paths.metrics_file("sft")
+    if not path.is_file():
+        return None
+    line = sft_warning(_read_json(path, "the sft stage's metrics"), str(path))
+    if line is not None:
+        print(f"report: warning: {line.removeprefix('**Warning:** ')}", file=sys.stderr)
+    return line
+
+
 def report(params: dict, out: Path = REPORTS) -> list[dict]:
     """Run the stage; returns the aggregated rows it reported."""
     info, seeds = variant_info(params), read_seeds(params)
@@ -401,8 +419,9 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
     rows, per_seed = aggregate(info, runs, baseline, draws), seed_rows(runs)
     fit = family_fit(rows, plain_sigmoid(params))
     quality = quality_outputs(info, runs, baseline, draws, rows, seeds, cfg.bootstrap)
+    warning = read_sft_warning()
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap))
+        tmp.write_text(summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap, warning))
     write_csv(out / "summary.csv", rows, COLUMNS)
     write_csv(out / "seeds.csv", per_seed, SEED_COLUMNS)
     write_json(out / "points.json", rows)
@@ -429,7 +448,8 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to r
     metrics/quality.json."""
     rows = report(load_params(params))
     typer.echo(
-        f"reported {len(rows)} policies x {rows[0]['n_seeds']} seeds -> {REPORTS}/summary.md, "
+        f"reported {len(rows)} policies x {plural(rows[0]['n_seeds'], 'seed')} -> "
+        f"{REPORTS}/summary.md, "
         f"summary.csv, seeds.csv, reward_vs_entropy.png, reward_vs_kl.png, points.json, "
         f"quality.md, quality.csv, precision_recall.png, {paths.SUMMARY_METRICS}, "
         f"{QUALITY_METRICS}"

@@ -2,8 +2,8 @@
 
 Reads ``seed`` and ``sft.*`` from params.yaml and ``data/prepared/{train,test}.jsonl``; writes
 ``models/sft/`` (``save_pretrained`` model + tokenizer), ``metrics/sft.json`` (held-out
-perplexity, train loss), training curves under ``logs/sft`` (DVCLive) and its wall times under
-``logs/timings/sft.json`` (git-ignored)::
+perplexity, the vocabulary size, train loss), training curves under ``logs/sft`` (DVCLive) and
+its wall times under ``logs/timings/sft.json`` (git-ignored)::
 
     python -m stages sft                # or: dvc repro sft
 
@@ -12,6 +12,15 @@ trained on the corpus, trained from scratch), a hub id (``gpt2``, ``lvwerra/gpt2
 local folder (fine-tuned). With ``sft.epochs: 0`` a pretrained model is only copied into
 ``models/sft/``. Training runs through trl's ``SFTTrainer`` (EOS appended to every review so
 the policy learns to stop), on CPU or unchanged on a GPU (bf16 where CUDA supports it).
+
+**A policy that cannot model the texts.** A uniform guess over the tokenizer's ``vocab_size``
+tokens has perplexity ``vocab_size``; a held-out perplexity above it (or above
+``sft.max_perplexity`` when set) means the policy models these texts worse than no model at all
+(e.g. a pretrained model kept with ``sft.epochs: 0`` on data unlike its own), and every aligned
+policy starts from it. The stage then prints a one-line warning and sets
+``perplexity_warning: true`` in ``metrics/sft.json`` (always written, with ``vocab_size``, and
+``max_perplexity`` when set); the ``report`` stage repeats the warning at the top of
+``reports/summary.md``. Nothing else changes: the stage still succeeds.
 """
 
 from __future__ import annotations
@@ -84,6 +93,42 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int, batch_size: 
     return math.exp(nll / count)
 
 
+def perplexity_warning(value: float, vocab_size: int, max_perplexity: float | None) -> str | None:
+    """The one-line warning for a held-out perplexity ``value`` above the vocabulary size (worse
+    than a uniform guess) or above ``max_perplexity`` (``sft.max_perplexity``; None: no
+    threshold), naming both and what to do; None when neither holds."""
+    above = []
+    if value > vocab_size:
+        above.append(f"the vocabulary size {vocab_size} (worse than a uniform guess)")
+    if max_perplexity is not None and value > max_perplexity:
+        above.append(f"sft.max_perplexity {max_perplexity:g}")
+    if not above:
+        return None
+    return (
+        f"sft: warning: held-out perplexity {value:.2f} is above {' and '.join(above)}: the "
+        f"policy fits these texts poorly, and every aligned policy starts from it; fine-tune "
+        f"it (more) on them (sft.epochs) or pick a model that fits the data (sft.model)"
+    )
+
+
+def held_out(model, tokenizer, test: list[str], cfg: SftConfig) -> dict:
+    """The held-out metrics of ``metrics/sft.json``: ``eval_texts``, ``perplexity``,
+    ``vocab_size`` (the tokenizer's, special tokens included: a uniform guess's perplexity),
+    ``perplexity_warning`` (:func:`perplexity_warning` has a line) and ``max_perplexity`` when
+    set."""
+    ppl = perplexity(model, tokenizer, test, cfg.max_length, cfg.batch_size)
+    vocab = len(tokenizer)
+    out = {
+        "eval_texts": len(test),
+        "perplexity": ppl,
+        "vocab_size": vocab,
+        "perplexity_warning": perplexity_warning(ppl, vocab, cfg.max_perplexity) is not None,
+    }
+    if cfg.max_perplexity is not None:
+        out["max_perplexity"] = cfg.max_perplexity
+    return out
+
+
 def run_sft(params: dict) -> tuple[dict, dict]:
     """Run the stage on a params mapping (paths relative to the cwd); returns its metrics (as
     written to ``metrics/sft.json``) and its wall times (``logs/timings/sft.json``)."""
@@ -105,10 +150,7 @@ def run_sft(params: dict) -> tuple[dict, dict]:
         len(texts),
         paths.SFT_DIR,
         train=lambda log_dir: train_causal_lm(model, tokenizer, texts, cfg, seed, log_dir),
-        evaluate=lambda: {
-            "eval_texts": len(test),
-            "perplexity": perplexity(model, tokenizer, test, cfg.max_length, cfg.batch_size),
-        },
+        evaluate=lambda: held_out(model, tokenizer, test, cfg),
         started=started,
     )
 
@@ -120,3 +162,6 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to r
         f"sft: {m['model']} -> {paths.SFT_DIR}, held-out perplexity {m['perplexity']:.2f} "
         f"({timings['wall_seconds']:.0f}s)"
     )
+    warning = perplexity_warning(m["perplexity"], m["vocab_size"], m.get("max_perplexity"))
+    if warning is not None:
+        typer.echo(warning, err=True)

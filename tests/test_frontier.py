@@ -289,3 +289,31 @@ def test_bad_kl_levels_are_one_line_errors(repo, args, message):
     app.command()(stage_command(main))
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and message in result.output, result.output
+
+
+# Issue 27 item 8: the old tables wrote a KL of float noise as `-0.000` and a one-seed run as
+# "seeds 0", "1 variants"; both tests failed on it.
+
+
+def test_a_negative_kl_of_float_noise_is_written_as_zero(repo):
+    for i in range(len(SEEDS)):  # the single-β family, barely moved from SFT
+        write_eval("hinge", i, 0.0, -0.0002, 2.0)
+    frontier(_params())
+    md = (repo / "reports/frontier/matched_kl.md").read_text()
+    assert "| hinge-reverse_kl | 1 | hinge (0.3) | 0.000 (one β) |" in md
+    assert "-0.000 (one β)" not in md
+
+
+def test_one_seed_is_worded_in_the_singular(repo):
+    params = _params()
+    params["seeds"] = [SEEDS[0]]
+    params["align"]["variants"] = {"dpo": params["align"]["variants"]["dpo"]}
+    Path("params.yaml").write_text(json.dumps(params))
+    app = typer.Typer()
+    app.command()(stage_command(main))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 0, result.output
+    assert "frontier: 1 variant, KL levels none" in result.output
+    md = (repo / "reports/frontier/matched_kl.md").read_text()
+    assert "6 held-out prompts per policy and seed; seed 0. Brackets:" in md
+    assert "(300 resamples shared by every policy" in md

@@ -168,3 +168,22 @@ def test_no_train_pair_or_no_eval_prompt_left(tiny_lm):
         build_outputs(tables, _cfg(), PAIRS, tiny_lm[1], seed=0)
     with pytest.raises(ValueError, match=r"ingest\.train_split: the source has no 'dev' split"):
         build_outputs(tables, _cfg(train_split="dev"), PAIRS, tiny_lm[1], seed=0)
+
+
+def test_the_prompt_id_an_error_names_is_the_one_the_row_gets(tiny_lm, tmp_path):
+    """Issue 27 item 8: errors counted rows from 1 (`row 3`) and prompt ids from 0 (`train-2`)
+    without saying so; a located row now names both, and the id is the row's in the outputs."""
+    import datasets
+
+    from stages.lib.ingest_sources import load_tables
+
+    _, tok = tiny_lm
+    rows = _pairwise(8)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "good"))
+    out = build_outputs(load_tables(str(tmp_path / "good"), "ingest.source"), _cfg(), PAIRS, tok, 0)
+    ids = {r["prompt"]: r["prompt_id"] for r in out.train_prompts + out.eval_prompts}
+    assert ids[rows[2]["prompt"]] == "train-2"  # the third row, counted from 0
+    rows[2]["rejected"] = rows[2]["chosen"]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match=r"split 'train' row 3 \(prompt_id train-2\): field "):
+        build_outputs(load_tables(str(tmp_path / "bad"), "ingest.source"), _cfg(), PAIRS, tok, 0)

@@ -72,8 +72,12 @@ def test_folder_of_split_files_in_every_format(tmp_path):
         assert [r.completions[0] for r in records] == [r["chosen"] for r in PAIRWISE], source
     where = [r.where for r in _records(tmp_path / "b.csv")]
     assert where[0].endswith("b.csv:2") and where[2].endswith("b.csv:4")  # csv: the header is 1
-    assert _records(tmp_path / "c")[1].where.endswith("train.parquet: row 2")
-    assert _records(tmp_path / "d.json")[2].where.endswith("d.json: array item 3")
+    # rows and array items count from 1 and name the prompt_id (from 0) the row gets
+    # (issue 27 item 8: they named only "row 2", which reads as the prompt_id train-2's row)
+    assert _records(tmp_path / "c")[1].where.endswith("train.parquet: row 2 (prompt_id train-1)")
+    assert _records(tmp_path / "d.json")[2].where.endswith(
+        "d.json: array item 3 (prompt_id train-2)"
+    )
 
 
 def test_blank_lines_keep_line_numbers(tmp_path):
@@ -90,7 +94,9 @@ def test_save_to_disk_folder_and_ranked_rows(tmp_path):
     records = read_records(tables["train"], P)
     assert records[0].completions == [" good.", " bad.", " fine."]
     assert records[0].rewards == [1.0, -1.0, 0.5] and records[0].pairs is None
-    assert records[1].where == f"{P}: {tmp_path}/saved split 'train' row 2"
+    assert records[1].where == f"{P}: {tmp_path}/saved split 'train' row 2 (prompt_id train-1)"
+    test = read_records(tables["test"], P)
+    assert test[0].where == f"{P}: {tmp_path}/saved split 'test' row 1 (prompt_id test-0)"
     datasets.Dataset.from_list(PAIRWISE).save_to_disk(str(tmp_path / "one"))  # a lone Dataset
     assert list(load_tables(str(tmp_path / "one"), P)) == ["train"]
 
@@ -105,7 +111,8 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake)
     tables = load_tables("trl-lib/example", P)
     assert seen == ["trl-lib/example"] and tables["train"].name == "'trl-lib/example' split 'train'"
-    assert _records_of(tables)[2].where == f"{P}: 'trl-lib/example' split 'train' row 3"
+    where = f"{P}: 'trl-lib/example' split 'train' row 3 (prompt_id train-2)"
+    assert _records_of(tables)[2].where == where
 
 
 def _records_of(tables):
@@ -145,7 +152,7 @@ def _records_of(tables):
         ),
         (
             {"prompt": "p", "completions": [" a", " b"], "rewards": [1, float("nan")]},
-            ":2: field 'rewards[1]' must be a finite number, got nan",
+            ":2: field 'rewards[1]' must be a finite number, got NaN",  # was: got nan
         ),
         (
             {"prompt": "p", "completions": [" a", ""], "rewards": [1, 2]},
@@ -174,6 +181,33 @@ def test_bad_rows_are_one_line_errors_naming_file_row_and_field(tmp_path, row, m
     text = str(err.value)
     assert message in text and "\n" not in text, text
     assert text.startswith(f"{P}: {path}")
+
+
+def test_a_nan_reward_in_parquet_is_named_nan(tmp_path):
+    """Issue 27 item 8: pandas writes a NaN reward to parquet as null, and the error said
+    `got None`, naming neither NaN nor the missing value; written by pyarrow it stays a NaN."""
+    rows = [
+        {"prompt": "q", "completions": [" x", " y"], "rewards": [1.0, 0.0]},
+        {"prompt": "p", "completions": [" a", " b"], "rewards": [1.0, float("nan")]},
+    ]
+    (tmp_path / "pandas").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "pandas" / "train.parquet")
+    with pytest.raises(ValueError) as err:
+        _records(tmp_path / "pandas")
+    assert str(err.value) == (
+        f"{P}: {tmp_path}/pandas/train.parquet: row 2 (prompt_id train-1): field 'rewards[1]' "
+        "must be a finite number, got null (a missing value, or a NaN that pandas wrote to "
+        "parquet as null)"
+    )
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "arrow").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "arrow" / "train.parquet")
+    with pytest.raises(ValueError, match=r"row 2 \(prompt_id train-1\): field 'rewards\[1\]' "):
+        _records(tmp_path / "arrow")
+    with pytest.raises(ValueError, match=r"must be a finite number, got NaN$"):
+        _records(tmp_path / "arrow")
 
 
 def test_a_column_missing_from_every_row(tmp_path):

@@ -541,3 +541,92 @@ def test_external_policies_are_reported_labelled_external(repo):
 def test_bad_external_names(repo, external, message):
     with pytest.raises(ValueError, match=f"^{message}"):
         report({**PARAMS, "external": external})
+
+
+# --------------------------------------------------------------------------- the SFT policy's fit
+# Issue 27 item 7: the old report never read metrics/sft.json, so a policy worse than uniform
+# went unmentioned; the tests below that look for the warning failed on it.
+
+
+def _sft_metrics(**fields) -> None:
+    metrics = {"model": "../models/sft", "epochs": 0, "eval_texts": 200, "perplexity": 7.34}
+    _write(Path("metrics/sft.json"), json.dumps({**metrics, **fields}))
+
+
+def test_a_flagged_sft_policy_opens_the_summary_with_a_warning(repo, capsys):
+    _sft_metrics(perplexity=4190.2, vocab_size=2048, perplexity_warning=True)
+    report(PARAMS)
+    lines = (repo / "reports/summary.md").read_text().splitlines()
+    assert lines[:2] == ["# Evaluation summary", ""]
+    assert lines[2] == (
+        "**Warning:** the SFT policy's held-out perplexity is 4190.20 (metrics/sft.json), above "
+        "its vocabulary size 2048 (worse than a uniform guess): it fits these texts poorly, and "
+        "every policy here starts from it; fine-tune it (more) on them (`sft.epochs`) or pick a "
+        "model that fits the data (`sft.model`)."
+    )
+    assert lines[3] == "" and lines[4].startswith("6 held-out prompts × 2 samples")
+    assert "report: warning: the SFT policy's held-out perplexity is 4190.20" in (
+        capsys.readouterr().err
+    )
+
+
+def test_the_warning_names_sft_max_perplexity_when_that_is_what_was_passed(repo):
+    _sft_metrics(perplexity=60.0, vocab_size=2048, perplexity_warning=True, max_perplexity=50.0)
+    report(PARAMS)
+    md = (repo / "reports/summary.md").read_text()
+    assert "perplexity is 60.00 (metrics/sft.json), above `sft.max_perplexity` 50: it fits" in md
+
+
+def test_without_a_warning_the_summary_is_unchanged(repo):
+    """No metrics/sft.json (tests, or a pipeline without it) and a policy that fits (the demo:
+    7.34 with 2,048 tokens) give the same bytes: the committed summary stays as it is."""
+    report(PARAMS)
+    before = (repo / "reports/summary.md").read_bytes()
+    _sft_metrics(perplexity=7.34, vocab_size=2048, perplexity_warning=False)
+    report(PARAMS)
+    assert (repo / "reports/summary.md").read_bytes() == before
+    _sft_metrics()  # an older metrics file, without the keys
+    report(PARAMS)
+    assert (repo / "reports/summary.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "byo/dvc.yaml"])
+def test_report_depends_on_the_sft_metrics_it_reads(pipeline):
+    import yaml
+
+    stages = yaml.safe_load((ROOT / pipeline).read_text())["stages"]
+    assert "metrics/sft.json" in stages["report"]["deps"]
+    sft_outs = [o if isinstance(o, str) else next(iter(o)) for o in stages["sft"]["outs"]]
+    assert "metrics/sft.json" in sft_outs  # the file the sft stage of that pipeline writes
+
+
+# --------------------------------------------------------------------------- wording
+# Issue 27 item 8: the old tables wrote a KL of float noise as `-0.000` and a one-seed run as
+# "seeds 0 ... mean over the seeds", "x 1 seeds"; both tests failed on it.
+
+
+def test_a_negative_kl_of_float_noise_is_written_as_zero(repo):
+    params = {**PARAMS, "external": ["trl-dpo"]}
+    for i in range(len(SEEDS)):  # barely moved from SFT: KL -0.0002 on every prompt and seed
+        write_run("trl-dpo", i, 0.0, 3.0, -0.0002)
+    rows = report(params)
+    assert rows[-1]["kl"] == pytest.approx(-0.0002) and rows[-1]["kl_hi"] < 0  # the values stay
+    md = (repo / "reports/summary.md").read_text()
+    (line,) = [x for x in md.splitlines() if x.startswith("| trl-dpo | external |")]
+    assert "| 0.000 [0.000, 0.000] |" in line and "-0.000" not in line
+    # a signed difference keeps its sign: it says on which side of 0 the value lies
+    assert "| hinge | -0.500 [-0.500, -0.500] * |" in md
+
+
+def test_one_seed_is_worded_in_the_singular(repo):
+    params = {**PARAMS, "seeds": [SEEDS[0]]}
+    result_rows = report(params)
+    assert result_rows[0]["n_seeds"] == 1
+    md = (repo / "reports/summary.md").read_text()
+    assert "temperature 1; seed 0. Each value is that run's metric; brackets:" in md
+    assert "seeds 0." not in md and "mean over the seeds of one run's metric" not in md
+    assert "6 held-out prompts × 2 samples per policy and seed" in md
+    Path("params.yaml").write_text(json.dumps(params))
+    result = _invoke()
+    assert result.exit_code == 0, result.output
+    assert f"reported {len(POINTS)} policies x 1 seed -> reports/summary.md" in result.output

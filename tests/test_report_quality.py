@@ -427,3 +427,12 @@ def test_files_of_different_runs_and_malformed_quality_fail(repo):
     path.write_text(json.dumps(metrics))
     with pytest.raises(ValueError, match=r"^metrics/eval/dpo/seed-0\.json: field 'quality' must"):
         report(_params("dpo", "hinge"))
+
+
+def test_one_seed_is_worded_in_the_singular(repo):
+    """Issue 27 item 8: a one-seed run was "seeds 0" in quality.md; catches the plural kept."""
+    params = {**_params("dpo", "hinge"), "seeds": [0]}
+    report(params)
+    md = Path("reports/quality.md").read_text()
+    assert f"({PROMPTS} held-out prompts × {SAMPLES} samples per seed; seed 0) against" in md
+    assert f"({B} resamples, the resamples of summary.md)" in md

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from stages.lib.modeling import (
     train_bpe_tokenizer,
 )
 from stages.lib.synthetic import generate_splits
-from stages.sft import perplexity, run_sft
+from stages.sft import perplexity, perplexity_warning, run_sft
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TinyGPT2Config(vocab_size=320, n_layer=1, n_embd=32, n_head=2, n_positions=128)
@@ -122,7 +123,10 @@ def test_tiny_sft_trains_loss_goes_down_and_saves_a_loadable_policy(workdir, tor
         "steps",
         "eval_texts",
         "perplexity",
+        "vocab_size",
+        "perplexity_warning",
     }  # no wall times in the tracked metrics
+    assert metrics["vocab_size"] == 320 and metrics["perplexity_warning"] is False
     assert json.loads((workdir / "logs/timings/sft.json").read_text()) == timings
     assert 0 < timings["train_seconds"] <= timings["wall_seconds"]
     assert (workdir / "logs/sft/metrics.json").is_file()  # DVCLive training curves
@@ -193,6 +197,71 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
     assert perplexity(model, tokenizer, texts[:3], 64, 2) == pytest.approx(len(tokenizer), rel=1e-5)
 
 
+def save_confidently_wrong_lm(folder, texts):
+    """A tiny LM whose logits are large and random: it is surer than uniform and wrong, so its
+    perplexity is far above its vocabulary size (as a kept pretrained model on unlike data)."""
+    tokenizer = train_bpe_tokenizer(texts, 320, model_max_length=128)
+    torch.manual_seed(3)
+    model = tiny_gpt2(tokenizer, TINY)
+    with torch.no_grad():
+        model.transformer.wte.weight.normal_(0.0, 3.0)  # tied lm_head: sharp random logits
+    save_pretrained(model, tokenizer, folder)
+    return folder
+
+
+# Issue 27 item 7: the old stage computed these perplexities silently (no warning line, no
+# perplexity_warning / vocab_size in metrics/sft.json), so every test below failed on it.
+
+
+def test_perplexity_warning_names_the_value_the_limit_and_what_to_do():
+    line = perplexity_warning(4190.2, 2048, None)
+    assert line == (
+        "sft: warning: held-out perplexity 4190.20 is above the vocabulary size 2048 (worse "
+        "than a uniform guess): the policy fits these texts poorly, and every aligned policy "
+        "starts from it; fine-tune it (more) on them (sft.epochs) or pick a model that fits the "
+        "data (sft.model)"
+    )
+    assert perplexity_warning(7.34, 2048, None) is None  # the demo: no warning
+    assert perplexity_warning(2048.0, 2048, None) is None  # uniform itself is not above it
+    assert "above sft.max_perplexity 50:" in perplexity_warning(60.0, 2048, 50.0)
+    assert perplexity_warning(40.0, 2048, 50.0) is None
+    both = perplexity_warning(5000.0, 2048, 100.0)
+    assert (
+        "above the vocabulary size 2048 (worse than a uniform guess) and sft.max_perplexity" in both
+    )
+    assert "\n" not in both
+
+
+def test_a_policy_worse_than_uniform_is_flagged_in_the_metrics_and_the_output(workdir):
+    save_confidently_wrong_lm(workdir / "wrong", train_texts())
+    Path("params.yaml").write_text(yaml.safe_dump(sft_params(model="wrong", epochs=0)))
+    result = CliRunner().invoke(build_app("sft"), ["sft"])
+    assert result.exit_code == 0, result.output  # a warning, not an error
+    metrics = json.loads(Path("metrics/sft.json").read_text())
+    assert metrics["perplexity"] > 320 == metrics["vocab_size"]
+    assert metrics["perplexity_warning"] is True and "max_perplexity" not in metrics
+    warnings = [line for line in result.output.splitlines() if "warning" in line]
+    assert warnings == [perplexity_warning(metrics["perplexity"], 320, None)]
+    assert (
+        f"held-out perplexity {metrics['perplexity']:.2f} is above the vocabulary size 320"
+        in (warnings[0])
+    )
+
+
+def test_max_perplexity_warns_and_changes_no_other_value(workdir, torch_one_thread):
+    run_sft(sft_params(epochs=1))  # trained: below its vocabulary size, no warning of its own
+    shutil.copytree("models/sft", "trained")
+    quiet, _ = run_sft(sft_params(model="trained", epochs=0))
+    loud, _ = run_sft(sft_params(model="trained", epochs=0, max_perplexity=1.0))
+    assert quiet["perplexity_warning"] is False and "max_perplexity" not in quiet
+    assert loud["perplexity_warning"] is True and loud["max_perplexity"] == 1.0
+    new = {"perplexity_warning", "max_perplexity"}
+    assert {k: v for k, v in loud.items() if k not in new} == {
+        k: v for k, v in quiet.items() if k not in new
+    }
+    assert json.loads(Path("metrics/sft.json").read_text()) == pytest.approx(loud)
+
+
 def test_perplexity_does_not_depend_on_the_batch(tiny_lm):
     model, tokenizer = tiny_lm
     texts = ["the film was good", "a plot", "I loved it and the cast was brilliant", "dull"]
@@ -238,6 +307,10 @@ def test_context_shorter_than_max_length_names_the_parameter(workdir):
         ({"max_train_texts": 0}, r"params: sft\.max_train_texts: must be null or >= 1, got 0"),
         ({"batch_sz": 8}, r"params: sft\.batch_sz: not a known key \(known: model, epochs, "),
         ({"tiny": None}, r"params: sft\.tiny: is missing"),
+        (
+            {"max_perplexity": 0.5},
+            r"params: sft\.max_perplexity: must be null or a finite number >= 1, got 0\.5",
+        ),
     ],
 )
 def test_bad_params_name_the_key(workdir, change, message):
@@ -266,8 +339,12 @@ def test_cli_prints_wall_time_and_keeps_it_out_of_the_metrics(workdir):
     Path("params.yaml").write_text(yaml.safe_dump(sft_params(model="pretrained", epochs=0)))
     result = CliRunner().invoke(build_app("sft"), ["sft"])
     assert result.exit_code == 0, result.output
-    assert "sft: pretrained -> models/sft, held-out perplexity " in result.output
-    assert result.output.rstrip().endswith("s)")
+    lines = [x.strip() for x in result.output.replace("\r", "\n").splitlines()]  # tqdm's \r
+    (line,) = [x for x in lines if x.startswith("sft: pretrained -> ")]
+    assert line.startswith("sft: pretrained -> models/sft, held-out perplexity ")
+    assert line.endswith("s)")
+    # a randomly initialised model is a little worse than uniform: the warning line follows
+    assert lines[-1].startswith("sft: warning: held-out perplexity")
     assert "wall_seconds" not in Path("metrics/sft.json").read_text()
     assert set(json.loads(Path("logs/timings/sft.json").read_text())) == {
         "train_seconds",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.lib.tables import check_table, markdown_table
+from stages.lib.tables import check_table, markdown_table, number, plural
 
 COLUMNS = ("text", "label")
 
@@ -82,3 +82,33 @@ def test_markdown_table_lines():
         "| 3 | 4 |",
     ]
     assert markdown_table(["only"], []) == ["| only |", "|---|"]
+
+
+# --------------------------------------------------------------------------- report wording
+# Issue 27 item 8: the reports printed a KL of float noise as `-0.000` and counted "1 seeds";
+# number() and plural() did not exist, so these tests failed on the old code.
+
+
+@pytest.mark.parametrize(
+    "value, digits, text",
+    [
+        (-0.0002, 3, "0.000"),  # was -0.000
+        (-0.0, 3, "0.000"),  # a negative zero itself
+        (-0.0004999, 3, "0.000"),
+        (-0.0005001, 3, "-0.001"),  # a value that shows as negative keeps its sign
+        (-0.126, 3, "-0.126"),
+        (0.0002, 3, "0.000"),
+        (97.97, 2, "97.97"),
+        (-0.004, 2, "0.00"),
+        (float("nan"), 3, "nan"),
+    ],
+)
+def test_number_never_writes_a_negative_zero(value, digits, text):
+    assert number(value, digits) == text
+
+
+def test_plural_agrees_with_the_count():
+    assert plural(1, "seed") == "1 seed" and plural(3, "seed") == "3 seeds"
+    assert plural(0, "sample") == "0 samples"
+    assert plural(1, "policy", "policies") == "1 policy"
+    assert plural(2, "policy", "policies") == "2 policies"

@@ -361,6 +361,13 @@ class SftConfig(SupervisedConfig):
         "test texts for the held-out perplexity", 200, check=positive_int, must=">= 1"
     )
     tiny: TinyGPT2Config | None = param("architecture of `model: tiny`", None)
+    max_perplexity: float | None = param(
+        "warn when the held-out perplexity is above this (null: only when it is above the "
+        "vocabulary size, worse than a uniform guess)",
+        None,
+        check=lambda v: 1 <= v < math.inf,
+        must="null or a finite number >= 1",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

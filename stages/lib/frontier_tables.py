@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from stages.lib.frontier import Family, quality_groups
-from stages.lib.tables import markdown_table
+from stages.lib.tables import markdown_table, number, plural
 
 #: Metrics a matched-KL row may carry (KL is the level itself).
 MATCHED_METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
@@ -83,9 +83,9 @@ def _value(r: dict, m: str) -> str:
     if not _ok(r.get(m)):
         return "–"
     lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
-    ci = f" [{lo:.3f}, {hi:.3f}]" if _ok(lo) and _ok(hi) else ""
+    ci = f" [{number(lo)}, {number(hi)}]" if _ok(lo) and _ok(hi) else ""
     dagger = " †" if r.get(f"{m}_coverage", 1.0) < 1.0 else ""
-    return f"{r[m]:.3f}{ci}{dagger}"
+    return f"{number(r[m])}{ci}{dagger}"
 
 
 def _delta(r: dict, m: str) -> str:
@@ -102,7 +102,7 @@ def _families(families: list[Family], ranges: dict, base: str) -> list[str]:
             f"{v} ({'–' if b is None else f'{b:g}'})" for v, b in zip(f.variants, f.betas)
         )
         lo, hi = ranges.get(f.name, (math.nan, math.nan))
-        span = f"{lo:.3f} – {hi:.3f}" if f.n_betas >= 2 else f"{lo:.3f} (one β)"
+        span = f"{number(lo)} – {number(hi)}" if f.n_betas >= 2 else f"{number(lo)} (one β)"
         name = f"**{f.name}** (baseline)" if f.name == base else f.name
         lines.append([name, str(f.n_betas), members, span])
     return markdown_table(["family", "β values", "variants (β)", "KL of its β curve"], lines)
@@ -113,7 +113,7 @@ def _note(r: dict) -> str:
         return ""
     if r["n_betas"] < 2:
         return r["status"]
-    return f"outside its KL range [{r['kl_min']:.3f}, {r['kl_max']:.3f}]"
+    return f"outside its KL range [{number(r['kl_min'])}, {number(r['kl_max'])}]"
 
 
 def _level_table(
@@ -167,7 +167,7 @@ def _fronts(points: list[dict]) -> list[str]:
         if not on:
             continue
         items = ", ".join(
-            f"{p['policy']} ({x} {p[x]:.3f}, {y} {_value(p, y)})"
+            f"{p['policy']} ({x} {number(p[x])}, {y} {_value(p, y)})"
             for p in sorted(on, key=lambda p: p[x])
         )
         out.append(f"- {what}: {items}.")
@@ -177,7 +177,7 @@ def _fronts(points: list[dict]) -> list[str]:
 def _bon_table(rows: list[dict], metrics: list[str]) -> list[str]:
     ms = [m for m in ("reward", "gold") if m in metrics]
     head = ["n", "KL (analytic)", *(f"{m} [95% CI]" for m in ms)]
-    lines = [[str(r["n"]), f"{r['kl']:.3f}", *(_value(r, m) for m in ms)] for r in rows]
+    lines = [[str(r["n"]), number(r["kl"]), *(_value(r, m) for m in ms)] for r in rows]
     return markdown_table(head, lines)
 
 
@@ -190,14 +190,16 @@ def matched_markdown(
     lines = [
         "# Frontier: families at matched KL",
         "",
-        f"{setup['n_prompts']} held-out prompts per policy and seed; seeds "
+        f"{plural(setup['n_prompts'], 'held-out prompt')} per policy and seed; "
+        f"{'seed' if len(setup['seeds']) == 1 else 'seeds'} "
         f"{', '.join(map(str, setup['seeds']))}. Brackets: 95% intervals of the two-level "
-        f"bootstrap over seeds and prompts ({setup['bootstrap']} resamples shared by every "
-        "policy, family and best-of-n, so differences are paired: same seeds, same prompts). "
-        "KL: nats per sequence to the SFT policy. Entropies, nats per token: `entropy` over "
-        "every generated position (it moves with the sample lengths), `entropy_first_k` over "
-        "each sample's first evaluate.entropy_first_k generated positions, `context_entropy` "
-        "teacher-forced on the same held-out review tokens for every policy "
+        f"bootstrap over seeds and prompts ({plural(setup['bootstrap'], 'resample')} shared "
+        "by every policy, family and best-of-n, so differences are paired: same seeds, same "
+        "prompts). KL: nats per sequence to the SFT policy. Entropies, nats per token: "
+        "`entropy` over every generated position (it moves with the sample lengths), "
+        "`entropy_first_k` over each sample's first evaluate.entropy_first_k generated "
+        "positions, `context_entropy` teacher-forced on the same held-out review tokens for "
+        "every policy "
         "(stages/lib/evaluate.py); the last is the one that measures the policy alone. "
         "A family is every variant equal in everything but β (stages/lib/frontier.py).",
         "",
@@ -207,7 +209,7 @@ def matched_markdown(
         "",
         "## KL levels",
         "",
-        (f"{', '.join(f'{v:.3f}' for v in levels)} nats: " if levels else "") + f"{setup['how']}.",
+        (f"{', '.join(number(v) for v in levels)} nats: " if levels else "") + f"{setup['how']}.",
     ]
     if levels:
         lines += [
@@ -225,7 +227,7 @@ def matched_markdown(
         lines += ["", QUALITY_NOTE]
     for i, level in enumerate(levels):
         rows = [r for r in matched if r["kl"] == level]
-        lines += ["", f"### KL = {level:.3f} (level {i + 1} of {len(levels)})"]
+        lines += ["", f"### KL = {number(level)} (level {i + 1} of {len(levels)})"]
         for group in GROUPS:
             shown = [m for m in group if m in metrics]
             if shown:

@@ -19,11 +19,13 @@ and ``evaluate`` run on them unchanged::
   would end the completion early), except a prompt rendered by the chat template, whose EOS
   tokens are the template's turn ends.
 * **Rows and pairs.** One PREFERENCES row per source row, ``prompt_id`` ``<split>-<index>``
-  (0-based row index). A pairwise row has completions ``[chosen, rejected]``, rewards
-  ``[1, 0]`` (the preference as a label, not a reward-model score) and the pair ``[[0, 1]]``; a
-  ranked row keeps its completions and rewards and gets the pairs of ``pairs.strategy``
-  (:func:`stages.lib.pairs.make_pairs`, seeded per prompt as the ``pairs`` stage does; tied
-  rewards give no pair and a row without a pair is dropped and counted).
+  (0-based row index, as ``dataset[split][index]``; an error names a row counted from 1 and
+  this id: ``row 3 (prompt_id train-2)``). A pairwise row has completions
+  ``[chosen, rejected]``, rewards ``[1, 0]`` (the preference as a label, not a reward-model
+  score) and the pair ``[[0, 1]]``; a ranked row keeps its completions and rewards and gets
+  the pairs of ``pairs.strategy`` (:func:`stages.lib.pairs.make_pairs`, seeded per prompt as
+  the ``pairs`` stage does; tied rewards give no pair and a row without a pair is dropped and
+  counted).
 * **Held-out prompts, by text** (whitespace-normalised, case-sensitive, as ``prepare`` and
   ``pairs`` hold them out). Eval prompts come from the source's ``ingest.test_split`` when it
   has one (its prompts whose text is not a train prompt's; the others are counted and skipped),

@@ -20,7 +20,9 @@ formats, told apart by its first row (:func:`stages.lib.ingest_formats.detect`):
 
 The last three: :mod:`stages.lib.ingest_formats`. Every row is checked before anything is
 written; a bad one is a one-line ``ValueError`` naming the file and line (jsonl, csv), array
-item (json) or row (parquet, datasets), all counted from 1, and the field::
+item (json) or row (parquet, datasets), all counted from 1 (an array item or row also names
+the ``prompt_id`` the row gets, ``<split>-<index>``, whose index counts from 0: ``row 3
+(prompt_id train-2)``), and the field::
 
     from stages.lib.ingest_sources import load_tables, read_records
     tables = load_tables("preferences", "ingest.source")       # {"train": Table, "test": Table}
@@ -96,22 +98,30 @@ class Record:
 # --------------------------------------------------------------------------- loading
 
 
-def _locations(path: Path, n: int) -> list[str]:
-    """Where each of the ``n`` rows of a local file is: ``<path>:<line>`` (jsonl, csv),
-    ``<path>: array item <i>`` (a json array) or ``<path>: row <i>`` (parquet)."""
+def _counted(what: str, split: str, n: int) -> list[str]:
+    """``<what> <i> (prompt_id <split>-<i - 1>)`` for i = 1..n: rows and array items count
+    from 1 (``row 3`` is the third), the ``prompt_id`` ingest gives the row from 0, as
+    ``dataset[split][i - 1]`` indexes it; both are named so neither is mistaken for the other."""
+    return [f"{what} {i} (prompt_id {split}-{i - 1})" for i in range(1, n + 1)]
+
+
+def _locations(path: Path, n: int, split: str) -> list[str]:
+    """Where each of the ``n`` rows of split ``split``'s local file is: ``<path>:<line>``
+    (jsonl, csv: the file's line, as an editor counts it), ``<path>: array item <i> (prompt_id
+    <split>-<i - 1>)`` (a json array) or ``<path>: row <i> (prompt_id ...)`` (parquet)."""
     suffix = path.suffix.lower()
     found: list[str] = []
     if suffix in (".jsonl", ".json"):
         text = path.read_text(encoding="utf-8-sig")
         if suffix == ".json" and text.lstrip().startswith("["):
-            found = [f"{path}: array item {i}" for i in range(1, n + 1)]
+            found = [f"{path}: {item}" for item in _counted("array item", split, n)]
         else:
             found = [f"{path}:{i}" for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     elif suffix == ".csv":
         reader = csv.reader(path.read_text(encoding="utf-8-sig").splitlines(keepends=True))
         next(reader, None)
         found = [f"{path}:{reader.line_num}" for fields in reader if fields]
-    return found if len(found) == n else [f"{path}: row {i}" for i in range(1, n + 1)]
+    return found if len(found) == n else [f"{path}: {row}" for row in _counted("row", split, n)]
 
 
 def _rows(dataset) -> list[dict]:
@@ -153,7 +163,7 @@ def _load_files(files: dict[str, Path], parameter: str) -> dict[str, Table]:
         except Exception as err:  # noqa: BLE001 - any loader failure is a bad source file
             raise ValueError(f"{parameter}: {path}: cannot load ({first_line(err)})") from None
         rows = _rows(loaded)
-        tables[split] = Table(str(path), rows, _locations(path, len(rows)))
+        tables[split] = Table(str(path), rows, _locations(path, len(rows), split))
     return tables
 
 
@@ -165,7 +175,9 @@ def _load_dataset_dict(data, name: str) -> dict[str, Table]:
     tables = {}
     for split, ds in data.items():
         rows, where = _rows(ds), f"{name} split '{split}'"
-        tables[split] = Table(where, rows, [f"{where} row {i}" for i in range(1, len(rows) + 1)])
+        tables[split] = Table(
+            where, rows, [f"{where} {r}" for r in _counted("row", split, len(rows))]
+        )
     return tables
 
 
@@ -207,6 +219,17 @@ def load_tables(source: str, parameter: str) -> dict[str, Table]:
 # --------------------------------------------------------------------------- checking rows
 
 
+def _shown(value) -> str:
+    """A bad value as a message shows it: ``NaN`` for a float NaN, ``null (...)`` for None (a
+    missing value: pandas writes a NaN to parquet as null, so a NaN reward arrives as one),
+    else its repr."""
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if value is None:
+        return "null (a missing value, or a NaN that pandas wrote to parquet as null)"
+    return repr(value)
+
+
 def _text(value, where: str, field: str) -> str:
     if value is None:
         raise ValueError(f"{where}: field '{field}' is missing")
@@ -216,7 +239,7 @@ def _text(value, where: str, field: str) -> str:
             f"split has one format, told by its first row)"
         )
     if not isinstance(value, str):
-        raise ValueError(f"{where}: field '{field}' must be text, got {value!r}")
+        raise ValueError(f"{where}: field '{field}' must be text, got {_shown(value)}")
     if not value.strip():
         raise ValueError(f"{where}: field '{field}' is empty")
     return value
@@ -258,7 +281,9 @@ def ranked_record(row: dict, where: str) -> Record:
         )
     for k, r in enumerate(rewards):
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-            raise ValueError(f"{where}: field 'rewards[{k}]' must be a finite number, got {r!r}")
+            raise ValueError(
+                f"{where}: field 'rewards[{k}]' must be a finite number, got {_shown(r)}"
+            )
     fields = [f"completions[{k}]" for k in range(len(texts))]
     return Record(where, prompt, texts, [float(r) for r in rewards], None, fields)
 

@@ -4,7 +4,9 @@ against recall, with intervals.
 ``reports/reward_vs_entropy.png`` (reward against predictive entropy, with the original's
 quadratic fit through the sigmoid-loss divergence family) and ``reports/reward_vs_kl.png``, drawn
 from the rows :mod:`stages.report` aggregates and its per-seed rows; ``reports/precision_recall.png``
-from the quality rows of :mod:`stages.lib.report_quality`::
+from the quality rows of :mod:`stages.lib.report_quality`. Point labels never overlap: each
+goes to the first free place around its point (:func:`label_offsets`), so an external policy
+that lands on the SFT policy's point gets its label beside, not on top of, the SFT's::
 
     from stages.lib.report_plots import precision_recall_png, scatter_png
     scatter_png(rows, per_seed, "kl", Path("reports/reward_vs_kl.png"), "KL (nats/sequence)")
@@ -13,12 +15,14 @@ from the quality rows of :mod:`stages.lib.report_quality`::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from stages.lib.common import atomic_path
 from stages.lib.report_tables import EXTERNAL
+from stages.lib.tables import plural
 
 COLORS = {
     "reverse_kl": "tab:blue",
@@ -55,17 +59,89 @@ def _legend(ax, rows: list[dict], single_seed: bool = True) -> None:
     ax.legend(handles=handles, fontsize=7, loc="best")
 
 
+def _label_box(x: float, y: float, dx: float, dy: float, ha: str, width: float, height: float):
+    left = x + dx - (width if ha == "right" else 0.0)
+    return left, y + dy, left + width, y + dy + height  # the text's baseline at y + dy
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_offsets(
+    points: list[tuple[float, float]],
+    labels: list[str],
+    fontsize: float,
+    first: tuple[float, float] = (5, 4),
+) -> list[tuple[float, float, str]]:
+    """Per label, the offset of its text's baseline from its point (dx, dy, in typographic
+    points) and its horizontal alignment, so that no two labels overlap and each sits nearer
+    its own point than any other: the first of above right (``first``, where every label went
+    before), above left, below right, below left whose box (about 0.6 em per character,
+    1.2 em high) overlaps no label placed before it (in order) and the middle of whose side
+    next to its point is no nearer another point; else the first that overlaps no label; else
+    above right moved up a line at a time until free. ``points`` are where the points are
+    drawn, in typographic points (display units * 72 / dpi)."""
+    height = 1.2 * fontsize
+    dx, dy = first
+    places = [(dx, dy, "left"), (-dx, dy, "right")]
+    places += [(dx, -dy - height, "left"), (-dx, -dy - height, "right")]
+    placed: list[tuple] = []
+    out = []
+    for i, ((x, y), label) in enumerate(zip(points, labels, strict=True)):
+        width = 0.6 * fontsize * len(label)
+        others = [p for j, p in enumerate(points) if j != i]
+        stacked = [(dx, dy + k * height, "left") for k in range(1, len(points) + 1)]
+        free, own = [], []
+        for place in places + stacked:
+            box = _label_box(x, y, *place, width, height)
+            if not any(_overlap(box, other) for other in placed):
+                free.append(place)
+            # the middle of the label's side next to its point: no nearer another point
+            cx, cy = box[0] if place[2] == "left" else box[2], (box[1] + box[3]) / 2
+            mine = math.hypot(cx - x, cy - y)
+            if all(math.hypot(cx - ox, cy - oy) >= mine for ox, oy in others):
+                own.append(place)
+        place = next((p for p in places if p in free and p in own), None)
+        place = place or (free[0] if free else stacked[-1])
+        placed.append(_label_box(x, y, *place, width, height))
+        out.append(place)
+    return out
+
+
+def annotate_points(
+    ax,
+    points: list[tuple[float, float]],
+    labels: list[str],
+    fontsize: float,
+    first: tuple[float, float] = (5, 4),
+) -> None:
+    """Label the data ``points`` of ``ax`` so that no two labels overlap
+    (:func:`label_offsets`, from where the points are drawn now: call it once the axes limits
+    are final)."""
+    ax.get_xlim(), ax.get_ylim()  # settle the autoscaled limits before reading positions
+    scale = 72.0 / ax.figure.dpi
+    shown = [tuple(float(v) * scale for v in ax.transData.transform(p)) for p in points]
+    places = label_offsets(shown, labels, fontsize, first)
+    for point, label, (dx, dy, ha) in zip(points, labels, places, strict=True):
+        ax.annotate(
+            label, point, textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=fontsize
+        )
+
+
+def _label(r: dict) -> str:
+    return f"{r['policy']} (external)" if r["loss"] == EXTERNAL else r["policy"]
+
+
 def _bars(r: dict, key: str) -> list[list[float]]:
     return [[r[key] - r[f"{key}_lo"]], [r[f"{key}_hi"] - r[key]]]
 
 
-def scatter_png(
-    rows: list[dict], per_seed: list[dict], x: str, path: Path, xlabel: str, fit=None
-) -> None:
+def scatter_figure(rows: list[dict], per_seed: list[dict], x: str, xlabel: str, fit=None):
     """Aggregated reward against ``x``, both with their intervals as bars, single runs as faint
     dots, points labelled (external policies as ``<name> (external)``); optional fit (the
     original's figure). Policies without a reward (no reward model) are not drawn; with none
-    left the figure says that reward is not available."""
+    left the figure says that reward is not available. Returns the open figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +168,6 @@ def scatter_png(
             capsize=3,
             ms=7,
         )
-        label = f"{r['policy']} (external)" if r["loss"] == EXTERNAL else r["policy"]
-        ax.annotate(
-            label, (r[x], r["reward"]), textcoords="offset points", xytext=(5, 4), fontsize=8
-        )
     if all(r["reward"] is None for r in rows):
         ax.text(
             0.5,
@@ -117,17 +189,31 @@ def scatter_png(
             label="quadratic fit through the means (the original's figure):\n"
             "alpha family incl. reverse/forward KL",
         )
-    _legend(ax, rows)
     r0 = rows[0]
     ax.set_title(
-        f"mean over {r0['n_seeds']} seeds, 95% intervals over seeds and prompts; "
-        f"{r0['n_prompts']} eval prompts × {r0['n_samples']} samples, temperature 1",
+        f"mean over {plural(r0['n_seeds'], 'seed')}, 95% intervals over seeds and prompts; "
+        f"{plural(r0['n_prompts'], 'eval prompt')} × {plural(r0['n_samples'], 'sample')}, "
+        "temperature 1",
         fontsize=8,
     )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("reward (mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
+    fig.tight_layout()  # the axes' final size first: labels are placed where points are drawn
+    shown = [r for r in rows if r["reward"] is not None]
+    annotate_points(ax, [(r[x], r["reward"]) for r in shown], [_label(r) for r in shown], 8)
+    _legend(ax, rows)
     fig.tight_layout()
+    return fig
+
+
+def scatter_png(
+    rows: list[dict], per_seed: list[dict], x: str, path: Path, xlabel: str, fit=None
+) -> None:
+    """:func:`scatter_figure` saved as ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = scatter_figure(rows, per_seed, x, xlabel, fit)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -180,10 +266,8 @@ def precision_recall_png(rows: list[dict], layout, path: Path) -> None:
                     alpha=0.7,
                 )
                 ax.plot(row[r], row[p], marker, color=color, ms=6)
-                label = f"{row['policy']} (external)" if row["loss"] == EXTERNAL else row["policy"]
-                ax.annotate(
-                    label, (row[r], row[p]), textcoords="offset points", xytext=(4, 3), fontsize=6
-                )
+            points = [(row[r], row[p]) for row in rows]
+            annotate_points(ax, points, [_label(row) for row in rows], 6, first=(4, 3))
             ax.set_title(f"space {space}, reference set {ref}", fontsize=9)
             ax.set_xlabel("recall (mean over seeds, 95% CI)")
             ax.set_ylabel("precision (mean over seeds, 95% CI)")
@@ -193,8 +277,8 @@ def precision_recall_png(rows: list[dict], layout, path: Path) -> None:
         r0 = rows[0]
         fig.suptitle(
             f"precision against recall of the samples vs held-out human reviews: mean over "
-            f"{r0['n_seeds']} seeds, 95% intervals over seeds and prompts (recall: seeds and "
-            "reference points)",
+            f"{plural(r0['n_seeds'], 'seed')}, 95% intervals over seeds and prompts (recall: "
+            "seeds and reference points)",
             fontsize=9,
         )
     fig.tight_layout()

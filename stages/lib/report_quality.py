@@ -28,7 +28,7 @@ from stages.lib import paths
 from stages.lib.bootstrap import Resamples, interval
 from stages.lib.quality import FEATURE_SPACES, PRDC, REFERENCE_SETS, metric_name
 from stages.lib.runs import estimate, excludes_0, stack, stack_sets
-from stages.lib.tables import markdown_table
+from stages.lib.tables import markdown_table, number, plural
 
 #: What the spaces and reference sets are (the header of quality.md).
 SPACES = {
@@ -291,7 +291,7 @@ def quality_metrics(rows: list[dict], layout: Layout | None, agree: dict) -> dic
 
 
 def _ci(r: dict, m: str) -> str:
-    return f"{r[m]:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
+    return f"{number(r[m])} [{number(r[f'{m}_lo'])}, {number(r[f'{m}_hi'])}]"
 
 
 def _delta(r: dict, m: str, baseline: str) -> str:
@@ -335,7 +335,10 @@ def _spread_table(rows: list[dict], layout: Layout) -> list[str]:
     body = [
         [
             r["policy"],
-            *(f"{r[m]:.3f} ({r[f'{m}_min']:.3f}–{r[f'{m}_max']:.3f})" for m in layout.spread),
+            *(
+                f"{number(r[m])} ({number(r[f'{m}_min'])}–{number(r[f'{m}_max'])})"
+                for m in layout.spread
+            ),
         ]
         for r in rows
     ]
@@ -395,8 +398,9 @@ def quality_markdown(
     lines = [
         "# Quality and diversity",
         "",
-        f"Each policy's samples ({n_prompts} held-out prompts × {n_samples} samples per seed; "
-        f"seeds {', '.join(map(str, seeds))}) against reference sets of held-out human reviews "
+        f"Each policy's samples ({plural(n_prompts, 'held-out prompt')} × "
+        f"{plural(n_samples, 'sample')} per seed; {'seed' if len(seeds) == 1 else 'seeds'} "
+        f"{', '.join(map(str, seeds))}) against reference sets of held-out human reviews "
         f"in feature spaces. Spaces: {spaces}. Reference sets: {sets}.",
         "",
     ]
@@ -405,11 +409,11 @@ def quality_markdown(
             "## Precision, recall, density, coverage",
             "",
             "Mean over seeds; brackets: 95% interval of the two-level bootstrap over seeds and "
-            f"prompts ({n} resamples, the resamples of summary.md). Recall and coverage are "
-            "shares of the reference points hit by any prompt's samples: they resample the "
-            "seeds and the reference points instead (the prompts fixed: a union over a prompt "
-            "resample's ~63% distinct prompts is biased low), with the samples' k-NN radii "
-            "held at the full sample set (stages/lib/bootstrap.py). Δ: policy minus "
+            f"prompts ({plural(n, 'resample')}, the resamples of summary.md). Recall and "
+            "coverage are shares of the reference points hit by any prompt's samples: they "
+            "resample the seeds and the reference points instead (the prompts fixed: a union "
+            "over a prompt resample's ~63% distinct prompts is biased low), with the samples' "
+            "k-NN radii held at the full sample set (stages/lib/bootstrap.py). Δ: policy minus "
             f"{baseline} on the same seeds and prompts; `*`: its 95% interval excludes 0.",
             "",
             *_knn_tables(rows, layout, baseline),

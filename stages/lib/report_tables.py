@@ -16,7 +16,7 @@ import csv
 from pathlib import Path
 
 from stages.lib.common import atomic_path
-from stages.lib.tables import markdown_table
+from stages.lib.tables import markdown_table, number, plural
 
 #: The metrics aggregated with a bootstrap interval and a paired difference.
 ESTIMATES = ("reward", "gold", "entropy", "kl")
@@ -56,19 +56,20 @@ SEED_COLUMNS = (
 
 
 def _fmt(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
+    return "–" if v is None else number(v, digits)
 
 
 def _interval(r: dict, key: str) -> str:
     if r.get(key) is None:
         return NOT_AVAILABLE if key == "reward" else "–"
-    return f"{r[key]:.3f} [{r[key + '_lo']:.3f}, {r[key + '_hi']:.3f}]"
+    return f"{number(r[key])} [{number(r[key + '_lo'])}, {number(r[key + '_hi'])}]"
 
 
 def _range(r: dict) -> str:
     if r["val_accuracy"] is None:
         return "–"
-    return f"{r['val_accuracy']:.3f} ({r['val_accuracy_min']:.3f}–{r['val_accuracy_max']:.3f})"
+    lo, hi = number(r["val_accuracy_min"]), number(r["val_accuracy_max"])
+    return f"{number(r['val_accuracy'])} ({lo}–{hi})"
 
 
 def _policy_table(rows: list[dict]) -> list[str]:
@@ -151,18 +152,55 @@ def _reward_note(rows: list[dict]) -> list[str]:
     return lines
 
 
-def summary_markdown(rows: list[dict], fit, seeds: list[int], baseline: str, n: int) -> str:
-    """The Markdown summary: the policy table, the paired differences, the frontier fit."""
+def sft_warning(sft: dict | None, where: str = "metrics/sft.json") -> str | None:
+    """The summary's warning line when the ``sft`` stage's metrics (``where``; None: no file)
+    say its held-out perplexity is above the vocabulary size or ``sft.max_perplexity``
+    (``perplexity_warning``), naming the perplexity, the limit and what to do; else None."""
+    if not sft or sft.get("perplexity_warning") is not True:
+        return None
+    ppl, vocab, limit = sft.get("perplexity"), sft.get("vocab_size"), sft.get("max_perplexity")
+    if not isinstance(ppl, (int, float)):
+        return (
+            f"**Warning:** {where} flags the SFT policy's held-out perplexity (perplexity_warning)."
+        )
+    above = []
+    if isinstance(vocab, int) and ppl > vocab:
+        above.append(f"its vocabulary size {vocab} (worse than a uniform guess)")
+    if isinstance(limit, (int, float)) and ppl > limit:
+        above.append(f"`sft.max_perplexity` {limit:g}")
+    return (
+        f"**Warning:** the SFT policy's held-out perplexity is {ppl:.2f} ({where}), above "
+        f"{' and '.join(above) or 'its limit'}: it fits these texts poorly, and every policy "
+        "here starts from it; fine-tune it (more) on them (`sft.epochs`) or pick a model that "
+        "fits the data (`sft.model`)."
+    )
+
+
+def _seeds(seeds: list[int]) -> str:
+    """``seeds 0, 1, 2. Each value is the mean over the seeds of one run's metric``, or for one
+    seed ``seed 0. Each value is that run's metric``."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}. Each value is that run's metric"
+    listed = ", ".join(map(str, seeds))
+    return f"seeds {listed}. Each value is the mean over the seeds of one run's metric"
+
+
+def summary_markdown(
+    rows: list[dict], fit, seeds: list[int], baseline: str, n: int, warning: str | None = None
+) -> str:
+    """The Markdown summary: ``warning`` (:func:`sft_warning`) if any, the policy table, the
+    paired differences, the frontier fit."""
     r0 = rows[0]
     lines = [
         "# Evaluation summary",
         "",
-        f"{r0['n_prompts']} held-out prompts × {r0['n_samples']} samples per policy and seed, "
-        f"temperature 1; seeds {', '.join(map(str, seeds))}. Each value is the mean over the "
-        "seeds of one run's metric; brackets: 95% interval of a two-level bootstrap over seeds "
-        f"and prompts ({n} resamples; stages/report.py). Entropy: nats per generated token "
-        "(token-weighted); KL: nats per sequence; val accuracy: the align run's final "
-        "validation accuracy (mean, min–max over seeds).",
+        *([warning, ""] if warning else []),
+        f"{plural(r0['n_prompts'], 'held-out prompt')} × {plural(r0['n_samples'], 'sample')} "
+        f"per policy and seed, temperature 1; {_seeds(seeds)}; brackets: 95% interval of a "
+        f"two-level bootstrap over seeds and prompts ({plural(n, 'resample')}; "
+        "stages/report.py). Entropy: nats per generated token (token-weighted); KL: nats per "
+        "sequence; val accuracy: the align run's final validation accuracy (mean, min–max over "
+        "seeds).",
         "",
         *_policy_table(rows),
         "",

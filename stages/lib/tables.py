@@ -1,5 +1,6 @@
 """Tables: local table files (JSON Lines or JSON, csv, parquet), checked before ``datasets``
-reads them, and the Markdown tables the reports write (:func:`markdown_table`).
+reads them, and the Markdown tables the reports write (:func:`markdown_table`, with the
+number and count wording they share: :func:`number`, :func:`plural`).
 
 ``datasets.load_dataset`` reports a broken file as ``StopIteration`` or "An error occurred while
 generating the dataset", naming neither the problem nor the line. :func:`check_table` reads the
@@ -132,6 +133,23 @@ def _check_parquet(path: Path, columns: Sequence[str], where: str) -> int:
     if meta.num_rows == 0:
         raise ValueError(f"{where} is empty (no rows)")
     return meta.num_rows
+
+
+def number(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, a negative value that rounds to zero written as zero
+    (``-0.0002`` -> ``0.000``, not ``-0.000``: a KL of float noise is no negative KL). For the
+    unsigned columns of the reports; signed differences (``:+.3f``) keep their sign, which says
+    on which side of 0 an interval's end lies."""
+    text = f"{value:.{digits}f}"
+    if text.startswith("-") and float(text) == 0:
+        return text[1:]
+    return text
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``n`` and ``noun``, in the plural (``nouns``, default ``noun + "s"``) unless ``n`` is 1:
+    ``plural(1, "seed")`` -> ``1 seed``, ``plural(3, "seed")`` -> ``3 seeds``."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def markdown_table(head: list[str], lines: list[list[str]]) -> list[str]:
