@@ -222,10 +222,14 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
 
 
 def summarize(cfg: TrainConfig, loss: LossConfig, name, history, evals, train, val, result) -> dict:
-    """Flat metrics of a finished run (what ``dvc metrics show`` compares; no timings)."""
+    """Flat metrics of a finished run (what ``dvc metrics show`` compares; no timings). The
+    loss's ``margin`` and ``sft_reduction`` are recorded only where they act (slic_hf; an SFT
+    term), so the metrics of the other variants keep their keys."""
     windows = [h for h in history if "train_loss" in h]
     last, final = (windows[-1] if windows else {}), (evals[-1] if evals else {})
     best = max(evals, key=lambda h: h["eval_accuracy"]) if evals else {}
+    extra = {"margin": loss.margin} if loss.margin is not None else {}
+    extra.update({"sft_reduction": loss.sft_reduction} if loss.sft_weight else {})
     return {
         "variant": name,
         "loss": loss.loss,
@@ -234,6 +238,7 @@ def summarize(cfg: TrainConfig, loss: LossConfig, name, history, evals, train, v
         "alpha": loss.alpha,
         "sft_weight": loss.sft_weight,
         "label_smoothing": loss.label_smoothing,
+        **extra,
         "curriculum": cfg.curriculum,
         "learning_rate": cfg.learning_rate,
         "epochs": cfg.epochs,

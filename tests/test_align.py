@@ -285,7 +285,7 @@ def _set(params: dict, dotted: str, value) -> dict:
             "align.variants.dpo.loss",
             "logistic",
             "params: align.variants.dpo.loss: must be one of sigmoid, hinge, ipo, robust, "
-            "sigmoid_norm, apo_zero, plackett_luce, rrhf, got 'logistic'",
+            "sigmoid_norm, apo_zero, slic_hf, plackett_luce, rrhf, got 'logistic'",
         ),
         ("jsd", "align.variants.jsd.divergence", "tv", "params: align.variants.jsd.divergence: "),
         (
@@ -667,7 +667,8 @@ def _same_tree(cmp) -> bool:
 NEW_VARIANTS = {
     "pl": {"loss": "plackett_luce", "divergence": "reverse_kl", "beta": 0.3},
     "rrhf": {"loss": "rrhf", "sft_weight": 1.0},
-    "slic": {"loss": "hinge", "divergence": "reverse_kl", "beta": 0.3, "sft_weight": 0.5},
+    "rso-hinge-sft": {"loss": "hinge", "divergence": "reverse_kl", "beta": 0.3, "sft_weight": 0.5},
+    "slic-hf": {"loss": "slic_hf", "margin": 1.0, "sft_weight": 0.5},
     "robust": {"loss": "robust", "divergence": "jsd", "beta": 0.3, "label_smoothing": 0.1},
 }
 
@@ -694,6 +695,10 @@ def test_new_loss_variants_train_and_lower_their_loss(project, variant):
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_margin"):
         assert math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    # margin and sft_reduction are recorded only where they act
+    assert metrics.get("margin") == NEW_VARIANTS[variant].get("margin")
+    reduction = {"rrhf": "sum", "slic-hf": "sum", "rso-hinge-sft": "mean"}.get(variant)
+    assert metrics.get("sft_reduction") == reduction
 
 
 def _one_completion(rows: list[dict], index: int) -> list[dict]:
@@ -727,11 +732,30 @@ def _one_completion(rows: list[dict], index: int) -> list[dict]:
             "params: align.variants.robust.label_smoothing: must be in [0, 0.5), got 0.5",
         ),
         (
-            "slic",
-            "align.variants.slic.label_smoothing",
+            "rso-hinge-sft",
+            "align.variants.rso-hinge-sft.label_smoothing",
             0.1,
-            "params: align.variants.slic.label_smoothing: only used by losses sigmoid, robust, "
-            "not 'hinge': remove it, got 0.1",
+            "params: align.variants.rso-hinge-sft.label_smoothing: only used by losses sigmoid, "
+            "robust, not 'hinge': remove it, got 0.1",
+        ),
+        (
+            "slic-hf",
+            "align.variants.slic-hf.margin",
+            0,
+            "params: align.variants.slic-hf.margin: must be a finite number > 0, got 0.0",
+        ),
+        (
+            "slic-hf",
+            "align.variants.slic-hf.beta",
+            0.3,
+            "params: align.variants.slic-hf.beta: not used by loss 'slic_hf' (it compares summed "
+            "policy log-probs, without reference or score; its margin is `margin`): remove it",
+        ),
+        (
+            "rrhf",
+            "align.variants.rrhf.sft_reduction",
+            "tokens",
+            "params: align.variants.rrhf.sft_reduction: must be one of mean, sum, got 'tokens'",
         ),
         (
             "pl",

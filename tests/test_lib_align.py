@@ -602,17 +602,20 @@ def test_pairwise_losses_are_unchanged_by_the_grouped_path(tiny_lm_dir, lm, item
     "cfg",
     [
         LossConfig("plackett_luce", "jsd", 0.3),
-        LossConfig("rrhf", sft_weight=0.5),
+        LossConfig("rrhf", sft_weight=0.5),  # sft_reduction sum: the paper's L_ft
+        LossConfig("rrhf", sft_weight=0.5, sft_reduction="mean"),
         LossConfig("hinge", "reverse_kl", 0.3, sft_weight=0.5),
+        LossConfig("slic_hf", margin=2.0, sft_weight=0.5),  # sum
     ],
-    ids=lambda c: c.loss,
+    ids=lambda c: f"{c.loss}-{c.sft_reduction}",
 )
 def test_grouped_listwise_and_sft_loss_match_one_prompt_at_a_time(
     tiny_lm_dir, lm, items, cfg, torch_one_thread
 ):
     """The batch objective is the mean over prompts (listwise) or pairs (pairwise) plus λ·the
-    pooled per-token NLL of the prompts' best completions; computed prompt by prompt from
-    separate forwards it gives the same value and gradient."""
+    NLL of the prompts' best completions, pooled per token (``sft_reduction`` mean) or summed
+    per completion and averaged over the prompts (sum); computed prompt by prompt from separate
+    forwards it gives the same value and gradient."""
     from stages.lib.losses import best_rows, jsd_score, plackett_luce_loss, rrhf_rank_loss
 
     _, tokenizer = lm
@@ -650,11 +653,12 @@ def test_grouped_listwise_and_sft_loss_match_one_prompt_at_a_time(
         best = best_rows(batch["groups"], rewards)
         nll = nll - logps[best].sum()
         tokens += float(n[best].sum())
-    reference = torch.cat(per_prompt).mean() + cfg.sft_weight * nll / tokens
+    sft = nll / tokens if cfg.sft_reduction == "mean" else nll / len(ranked)
+    reference = torch.cat(per_prompt).mean() + cfg.sft_weight * sft
     reference.backward()
     assert torch.allclose(out.loss, reference, rtol=1e-5, atol=1e-6)
     if cfg.sft_weight:
-        assert torch.allclose(out.sft, (nll / tokens).detach(), rtol=1e-5)
+        assert torch.allclose(out.sft, sft.detach(), rtol=1e-5)
     for g, p in zip(grads, model.parameters()):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
 

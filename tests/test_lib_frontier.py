@@ -70,6 +70,24 @@ def test_family_names_are_slugs():
     )
 
 
+def test_family_names_of_slic_hf_and_the_sft_reductions():
+    """δ names a SLiC-HF family; the SFT reduction only where it is not the loss's default
+    (sum for slic_hf and rrhf, mean otherwise), so the existing families keep their names."""
+    slic = _s(loss="slic_hf", divergence=None, beta=None, margin=1.0, sft_weight=1.0)
+    assert family_name({**slic, "sft_reduction": "sum"}) == "slic_hf-margin1-sft1"
+    assert family_name({**slic, "sft_reduction": "mean"}) == "slic_hf-margin1-sft1-mean"
+    rrhf = _s(loss="rrhf", divergence=None, beta=None, sft_weight=1.0)
+    assert family_name({**rrhf, "sft_reduction": "sum"}) == "rrhf-sft1"
+    assert family_name({**rrhf, "sft_reduction": "mean"}) == "rrhf-sft1-mean"
+    assert family_name(_s(sft_weight=1.0, sft_reduction="mean")) == "sigmoid-reverse_kl-sft1"
+    assert family_name(_s(sft_weight=1.0, sft_reduction="sum")) == "sigmoid-reverse_kl-sft1-sum"
+    assert family_name(_s(sft_reduction="mean")) == "sigmoid-reverse_kl"  # no SFT term
+    fams = group_families(
+        {"rrhf": {**rrhf, "sft_reduction": "sum"}, "rrhf-mean": {**rrhf, "sft_reduction": "mean"}}
+    )
+    assert [f.name for f in fams] == ["rrhf-sft1", "rrhf-sft1-mean"]
+
+
 # --------------------------------------------------------------------------- pareto
 
 

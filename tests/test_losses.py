@@ -426,7 +426,7 @@ def _where(key: str) -> str:
         (
             {"loss": "dpo", "divergence": "reverse_kl", "beta": 0.1},
             "params: align.common.loss: must be one of sigmoid, hinge, ipo, robust, sigmoid_norm, "
-            "apo_zero, plackett_luce, rrhf, got 'dpo'",
+            "apo_zero, slic_hf, plackett_luce, rrhf, got 'dpo'",
         ),
         (
             {"loss": "sigmoid", "beta": 0.1},
@@ -455,7 +455,7 @@ def _where(key: str) -> str:
         (
             {"loss": "sigmoid", "divergence": "reverse_kl", "beta": 0.1, "tau": 1},
             "params: align.variants.dpo.tau: not a known key (known: loss, divergence, beta, alpha, "
-            "sft_weight, label_smoothing)",
+            "sft_weight, label_smoothing, margin, sft_reduction)",
         ),
     ],
 )

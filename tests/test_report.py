@@ -305,7 +305,7 @@ def test_labels_are_read_like_the_align_stage():
         (
             lambda a: a["variants"]["dpo"].update(loss="logistic"),
             "params: align.variants.dpo.loss: must be one of sigmoid, hinge, ipo, robust, "
-            "sigmoid_norm, apo_zero, plackett_luce, rrhf, got 'logistic'",
+            "sigmoid_norm, apo_zero, slic_hf, plackett_luce, rrhf, got 'logistic'",
         ),
         (
             lambda a: a["variants"]["dpo"].update(beta=-1.0),

@@ -104,7 +104,16 @@ def test_read_variants_checks_every_name_in_params_order():
 
 
 def test_loss_keys_are_the_loss_config_fields():
-    assert LOSS_KEYS == ("loss", "divergence", "beta", "alpha", "sft_weight", "label_smoothing")
+    assert LOSS_KEYS == (
+        "loss",
+        "divergence",
+        "beta",
+        "alpha",
+        "sft_weight",
+        "label_smoothing",
+        "margin",
+        "sft_reduction",
+    )
 
 
 @pytest.mark.parametrize("module", ["stages.report", "stages.frontier", "stages.lib.variants"])

@@ -14,9 +14,9 @@ writes the tables and plots::
 
 **Families.** A family is every variant whose settings agree in everything but β: the loss
 settings of :class:`stages.lib.variants.LossConfig` (loss, divergence, alpha, sft_weight,
-label_smoothing) and the prompt order ``curriculum`` (a curriculum run is another method, not
-another point of DPO's curve). Other training overrides (learning rate, epochs) are tuning of a
-point and do not split a family. Its points, ordered by KL, form the family's β curve.
+label_smoothing, margin, sft_reduction) and the prompt order ``curriculum`` (a curriculum run is
+another method, not another point of DPO's curve). Other training overrides (learning rate,
+epochs) are tuning of a point and do not split a family. Its points, ordered by KL, form the family's β curve.
 
 **Matched KL.** At a KL level L, a family's value is read off its curve of seed-mean points
 (one per variant), piecewise linear in KL between the two points whose KL brackets L, the points
@@ -44,7 +44,7 @@ import numpy as np
 
 from stages.lib.bootstrap import interval
 from stages.lib.runs import Run, excludes_0
-from stages.lib.variants import LOSS_KEYS, read_variants
+from stages.lib.variants import LOSS_KEYS, default_sft_reduction, read_variants
 
 #: Settings that define a family besides the loss (all of them, minus β, define it).
 FAMILY_EXTRA = ("curriculum",)
@@ -80,17 +80,33 @@ def _num(v) -> str:
 
 def family_name(settings: dict) -> str:
     """A slug of a family's settings: ``sigmoid-reverse_kl``, ``sigmoid-alpha-0_3``,
-    ``sigmoid-reverse_kl-sft1-easy_to_hard``; no dots, so it is a dvc metrics key."""
+    ``sigmoid-reverse_kl-sft1-easy_to_hard``, ``slic_hf-margin1-sft1``, ``rrhf-sft1-mean`` (an
+    SFT reduction other than the loss's default); no dots, so it is a dvc metrics key."""
     parts = [settings["loss"]]
     if settings.get("divergence"):
         parts.append(settings["divergence"])
     if settings.get("alpha") is not None:
         parts.append(_num(settings["alpha"]))
+    if settings.get("margin") is not None:
+        parts.append(f"margin{_num(settings['margin'])}")
     if settings.get("sft_weight"):
         parts.append(f"sft{_num(settings['sft_weight'])}")
+        reduction = settings.get("sft_reduction")
+        if reduction and reduction != default_sft_reduction(settings["loss"]):
+            parts.append(str(reduction))
     if settings.get("label_smoothing"):
         parts.append(f"ls{_num(settings['label_smoothing'])}")
-    known = {"loss", "divergence", "alpha", "sft_weight", "label_smoothing", "curriculum", "beta"}
+    known = {
+        "loss",
+        "divergence",
+        "alpha",
+        "margin",
+        "sft_weight",
+        "sft_reduction",
+        "label_smoothing",
+        "curriculum",
+        "beta",
+    }
     for key in sorted(settings):
         if key not in known and settings[key] not in (None, 0, 0.0, False):
             parts.append(f"{key}{_num(settings[key])}")

@@ -11,8 +11,13 @@ References (equation numbers where we are sure of them, otherwise the named obje
 * DPO   — Rafailov et al. 2023, arXiv 2305.18290, Eq. 7 (loss), Eq. 5 (implicit reward β·r).
 * f-DPO — Wang et al. 2023, arXiv 2309.16240, Table 1 (f′ per divergence) and the f-DPO loss,
   i.e. DPO's Eq. 7 with r replaced by f′(π/π_ref).
-* SLiC-HF — Zhao et al. 2023, arXiv 2305.10425 (rank-calibration hinge loss);
-  RSO — Liu et al. 2023, arXiv 2309.06657 ("hinge-norm" loss on log π/π_sft).
+* RSO   — Liu et al. 2023, arXiv 2309.06657: the normalised hinge ("hinge-norm") max(0, 1 - β·Δ)
+  on reference log-ratios, Δ = r_w - r_l: ``loss: hinge`` (trl ``hinge``). SLiC's hinge with
+  log π replaced by log π/π_sft and the margin by 1/β; it is not SLiC-HF as published.
+* SLiC-HF — Zhao et al. 2023, arXiv 2305.10425, the SLiC-HF loss of Section 2 (rank
+  calibration plus cross-entropy regularisation): max(0, δ - log π(y+|x) + log π(y-|x)) -
+  λ·log π(y_ref|x) on the policy's summed log-probs, no reference model: ``loss: slic_hf``
+  (margin δ, λ = ``sft_weight`` on the summed NLL). Not in trl.
 * IPO   — Azar et al. 2023, arXiv 2310.12036, Eq. 17 (sampled IPO loss, τ ≡ β).
 * cDPO  — Mitchell 2023, "A note on DPO with noisy preferences and relationship to IPO" (the
   DPO loss on labels smoothed by ε); robust DPO — Chowdhury et al. 2024, arXiv 2403.00409
@@ -26,9 +31,14 @@ References (equation numbers where we are sure of them, otherwise the named obje
   LiPO, Liu et al. 2024, arXiv 2402.01878 (listwise DPO, "DPO_PL"). Not in trl.
 * RRHF  — Yuan et al. 2023, arXiv 2304.05302: Eq. 1 (length-normalised log-prob p_i), Eq. 2
   (ranking loss), Eq. 3 (SFT loss on the best response), Eq. 4 (their sum). Not in trl.
-* SFT term — SLiC-HF's cross-entropy regulariser λ·(-log π(y_ref|x)) and RPO (Pang et al. 2024,
-  arXiv 2404.19733, DPO + NLL); trl's ``["sigmoid", "sft"]`` with ``loss_weights``. The target
-  is each prompt's best-ranked completion; normalised as trl: per-token mean NLL over the batch.
+* SFT term — λ·NLL of each prompt's best-ranked completion, added to any loss: SLiC-HF's
+  cross-entropy regulariser λ·(-log π(y_ref|x)), RRHF's L_ft (Eq. 3) and RPO's NLL (Pang et al.
+  2024, arXiv 2404.19733, DPO + NLL); trl's ``["sigmoid", "sft"]`` with ``loss_weights``.
+  ``sft_reduction`` says how the NLL is reduced: ``sum`` over the target's tokens (the sequence
+  NLL, averaged over the prompts: SLiC-HF, RRHF; the default of slic_hf and rrhf) or ``mean``
+  per token, pooled over the batch's targets (trl's ``sft``; the default of every other loss).
+  On the demo a target has 41 tokens on average, so λ weighs the NLL 41 times more under
+  ``sum``.
 
 What each loss converges to (population optimum; checked in ``tests/test_losses_theory.py`` on a
 tabular policy π over N responses of one prompt, labels from Bradley-Terry P(i ≻ j) = σ(r*_i -
@@ -75,9 +85,12 @@ r*_j), each pair {i, j} drawn with a weight w_ij > 0). Write ρ = log π/π_ref 
 * rrhf — zero-margin hinge on p = log π/|y| with no reference: any π whose p are ordered like
   the rewards has zero ranking loss (no unique minimiser, nothing anchors π to π_ref); with the
   SFT term π(best) → 1 (the infimum, not attained).
+* slic_hf — the hinge on log π(y_w) - log π(y_l) with margin δ and no reference: any π whose
+  preferred pairs all have a log-prob margin ≥ δ has zero calibration loss (no unique
+  minimiser, nothing anchors π to π_ref); with the SFT term π(y_ref) → 1 (the infimum).
 * the SFT term λ·NLL(best) added to any loss — no closed form: λ = 0 gives the loss's own
-  optimum, and π(best) rises with λ towards 1 (hinge + SFT = SLiC-HF: the hinge is zero on a
-  set, so the SFT term alone decides, π → δ_best).
+  optimum, and π(best) rises with λ towards 1 (hinge + SFT: the hinge is zero on a set, so the
+  SFT term alone decides, π → δ_best).
 
 Numerical stability. Every value and gradient is finite in float32 for |r| up to 1e4: log σ and
 softplus are used in log space, and the exponentials of the forward-KL and α scores go through
@@ -101,11 +114,13 @@ Usage::
     # each prompt's rows [G, K] (-1 padding) and the rewards [N]
     config = LossConfig("plackett_luce", "jsd", beta=0.3, sft_weight=0.1)
     out = batch_loss(logps, ref_logps, n_tokens, chosen, rejected, config, groups, rewards)
+    slic_hf = LossConfig("slic_hf", margin=1.0, sft_weight=1.0)   # SLiC-HF: summed NLL
 
-In ``params.yaml`` the same keys (loss, divergence, beta, alpha, sft_weight, label_smoothing)
-live in ``align.variants.<name>`` (or ``align.common``); :class:`LossConfig`, the constants that
-name the losses and divergences (``LOSSES``, ``DIVERGENCES``, ...) and the reading of a variant's
-settings live in the torch-free :mod:`stages.lib.variants`.
+In ``params.yaml`` the same keys (loss, divergence, beta, alpha, sft_weight, label_smoothing,
+margin, sft_reduction) live in ``align.variants.<name>`` (or ``align.common``);
+:class:`LossConfig`, the constants that name the losses and divergences (``LOSSES``,
+``DIVERGENCES``, ...) and the reading of a variant's settings live in the torch-free
+:mod:`stages.lib.variants`.
 """
 
 from __future__ import annotations
@@ -232,11 +247,24 @@ def robust_loss(delta: Tensor, beta: float, epsilon: float) -> Tensor:
 
 
 def hinge_loss(delta: Tensor, beta: float) -> Tensor:
-    """Hinge loss max(0, 1 - β Δ).
+    """Hinge loss max(0, 1 - β Δ): RSO's normalised hinge ("hinge-norm", Liu et al. 2023, arXiv
+    2309.06657) for Δ = r_w - r_l on reference log-ratios (trl's ``hinge``).
 
-    SLiC-HF calibration loss (Zhao et al. 2023) in the normalized form of RSO (Liu et al. 2023).
+    SLiC's calibration hinge with log π replaced by log π/π_sft and the margin δ by 1/β, scaled by
+    β; not SLiC-HF as published, which is reference-free (:func:`slic_hf_loss`).
     """
     return torch.relu(1.0 - beta * delta)
+
+
+def slic_hf_loss(policy_w: Tensor, policy_l: Tensor, margin: float) -> Tensor:
+    """SLiC-HF's rank-calibration loss max(0, δ - log π(y_w|x) + log π(y_l|x)) (Zhao et al. 2023,
+    arXiv 2305.10425, the SLiC-HF loss of Section 2 without its regulariser, which
+    :func:`batch_loss` adds as λ·:func:`sft_nll_sum`).
+
+    Reference-free: it acts on the policy's summed completion log-probs themselves, with the
+    margin δ in nats. Finite (with a finite gradient) for any finite input.
+    """
+    return torch.relu(margin - (policy_w - policy_l))
 
 
 def ipo_loss(delta_mean: Tensor, beta: float) -> Tensor:
@@ -303,17 +331,32 @@ def rrhf_rank_loss(scores: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
 
 
 def sft_nll(policy_logps: Tensor, n_tokens: Tensor) -> Tensor:
-    """Per-token negative log-likelihood of the SFT targets, pooled: -Σ log π(y) / Σ |y|.
+    """Per-token negative log-likelihood of the SFT targets, pooled: -Σ log π(y) / Σ |y|
+    (``sft_reduction: mean``).
 
-    The cross-entropy term of SLiC-HF (Zhao et al. 2023, arXiv 2305.10425: L = max(0, δ - log
-    π(y+|x) + log π(y-|x)) - λ·log π(y_ref|x)), of RPO (Pang et al. 2024, arXiv 2404.19733:
-    L_DPO + α·L_NLL) and RRHF's L_ft (Yuan et al. 2023, Eq. 3; L = L_rank + L_ft, their Eq. 4),
-    normalised as trl's ``sft`` loss: the mean NLL over all target tokens of the batch, so the
-    weight λ means the same thing for every loss. (SLiC-HF and RRHF sum over tokens: their λ
-    is ours divided by the target length.) ``policy_logps`` are summed completion log-probs [T].
+    Normalised as trl's ``sft`` loss (the mean NLL over all target tokens of the batch) and as
+    RPO's length-normalised NLL (Pang et al. 2024, arXiv 2404.19733: L_DPO + α·L_NLL, L_NLL
+    divided by the target's length). Not SLiC-HF's or RRHF's term, which sum over the tokens
+    (:func:`sft_nll_sum`): under this reduction their λ is divided by the target length (41 on
+    average on the demo). ``policy_logps`` are summed completion log-probs [T].
     """
     dtype = torch.promote_types(policy_logps.dtype, torch.float32)
     return -policy_logps.to(dtype).sum() / n_tokens.to(dtype).sum().clamp(min=1.0)
+
+
+def sft_nll_sum(policy_logps: Tensor) -> Tensor:
+    """Sequence negative log-likelihood of the SFT targets, averaged over them: -mean_t log π(y_t)
+    with each log π(y_t) summed over the target's tokens (``sft_reduction: sum``).
+
+    The cross-entropy regulariser -log π(y_ref|x) of SLiC-HF (Zhao et al. 2023, arXiv
+    2305.10425, Section 2) and RRHF's L_ft = -Σ_t log P(y_t|x, y_<t) of the best response (Yuan
+    et al. 2023, Eq. 3; L = L_rank + L_ft, Eq. 4), one target per prompt, averaged over the
+    batch's prompts like the rest of the loss. ``policy_logps`` are summed completion log-probs
+    [T]. (Per pair, SLiC-HF counts a prompt's target once per pair: the same objective whenever
+    every prompt of the batch has as many pairs, as with first-round or all pairs and no ties.)
+    """
+    dtype = torch.promote_types(policy_logps.dtype, torch.float32)
+    return -policy_logps.to(dtype).mean()
 
 
 # --------------------------------------------------------------------------- output
@@ -324,11 +367,12 @@ class PreferenceLossOutput:
     """Losses (with grad) and the detached implicit rewards of the pairs, for logging (margin =
     chosen - rejected, accuracy = margin > 0): β·r (DPO Eq. 5) for sigmoid, hinge, robust,
     apo_zero and plackett_luce; β·r/|y| (the per-token mean log-ratio the loss acts on) for ipo
-    and sigmoid_norm; p = log π/|y| (RRHF's own score, no reference) for rrhf.
+    and sigmoid_norm; p = log π/|y| (RRHF's own score, no reference) for rrhf; the summed log π
+    (SLiC-HF's own score, no reference, no β) for slic_hf.
 
     ``losses`` is [P] (one per pair) for pairwise losses and [G] (one per prompt) for listwise
     ones (``listwise``), the SFT term λ·``sft`` already added to each; ``sft`` is the detached
-    per-token NLL of the SFT targets (None when ``sft_weight`` is 0)."""
+    NLL of the SFT targets, reduced as ``sft_reduction`` says (None when ``sft_weight`` is 0)."""
 
     losses: Tensor
     chosen_rewards: Tensor
@@ -357,9 +401,10 @@ def preference_loss(
     """Per-pair preference loss from summed completion log-probs, all tensors of shape [P]
     (a pairwise loss; no SFT term, which needs the prompts: see :func:`batch_loss`).
 
-    ``policy_*`` carry the gradient, ``ref_*`` are the (no-grad) SFT log-probs, ``len_*`` the
-    completion token counts (only IPO and sigmoid_norm use them; clamped to ≥ 1). Half-precision
-    inputs are computed in float32. Rewards are β·r from the summed log-ratios for sigmoid,
+    ``policy_*`` carry the gradient, ``ref_*`` are the (no-grad) SFT log-probs (slic_hf ignores
+    them), ``len_*`` the completion token counts (only IPO and sigmoid_norm use them; clamped to
+    ≥ 1). Half-precision inputs are computed in float32. Rewards are the summed log π for
+    slic_hf, β·r from the summed log-ratios for sigmoid,
     hinge, robust and apo_zero, and β·r/|y| for IPO and sigmoid_norm, whose losses see only
     per-token means, so that the logged margin and accuracy are the loss's (the IPO margin's
     target is β·1/(2β) = 1/2; τ·log π/π_ref is also the scale of the paper's optimum π ∝
@@ -370,6 +415,9 @@ def preference_loss(
     if loss not in PAIRWISE:
         raise ValueError(f"loss: {loss!r} is listwise: use batch_loss")
     dtype = torch.promote_types(policy_w.dtype, torch.float32)
+    if loss == "slic_hf":  # reference-free: the policy's own log-probs
+        pw, pl = policy_w.to(dtype), policy_l.to(dtype)
+        return PreferenceLossOutput(slic_hf_loss(pw, pl, config.margin), pw.detach(), pl.detach())
     r_w = policy_w.to(dtype) - ref_w.to(dtype)
     r_l = policy_l.to(dtype) - ref_l.to(dtype)
     if loss in ("ipo", "sigmoid_norm"):
@@ -423,8 +471,9 @@ def batch_loss(
     best-ranked completion (:func:`best_rows`; with one pair per prompt, the pair's chosen one,
     as trl). Pairwise losses give :func:`preference_loss` of the pairs; listwise ones one loss
     per prompt (:func:`plackett_luce_loss` on u = β·s(r), :func:`rrhf_rank_loss` on
-    p = log π/|y|) with the pairs' rewards for logging. λ·:func:`sft_nll` is added to every
-    entry of ``losses``, so ``loss`` is the objective.
+    p = log π/|y|) with the pairs' rewards for logging. λ·:func:`sft_nll_sum` (``sft_reduction:
+    sum``) or λ·:func:`sft_nll` (``mean``) is added to every entry of ``losses``, so ``loss`` is
+    the objective.
     """
     loss, beta = config.loss, config.beta
     n = n_tokens.clamp(min=1)
@@ -461,7 +510,10 @@ def batch_loss(
         if groups is None or rewards is None:
             raise ValueError("sft_weight: the SFT term needs the prompts and rewards")
         target = best_rows(groups, rewards)
-        sft = sft_nll(policy_logps[target], n_tokens[target])
+        if config.sft_reduction == "sum":
+            sft = sft_nll_sum(policy_logps[target])
+        else:
+            sft = sft_nll(policy_logps[target], n_tokens[target])
         losses = losses + config.sft_weight * sft
         sft = sft.detach()
     return PreferenceLossOutput(

@@ -13,7 +13,8 @@ and ``frontier`` read variants without importing the loss functions (:mod:`stage
     dpo.loss()                                  # LossConfig, errors naming the key where it was set
     for name, variant in read_variants(params).items(): ...   # every variant, params order
 
-The same keys (loss, divergence, beta, alpha, sft_weight, label_smoothing) may live in
+The same keys (loss, divergence, beta, alpha, sft_weight, label_smoothing, margin,
+sft_reduction) may live in
 ``align.variants.<name>`` or ``align.common``; :func:`read_loss_config` builds a
 :class:`LossConfig` from such a mapping with errors naming the key. The training keys
 (:class:`stages.lib.align.TrainConfig`) are read by the align stage from
@@ -32,15 +33,27 @@ from dataclasses import dataclass
 from stages.lib.config import param, positive_finite, read_mapping
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd", "alpha")
-PAIRWISE = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm", "apo_zero")
+PAIRWISE = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm", "apo_zero", "slic_hf")
 LISTWISE = ("plackett_luce", "rrhf")
 LOSSES = PAIRWISE + LISTWISE
 #: Losses defined on the log-ratio itself (not an f′ score): reverse KL only.
 REVERSE_KL_ONLY = ("ipo", "sigmoid_norm", "apo_zero")
-#: Losses on policy log-probs alone: no reference, no divergence, no β.
-NO_REFERENCE = ("rrhf",)
+#: Losses on policy log-probs alone: no reference, no divergence, no β (what each one acts on).
+NO_REFERENCE = {
+    "rrhf": "it ranks length-normalised policy log-probs, without reference or score",
+    "slic_hf": "it compares summed policy log-probs, without reference or score; its margin is "
+    "`margin`",
+}
 #: Losses that take a label-smoothing ε (cDPO for sigmoid, robust DPO).
 SMOOTHED = ("sigmoid", "robust")
+#: Losses that take a margin δ (SLiC-HF's calibration margin, in nats of log π).
+MARGIN = ("slic_hf",)
+#: How the SFT term reduces the NLL of each prompt's target: ``sum`` over its tokens (the
+#: sequence NLL, averaged over the prompts: SLiC-HF's -log π(y_ref|x), RRHF's L_ft) or ``mean``
+#: per token, pooled over the batch's targets (trl's ``sft`` loss; RPO's length-normalised NLL).
+SFT_REDUCTIONS = ("mean", "sum")
+#: The SFT reduction of a loss whose paper sums the NLL over tokens; every other loss: ``mean``.
+SUMMED_SFT = ("slic_hf", "rrhf")
 
 ALPHA_RANGE = (
     "in the open interval (0, 1) (use divergence 'reverse_kl' for alpha -> 0, "
@@ -60,6 +73,12 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def default_sft_reduction(loss: str) -> str:
+    """The SFT term's reduction of ``loss`` when ``sft_reduction`` is not set: its paper's
+    (``sum`` for slic_hf and rrhf, ``mean`` otherwise)."""
+    return "sum" if loss in SUMMED_SFT else "mean"
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """The loss of a variant, validated once when built (``ValueError`` naming the field).
@@ -71,25 +90,28 @@ class LossConfig:
     log-ratio margin itself onto 1/(2τ), sigmoid_norm averages the log-ratio over tokens and
     APO-zero anchors each log-ratio at 0, and no paper derives these on f′ scores (trl allows
     some; we do not). RRHF ranks policy log-probs with no reference: it takes neither a
-    divergence nor β. ``label_smoothing`` ε is used by sigmoid (cDPO) and robust only;
-    ``sft_weight`` λ adds λ·:func:`stages.lib.losses.sft_nll` of each prompt's best-ranked
-    completion to any loss.
+    divergence nor β; nor does slic_hf (SLiC-HF as published: a hinge with margin ``margin`` δ
+    on the policy's own log-prob margin; the ``hinge`` loss is RSO's normalised hinge on
+    reference log-ratios). ``label_smoothing`` ε is used by sigmoid (cDPO) and robust only;
+    ``sft_weight`` λ adds λ times the NLL of each prompt's best-ranked completion to any loss,
+    reduced as ``sft_reduction`` says (:data:`SFT_REDUCTIONS`; unset: :func:`default_sft_reduction`
+    of the loss, which is what the field holds once built).
     """
 
     loss: str = param(
-        "loss: sigmoid, hinge, ipo, robust, sigmoid_norm, apo_zero (pairwise); "
+        "loss: sigmoid, hinge, ipo, robust, sigmoid_norm, apo_zero, slic_hf (pairwise); "
         "plackett_luce, rrhf (listwise)",
         check=lambda v: v in LOSSES,
         must=f"one of {', '.join(LOSSES)}",
     )
-    divergence: str = param(  # None: only for rrhf (checked in __post_init__)
-        "score s(r): reverse_kl r, forward_kl -e^-r, jsd log σ(r), alpha (null for rrhf)",
+    divergence: str = param(  # None: only for rrhf, slic_hf (checked in __post_init__)
+        "score s(r): reverse_kl r, forward_kl -e^-r, jsd log σ(r), alpha (null for rrhf, slic_hf)",
         None,
         check=lambda v: v in DIVERGENCES,
         must=f"one of {', '.join(DIVERGENCES)}",
     )
-    beta: float = param(  # None: only for rrhf
-        "β: scale of the score margin (τ for ipo; null for rrhf)",
+    beta: float = param(  # None: only for rrhf, slic_hf
+        "β: scale of the score margin (τ for ipo; null for rrhf, slic_hf)",
         None,
         check=positive_finite,
         must="a finite number > 0",
@@ -101,7 +123,7 @@ class LossConfig:
         must=ALPHA_RANGE,
     )
     sft_weight: float = param(
-        "λ: weight of the per-token NLL of each prompt's best-ranked completion (0 = none)",
+        "λ: weight of the NLL of each prompt's best-ranked completion (0 = none)",
         0.0,
         check=lambda v: 0.0 <= v < math.inf,
         must="a finite number >= 0",
@@ -112,6 +134,19 @@ class LossConfig:
         check=lambda v: 0.0 <= v < 0.5,
         must="in [0, 0.5)",
     )
+    margin: float | None = param(
+        "δ: margin of slic_hf's hinge max(0, δ - log π(y_w|x) + log π(y_l|x)), nats (null otherwise)",
+        None,
+        check=positive_finite,
+        must="a finite number > 0",
+    )
+    sft_reduction: str | None = param(
+        "the SFT term's NLL: sum (over the target's tokens; default for slic_hf, rrhf) or mean "
+        "(per token over the batch; default otherwise)",
+        None,
+        check=lambda v: v in SFT_REDUCTIONS,
+        must=f"one of {', '.join(SFT_REDUCTIONS)}",
+    )
 
     def __post_init__(self) -> None:
         loss, divergence, beta, alpha = self.loss, self.divergence, self.beta, self.alpha
@@ -121,8 +156,8 @@ class LossConfig:
             for key, value in (("divergence", divergence), ("beta", beta)):
                 if value is not None:
                     raise ValueError(
-                        f"{key}: not used by loss {loss!r} (it ranks length-normalised policy "
-                        f"log-probs, without reference or score): remove it, got {value!r}"
+                        f"{key}: not used by loss {loss!r} ({NO_REFERENCE[loss]}): remove it, "
+                        f"got {value!r}"
                     )
         else:
             if divergence is None:
@@ -158,6 +193,25 @@ class LossConfig:
                 f"label_smoothing: only used by losses {', '.join(SMOOTHED)}, not {loss!r}: "
                 f"remove it, got {eps!r}"
             )
+        margin = self.margin
+        if loss in MARGIN:
+            if margin is None:
+                raise ValueError(f"margin: is missing ({_doc('margin')})")
+            if not _is_real(margin) or not math.isfinite(margin) or margin <= 0:
+                raise ValueError(f"margin: must be a finite number > 0, got {margin!r}")
+        elif margin is not None:
+            hint = " (the hinge's margin is 1/beta)" if loss == "hinge" else ""
+            raise ValueError(
+                f"margin: only used by loss {', '.join(MARGIN)}, not {loss!r}{hint}: remove it, "
+                f"got {margin!r}"
+            )
+        reduction = self.sft_reduction
+        if reduction is None:  # the loss's paper's reduction, stored so that the config says it
+            object.__setattr__(self, "sft_reduction", default_sft_reduction(loss))
+        elif reduction not in SFT_REDUCTIONS:
+            raise ValueError(
+                f"sft_reduction: must be one of {', '.join(SFT_REDUCTIONS)}, got {reduction!r}"
+            )
 
     @property
     def listwise(self) -> bool:
@@ -166,11 +220,16 @@ class LossConfig:
 
     def logged(self) -> dict:
         """The settings to log: loss, divergence, beta, alpha, plus sft_weight and
-        label_smoothing where they are not 0 (the logs of the original variants are unchanged)."""
+        label_smoothing where they are not 0, margin where it is set and sft_reduction where
+        there is an SFT term (the logs of the original variants are unchanged)."""
         out = {k: getattr(self, k) for k in ("loss", "divergence", "beta", "alpha")}
         out.update(
             {k: getattr(self, k) for k in ("sft_weight", "label_smoothing") if getattr(self, k)}
         )
+        if self.margin is not None:
+            out["margin"] = self.margin
+        if self.sft_weight:
+            out["sft_reduction"] = self.sft_reduction
         return out
 
 
@@ -183,14 +242,21 @@ LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig))
 
 def read_loss_config(mapping: dict, where: Callable[[str], str]) -> LossConfig:
     """:class:`LossConfig` from a params mapping of its keys; every error is one line
-    ``params: <where(key)>: ...`` naming the key (also for the checks across keys)."""
+    ``params: <where(key)>: ...`` naming the key (also for the checks across keys). A
+    ``sft_reduction`` set without an SFT term (``sft_weight`` 0) is refused: it would do nothing."""
     try:
-        return read_mapping(mapping, "", LossConfig, where=where)
+        config = read_mapping(mapping, "", LossConfig, where=where)
     except ValueError as err:
         key, sep, rest = str(err).partition(": ")
         if sep and key in LOSS_KEYS:  # raised by __post_init__
             raise ValueError(f"params: {where(key)}: {rest}") from None
         raise
+    if mapping.get("sft_reduction") is not None and not config.sft_weight:
+        raise ValueError(
+            f"params: {where('sft_reduction')}: only used with an SFT term (sft_weight > 0): "
+            f"remove it, got {mapping['sft_reduction']!r}"
+        )
+    return config
 
 
 # --------------------------------------------------------------------------- variants
