@@ -3,9 +3,9 @@
 Reads ``data/scored.jsonl`` (contract ``SCORED``), ``seed`` and ``pairs.*``; writes
 ``data/preferences.jsonl`` (contract ``PREFERENCES``: each scored row, its ``completion_ids`` and
 ``finished`` included, plus ``"pairs": [[w, l], ...]`` indices into its completions, w preferred,
-and ``"split"``: ``train`` or ``val``), the same pairs in trl's preference format as a
-``datasets`` folder, ``data/pairs-trl/`` (``prompt``/``chosen``/``rejected`` texts; splits
-``train`` and ``test`` = our ``val``: :mod:`stages.lib.trl_format`), and ``metrics/pairs.json``::
+and ``"split"``: ``train`` or ``val``), the same pairs in trl's preference format,
+``data/pairs-trl/{train,test}.jsonl`` (``prompt``/``chosen``/``rejected`` texts; ``test`` = our
+``val``: :mod:`stages.lib.trl_format`), and ``metrics/pairs.json``::
 
     python -m stages pairs             # or: dvc repro pairs
 

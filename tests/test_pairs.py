@@ -114,18 +114,17 @@ def test_make_preference_file_end_to_end(tmp_path, monkeypatch):
     ]
     assert json.loads(Path("metrics/pairs.json").read_text()) == metrics
     assert metrics["pairs_per_prompt"] == 3
-    # the same pairs, out in trl's preference format (a datasets folder): train and val (test)
-    import datasets
-
-    exported = datasets.load_from_disk("data/pairs-trl")
+    # the same pairs, out in trl's preference format (JSON Lines): train and val (test)
+    assert sorted(p.name for p in Path("data/pairs-trl").iterdir()) == ["test.jsonl", "train.jsonl"]
     for split, name in (("train", "train"), ("val", "test")):
+        lines = Path(f"data/pairs-trl/{name}.jsonl").read_text(encoding="utf-8").splitlines()
         expected = [
             {"prompt": r["prompt"], "chosen": r["completions"][w], "rejected": r["completions"][l]}
             for r in rows
             if r["split"] == split
             for w, l in r["pairs"]
         ]
-        assert exported[name].to_list() == expected
+        assert [json.loads(line) for line in lines] == expected
         assert len(expected) == metrics[split]["pairs"]
 
 
