@@ -1,7 +1,7 @@
 """The README's trl snippet ("Train trl's DPOTrainer on our pairs") runs exactly as printed, on
 the CPU: the code block is taken from README.md by its section heading and exec'd unchanged in a
 folder holding what it reads (``models/sft``: the tests' tiny GPT-2; ``data/pairs-trl``: written
-by ``save_pairs``, as the ``pairs`` stage writes it), and leaves the export
+by ``save_pairs`` with that tokenizer, as the ``pairs`` stage writes it), and leaves the export
 exactly as it was (trl's caches go to the ``datasets`` cache)."""
 
 from __future__ import annotations
@@ -67,7 +67,17 @@ def test_the_readme_trl_snippet_runs_as_printed_on_the_cpu(
     source = readme_block(SECTION)
     shutil.copytree(tiny_lm_dir, tmp_path / "models/sft")
     export = tmp_path / "data/pairs-trl"
-    assert save_pairs(ROWS, export) == {"train": 8, "test": 4}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    eos = tokenizer.eos_token_id
+    rows = [  # sampled completions that stopped: their texts' tokens + EOS
+        {
+            **row,
+            "completion_ids": [tokenizer(c)["input_ids"] + [eos] for c in row["completions"]],
+            "finished": [True] * len(row["completions"]),
+        }
+        for row in ROWS
+    ]
+    assert save_pairs(rows, export, tokenizer) == {"train": 8, "test": 4}
     before = {p.relative_to(export): p.read_bytes() for p in export.rglob("*") if p.is_file()}
     cache = tmp_path / "hf-datasets"  # datasets' cache here, not in ~/.cache
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)

@@ -23,13 +23,19 @@ from test_readme import ROWS, SECTION, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTS = {  # the stage command's last lines: the export, and the former one
-    "jsonl": "from stages.lib.trl_format import save_pairs\nsave_pairs(rows, 'data/pairs-trl')\n",
+    "jsonl": "from stages.lib.trl_format import save_pairs\n"
+    "save_pairs(rows, 'data/pairs-trl', tokenizer)\n",
     "save_to_disk": "import datasets\n"
     "from stages.lib.trl_format import pair_records\n"
     "datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in "
-    "pair_records(rows).items()}).save_to_disk('data/pairs-trl')\n",
+    "pair_records(rows, tokenizer).items()}).save_to_disk('data/pairs-trl')\n",
 }
-WRITE = "import json\nrows = json.load(open('rows.json'))\n"
+WRITE = (
+    "import json\n"
+    "from transformers import AutoTokenizer\n"
+    "rows = json.load(open('rows.json'))\n"
+    "tokenizer = AutoTokenizer.from_pretrained('models/sft')\n"
+)
 UP_TO_DATE = "Data and pipelines are up to date."
 
 

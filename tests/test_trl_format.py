@@ -1,7 +1,8 @@
 """Our training pairs out in trl's preference format: the records, the folder of JSON Lines files
 (read with ``datasets.load_dataset``, never written to), trl's ``DPOTrainer`` reading it and
 taking a step on a tiny local model (and trl's tokens of a completion are the tokens ``ingest``
-gives it), a copy of it read back by ``ingest``."""
+gives it), a copy of it read back by ``ingest``. trl's tokens of each pair against ours
+(``trl_differs``, mid-word completions included): tests/test_trl_tokens.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from stages.lib import trl_format
 from stages.lib.ingest import tokenize_records
 from stages.lib.ingest_sources import Table, load_tables, read_records
-from stages.lib.trl_format import COLUMNS, pair_records, save_pairs
+from stages.lib.trl_format import COLUMNS, DIFFERS, pair_records, save_pairs
 
 ROWS = [
     {
@@ -103,14 +104,16 @@ def test_texts_are_written_as_utf8_unescaped(tmp_path):
     assert '"Ça, c\'est"' in text and "génial 🎬" in text
 
 
-def test_a_copy_of_the_export_is_an_ingest_source(tmp_path, hf_cache):
+def test_a_copy_of_the_export_is_an_ingest_source(tmp_path, hf_cache, tiny_lm):
     """``cp -r data/pairs-trl byo/preferences``: ingest reads the copy as a folder of split
-    files and gets every pair back."""
-    save_pairs(ROWS, tmp_path / "pairs")
+    files (the extra ``trl_differs`` column is ignored) and gets every pair back."""
+    _, tokenizer = tiny_lm
+    rows = _with_ids(ROWS, tokenizer)
+    save_pairs(rows, tmp_path / "pairs", tokenizer)
     shutil.copytree(tmp_path / "pairs", tmp_path / "preferences")
     tables = load_tables(str(tmp_path / "preferences"), "ingest.source")
     assert set(tables) == {"train", "test"}
-    for split, recs in pair_records(ROWS).items():
+    for split, recs in pair_records(rows).items():
         records = read_records(tables[split], "ingest.source")
         assert [(r.prompt, *r.completions) for r in records] == [
             (p["prompt"], p["chosen"], p["rejected"]) for p in recs
@@ -118,17 +121,36 @@ def test_a_copy_of_the_export_is_an_ingest_source(tmp_path, hf_cache):
         assert records[0].where == f"ingest.source: {tmp_path}/preferences/{split}.jsonl:1"
 
 
+def _with_ids(rows, tokenizer):
+    """``rows`` with the ``completion_ids`` (text tokens + EOS) and ``finished`` of sampled
+    completions that stopped."""
+    eos = tokenizer.eos_token_id
+    return [
+        {
+            **r,
+            "completion_ids": [
+                tokenizer(c, add_special_tokens=False)["input_ids"] + [eos]
+                for c in r["completions"]
+            ],
+            "finished": [True] * len(r["completions"]),
+        }
+        for r in rows
+    ]
+
+
 def test_trl_trains_on_the_exported_pairs(tmp_path, hf_cache, tiny_lm_dir, torch_one_thread):
-    """The folder goes to trl's DPOTrainer as ``load_dataset`` reads it: tokenised by trl (prompt, chosen and rejected ids, EOS appended), one
+    """The folder goes to trl's DPOTrainer as ``load_dataset`` reads it, ``trl_differs``
+    column included: tokenised by trl (prompt, chosen and rejected ids, EOS appended), one
     optimizer step taken with a finite loss, and nothing written into the folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    save_pairs(ROWS, tmp_path / "pairs")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    save_pairs(_with_ids(ROWS, tokenizer), tmp_path / "pairs", tokenizer)
     before = _files(tmp_path / "pairs")
     pairs = datasets.load_dataset(str(tmp_path / "pairs"))
-    assert pairs["train"].column_names == list(COLUMNS)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    assert pairs["train"].column_names == [*COLUMNS, DIFFERS]
+    assert pairs["train"][DIFFERS] == ["", ""]  # trl scores exactly the sampled tokens
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
     with warnings.catch_warnings():  # transformers 5 deprecation notices raised inside trl
         warnings.simplefilter("ignore", FutureWarning)
@@ -165,10 +187,11 @@ def test_trl_trains_on_the_exported_pairs(tmp_path, hf_cache, tiny_lm_dir, torch
     assert list(hf_cache.rglob("cache-*.arrow"))
 
 
-def test_the_folder_is_byte_identical_on_a_rerun(tmp_path):
+def test_the_folder_is_byte_identical_on_a_rerun(tmp_path, tiny_lm):
     """DVC hashes the folder: the same pairs give the same bytes."""
-    save_pairs(ROWS, tmp_path / "a")
-    save_pairs(ROWS, tmp_path / "b")
+    rows = _with_ids(ROWS, tiny_lm[1])
+    save_pairs(rows, tmp_path / "a", tiny_lm[1])
+    save_pairs(rows, tmp_path / "b", tiny_lm[1])
     files = sorted(
         p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
     )
