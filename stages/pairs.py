@@ -3,9 +3,11 @@
 Reads ``data/scored.jsonl`` (contract ``SCORED``), ``seed`` and ``pairs.*``; writes
 ``data/preferences.jsonl`` (contract ``PREFERENCES``: each scored row, its ``completion_ids`` and
 ``finished`` included, plus ``"pairs": [[w, l], ...]`` indices into its completions, w preferred,
-and ``"split"``: ``train`` or ``val``), the same pairs in trl's preference format as a
-``datasets`` folder, ``data/pairs-trl/`` (``prompt``/``chosen``/``rejected`` texts; splits
-``train`` and ``test`` = our ``val``: :mod:`stages.lib.trl_format`), and ``metrics/pairs.json``::
+and ``"split"``: ``train`` or ``val``), the same pairs in trl's preference format,
+``data/pairs-trl/{train,test}.jsonl`` (``prompt``/``chosen``/``rejected`` texts and
+``trl_differs``, where trl's tokens of the pair differ from ours and why, from the SFT policy's
+tokenizer in ``models/sft``; ``test`` = our ``val``: :mod:`stages.lib.trl_format`), and
+``metrics/pairs.json`` (``trl_differs``: how many pairs trl tokenises differently, by reason)::
 
     python -m stages pairs             # or: dvc repro pairs
 
@@ -37,7 +39,7 @@ from stages.lib.common import write_json, write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREFERENCES, SCORED, check_row, read_rows
 from stages.lib.pairs import hold_out_by_text, make_pairs
-from stages.lib.trl_format import save_pairs
+from stages.lib.trl_format import difference_counts, pair_records, write_pairs
 
 
 def validation_ids(prompts: Sequence[tuple[str, str]], val_fraction: float, seed: int) -> set[str]:
@@ -121,8 +123,17 @@ def make_preference_file(params: dict) -> dict:
         raise ValueError(f"{paths.SCORED}: no prompt gives a preference pair (all rewards tied)")
     if metrics["train"]["pairs"] == 0:
         raise ValueError(f"{paths.SCORED}: no train pair left (lower pairs.val_fraction)")
+    if not paths.SFT_DIR.is_dir():
+        raise FileNotFoundError(
+            f"{paths.SFT_DIR}: SFT policy not found (run the sft stage): its tokenizer says "
+            f"where trl tokenises the exported pairs differently"
+        )
+    from transformers import AutoTokenizer  # the stage's one use of transformers
+
+    records = pair_records(out, AutoTokenizer.from_pretrained(paths.SFT_DIR))
+    metrics["trl_differs"] = difference_counts(records)
     write_jsonl(paths.PREFERENCES, out)
-    save_pairs(out, paths.PAIRS_TRL)
+    write_pairs(records, paths.PAIRS_TRL)
     write_json(paths.metrics_file("pairs"), metrics)
     return metrics
 
@@ -134,5 +145,6 @@ def main(params: Path = typer.Option(Path("params.yaml"), help="Params file to r
     typer.echo(
         f"{m['pairs']} pairs from {m['prompts_with_pairs']} prompts "
         f"({m['prompts_without_pairs']} without a pair; {m['train']['pairs']} train / "
-        f"{m['val']['pairs']} val pairs), mean margin {m['mean_reward_margin']:.3f}{gold}"
+        f"{m['val']['pairs']} val pairs), mean margin {m['mean_reward_margin']:.3f}{gold}; "
+        f"{m['trl_differs']['boundary']} pairs whose prompt end trl moves into the completions"
     )

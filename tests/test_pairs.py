@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from stages.lib.common import write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREFERENCES, read_rows
 from stages.lib.pairs import first_round_pairs
+from stages.lib.trl_format import difference_counts, pair_records
 from stages.pairs import build_preferences, make_preference_file, validation_ids
 
 #: The repository's params; tests override single keys of it.
@@ -101,7 +103,8 @@ def test_rso_metrics_picked_beats_pool():
     assert all(len(r["pairs"]) <= 2 for r in out) and "gold_agreement" not in metrics
 
 
-def test_make_preference_file_end_to_end(tmp_path, monkeypatch):
+def test_make_preference_file_end_to_end(tmp_path, monkeypatch, tiny_lm_dir):
+    shutil.copytree(tiny_lm_dir, tmp_path / "models/sft")  # its tokenizer: trl_differs
     monkeypatch.chdir(tmp_path)
     write_jsonl("data/scored.jsonl", _scored_rows(30))
     metrics = make_preference_file(_params("tournament"))
@@ -114,19 +117,41 @@ def test_make_preference_file_end_to_end(tmp_path, monkeypatch):
     ]
     assert json.loads(Path("metrics/pairs.json").read_text()) == metrics
     assert metrics["pairs_per_prompt"] == 3
-    # the same pairs, out in trl's preference format (a datasets folder): train and val (test)
-    import datasets
+    # the same pairs, out in trl's preference format (JSON Lines): train and val (test), each
+    # with where trl's tokens differ from ours (the fake ids here: every pair, for some reason)
+    from transformers import AutoTokenizer
 
-    exported = datasets.load_from_disk("data/pairs-trl")
+    records = pair_records(rows, AutoTokenizer.from_pretrained(tiny_lm_dir))
+    assert sorted(p.name for p in Path("data/pairs-trl").iterdir()) == ["test.jsonl", "train.jsonl"]
     for split, name in (("train", "train"), ("val", "test")):
+        lines = Path(f"data/pairs-trl/{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        exported = [json.loads(line) for line in lines]
         expected = [
             {"prompt": r["prompt"], "chosen": r["completions"][w], "rejected": r["completions"][l]}
             for r in rows
             if r["split"] == split
             for w, l in r["pairs"]
         ]
-        assert exported[name].to_list() == expected
+        assert [{k: e[k] for k in ("prompt", "chosen", "rejected")} for e in exported] == expected
+        assert exported == records[name] and all(e["trl_differs"] for e in exported)
         assert len(expected) == metrics[split]["pairs"]
+    assert metrics["trl_differs"] == difference_counts(records)
+    assert metrics["trl_differs"]["pairs"] == metrics["pairs"]
+
+
+def test_without_the_sft_policy_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl("data/scored.jsonl", _scored_rows(5))
+    with pytest.raises(FileNotFoundError) as err:
+        make_preference_file(_params())
+    assert str(err.value) == (
+        "models/sft: SFT policy not found (run the sft stage): its tokenizer says where trl "
+        "tokenises the exported pairs differently"
+    )
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == [
+        str(tmp_path / "data"),
+        str(tmp_path / "data/scored.jsonl"),
+    ]
 
 
 # --- bad input ----------------------------------------------------------------------------
