@@ -19,7 +19,7 @@ replaced stages would have written, under the working directory (``byo/`` under
     data/preferences.jsonl         PREFERENCES rows: completions tokenised + EOS, pairs, split
     data/prompts/{train,eval}.jsonl   PROMPTS: train-side prompts; held-out eval prompts
     data/prepared/{train,test}.jsonl  PREPARED: prompt + preferred completion (for sft)
-    data/pairs-trl/                the pairs in trl's format (datasets folder, train/test)
+    data/pairs-trl/                the pairs in trl's format (JSON Lines: train.jsonl, test.jsonl)
     metrics/ingest.json            rows, pairs, prompts per split; where eval prompts come from
 
     python -m stages ingest            # or, from the repository root: dvc repro byo/dvc.yaml
@@ -70,7 +70,7 @@ def ingest(params: dict) -> Outputs:
     write_jsonl(paths.EVAL_PROMPTS, out.eval_prompts)
     write_jsonl(paths.PREPARED_TRAIN, out.prepared["train"])
     write_jsonl(paths.PREPARED_TEST, out.prepared["test"])
-    save_pairs(out.preferences, paths.PAIRS_TRL)
+    save_pairs(out.preferences, paths.PAIRS_TRL, tokenizer)
     write_json(paths.metrics_file("ingest"), out.metrics)
     return out
 

@@ -208,11 +208,12 @@ def test_exported_pairs_load_and_report_has_no_reward_and_the_external_policy(re
     path, _, _, _ = repo
     byo = path / "byo"
     ingest = json.loads((byo / "metrics/ingest.json").read_text())
-    pairs = datasets.load_from_disk(str(byo / "data/pairs-trl"))
+    pairs = datasets.load_dataset(str(byo / "data/pairs-trl"))
     assert len(pairs["train"]) == ingest["train"]["pairs"] and pairs["train"].column_names == [
         "prompt",
         "chosen",
         "rejected",
+        "trl_differs",
     ]
     for policy in ("sft", *VARIANTS, "elsewhere"):
         metrics = json.loads((byo / f"metrics/eval/{policy}/seed-0.json").read_text())

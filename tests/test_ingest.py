@@ -52,7 +52,7 @@ def test_writes_what_sample_score_pairs_would(tmp_path, monkeypatch, tiny_lm_dir
     assert len(read_rows("data/prompts/train.jsonl", PROMPTS)) == 30
     assert len(read_rows("data/prepared/train.jsonl", PREPARED)) == out.metrics["train"]["prompts"]
     assert len(read_rows("data/prepared/test.jsonl", PREPARED)) == 8
-    exported = datasets.load_from_disk("data/pairs-trl")
+    exported = datasets.load_dataset("data/pairs-trl")
     assert len(exported["train"]) == out.metrics["train"]["pairs"]
     assert len(exported["test"]) == out.metrics["val"]["pairs"] == 3
     assert json.loads(Path("metrics/ingest.json").read_text()) == out.metrics
@@ -213,11 +213,12 @@ def test_conversational_rows_with_the_plain_template(tmp_path, monkeypatch, tiny
     assert read_rows("data/prepared/test.jsonl", PREPARED)[0]["text"] == (
         "user: a movie 0\nassistant: good 0."
     )
-    exported = datasets.load_from_disk("data/pairs-trl")["train"][0]
+    exported = datasets.load_dataset("data/pairs-trl")["train"][0]
     first = next(r for r in out.preferences if r["split"] == "train")
     assert exported == {
         "prompt": first["prompt"],
         **dict(zip(("chosen", "rejected"), first["completions"])),
+        "trl_differs": "",  # the plain template's prompt ends on a token boundary: trl agrees
     }
 
 

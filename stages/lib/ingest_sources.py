@@ -1,9 +1,9 @@
 """Preference datasets in: trl's formats or the ranked form, read and checked row by row.
 
 A source (``ingest.source``) is a Hugging Face dataset id, a local ``save_to_disk`` folder (what
-``datasets.load_from_disk`` reads, e.g. our own ``data/pairs-trl``), a local folder of split
-files (``train.jsonl`` and optionally ``test.jsonl``; jsonl, json, csv or parquet) or one such
-file (the train split). A hub id is loaded with ``datasets.load_dataset`` only outside DVC: under
+``datasets.load_from_disk`` reads), a local folder of split files (``train.jsonl`` and optionally
+``test.jsonl``; jsonl, json, csv or parquet; e.g. a copy of our own ``data/pairs-trl``) or one
+such file (the train split). A hub id is loaded with ``datasets.load_dataset`` only outside DVC: under
 DVC (``DVC_STAGE`` is set for every stage command) the source is a tracked dependency, so a hub
 id is refused with the command that snapshots it (docs/byo.md). Every split is one of these
 formats, told apart by its first row (:func:`stages.lib.ingest_formats.detect`):

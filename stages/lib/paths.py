@@ -109,9 +109,9 @@ def best_of_n_metrics(seed: int) -> Path:
 
 
 # Bring your own preferences and policies (README, "Bring your own preferences and policies")
-#: ``data/pairs-trl/``: the training pairs in trl's preference format, a ``datasets`` folder
-#: (``save_to_disk``; splits ``train`` and ``test``, the validation prompts), written by ``pairs``
-#: (and by ``ingest`` in the ``byo/`` pipeline).
+#: ``data/pairs-trl/``: the training pairs in trl's preference format, JSON Lines files
+#: ``train.jsonl`` and ``test.jsonl`` (the validation prompts; ``datasets.load_dataset`` reads the
+#: folder), written by ``pairs`` (and by ``ingest`` in the ``byo/`` pipeline).
 PAIRS_TRL = Path("data/pairs-trl")
 #: ``models/external/<name>/``: policies trained elsewhere, evaluated as ``evaluate-external@``.
 EXTERNAL_DIR = Path("models/external")
