@@ -228,3 +228,24 @@ def test_evaluate_refuses_a_stale_reference(workspace, monkeypatch, tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("error: data/quality/spaces.npz: k is [2], params say [3]")
     assert not (root / "data/eval").exists() and not (root / "metrics").exists()
+
+
+@pytest.mark.slow
+def test_encoder_space_is_a_local_folder_pooled_like_hidden(workspace, monkeypatch, tmp_path):
+    """``encoder`` pointed at the SFT policy's own folder must give the ``hidden``
+    space to float32 rounding (the same mean pooling of the same last hidden state, loaded
+    with AutoModel instead of the causal LM: 1e-8 apart):
+    catches another pooling, the LM head's logits instead of hidden states, or texts cut
+    differently for the encoder."""
+    root = tmp_path / "ws"
+    for sub in ("data/prepared", "data/prompts", "models"):
+        (root / sub).parent.mkdir(parents=True, exist_ok=True)
+        (root / sub).symlink_to(workspace / sub)
+    quality = {"features": ["hidden", "encoder"], "encoder": "models/sft"}
+    result = _invoke(root, monkeypatch, reference_main, [], quality)
+    assert result.exit_code == 0, result.output
+    with np.load(root / "data/quality/spaces.npz") as f:
+        for name in ("all", "positive"):
+            np.testing.assert_allclose(
+                f[f"encoder/{name}/features"], f[f"hidden/{name}/features"], atol=1e-6
+            )
