@@ -56,6 +56,7 @@ def test_paper_rehearsal_end_to_end(imdb_dir, tmp_path):
         "pairs",
         "reference",
         "align@dpo-0",
+        "quality-reference",
         "evaluate-sft@0",
         "evaluate@dpo-0",
         "report",
