@@ -250,7 +250,7 @@ def precision_recall_png(
     )
     fig.suptitle(
         "Precision vs recall at matched KL: each family interpolated along its β curve;\n"
-        "error bars = 95% intervals over seeds and prompts",
+        "error bars = 95% intervals over seeds and prompts (recall: seeds and reference points)",
         fontsize=10,
     )
     rows_of_legend = (len(handles) + 3) // 4

@@ -277,8 +277,8 @@ def precision_recall_png(rows: list[dict], layout, path: Path) -> None:
         r0 = rows[0]
         fig.suptitle(
             f"precision against recall of the samples vs held-out human reviews: mean over "
-            f"{plural(r0['n_seeds'], 'seed')}, 95% intervals over seeds and prompts (recall: "
-            "seeds and reference points)",
+            f"{plural(r0['n_seeds'], 'seed')},\n95% intervals over seeds and prompts (recall: "
+            "over seeds and reference points)",
             fontsize=9,
         )
     fig.tight_layout()
