@@ -67,6 +67,7 @@ OLD_MATCHED = (
             ("d_", "_lo"),
             ("d_", "_hi"),
             ("d_", "_excludes_0"),
+            ("d_", "_coverage"),  # issue 29 item 4: every Δ cell stores its coverage
         )
     ),
 )

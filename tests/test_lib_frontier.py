@@ -248,3 +248,28 @@ def test_per_prompt_numerators_follow_the_report():
     assert "gold" not in num and num["kl"][0] == 0.0
     with pytest.raises(ValueError, match="^f: field 'logp_sft' missing"):
         per_prompt([{k: v for k, v in rows[0].items() if k != "logp_sft"}], sft=False, where="f")
+
+
+def test_a_difference_reaching_the_level_in_under_90_percent_is_no_comparison():
+    """Issue 29 item 4: every Δ cell stores its coverage (the share of replicates in which both
+    curves reach the level); below 1.0 it carries †, below 0.9 it is not a comparison (no `*`,
+    "not compared" in the Markdown) even when its interval excludes 0. Catches a Δ coverage
+    taken from one curve only, or a `*` on a difference that rests on a minority of replicates."""
+    from stages.lib.frontier_tables import _delta
+
+    kl = np.array([2.0, 4.0])
+    base_reps = np.array([[2.0, 4.0]] * 10)
+    # the other family misses level 3.5 in 2 of 10 replicates (coverage 0.8), then in 0 of 10
+    for misses, shown in ((2, "not compared (coverage 0.80)"), (0, "+1.000 [+1.000, +1.000] *")):
+        other = np.array([[1.0, 3.0]] * misses + [[2.0, 4.0]] * (10 - misses))
+        base = Curve("a", 2, kl, base_reps, {"reward": kl / 2}, {"reward": base_reps / 2})
+        c = Curve("c", 2, kl, other, {"reward": kl / 2 + 1}, {"reward": base_reps / 2 + 1})
+        rows = {r["family"]: r for r in matched_kl([base, c], "a", [3.5], ["reward"])}
+        row = rows["c"]
+        assert row["d_reward_coverage"] == pytest.approx(1 - misses / 10)
+        assert row["d_reward_lo"] == row["d_reward_hi"] == pytest.approx(1.0)  # excludes 0
+        assert row["d_reward_excludes_0"] is (misses == 0)
+        assert _delta(row, "reward") == shown
+    # between 0.9 and 1.0: a comparison, marked with the dagger
+    row = {"d_reward": 0.5, "d_reward_lo": 0.1, "d_reward_hi": 0.9, "d_reward_excludes_0": True}
+    assert _delta({**row, "d_reward_coverage": 0.95}, "reward") == "+0.500 [+0.100, +0.900] * †"

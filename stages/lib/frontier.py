@@ -346,6 +346,12 @@ def _at(curve: Curve, metric: str, level: float) -> tuple[float, np.ndarray]:
     return value, interpolate(curve.kl_reps, curve.reps[metric], level)
 
 
+#: The share of bootstrap replicates in which both curves must reach a KL level for their
+#: paired difference to count as a comparison (issue 29: cells below 0.9 are not reported as
+#: comparisons; below 1.0 they carry †).
+MIN_COMPARISON_COVERAGE = 0.9
+
+
 def matched_row(curve: Curve, base: Curve | None, level: float, metrics: list[str]) -> dict:
     """One family at one KL level: ``status`` ("ok" or why there is no value) and per metric
     the value, its 95% interval, ``coverage`` and the paired difference against ``base``."""
@@ -371,7 +377,10 @@ def matched_row(curve: Curve, base: Curve | None, level: float, metrics: list[st
             continue
         lo, hi = interval(d[both])
         row.update({f"d_{m}": value - b_value, f"d_{m}_lo": lo, f"d_{m}_hi": hi})
-        row[f"d_{m}_excludes_0"] = excludes_0(lo, hi)
+        row[f"d_{m}_coverage"] = coverage = float(both.mean())
+        # a difference whose level leaves either range in >= 10% of the replicates is no
+        # comparison: its interval rests on the replicates where both curves reach the level
+        row[f"d_{m}_excludes_0"] = coverage >= MIN_COMPARISON_COVERAGE and excludes_0(lo, hi)
     return row
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from stages.lib.frontier import Family, quality_groups
+from stages.lib.frontier import MIN_COMPARISON_COVERAGE, Family, quality_groups
 from stages.lib.tables import markdown_table, number, plural
 
 #: Metrics a matched-KL row may carry (KL is the level itself).
@@ -25,6 +25,7 @@ MATCHED_PARTS = (
     ("d_", "_lo"),
     ("d_", "_hi"),
     ("d_", "_excludes_0"),
+    ("d_", "_coverage"),
 )
 MATCHED_COLUMNS = (
     "kl",
@@ -91,8 +92,12 @@ def _value(r: dict, m: str) -> str:
 def _delta(r: dict, m: str) -> str:
     if not _ok(r.get(f"d_{m}")):
         return "–"
+    coverage = r.get(f"d_{m}_coverage", 1.0)
+    if coverage < MIN_COMPARISON_COVERAGE:
+        return f"not compared (coverage {number(coverage, 2)})"
     star = " *" if r.get(f"d_{m}_excludes_0") else ""
-    return f"{r[f'd_{m}']:+.3f} [{r[f'd_{m}_lo']:+.3f}, {r[f'd_{m}_hi']:+.3f}]{star}"
+    dagger = " †" if coverage < 1.0 else ""
+    return f"{r[f'd_{m}']:+.3f} [{r[f'd_{m}_lo']:+.3f}, {r[f'd_{m}_hi']:+.3f}]{star}{dagger}"
 
 
 def _families(families: list[Family], ranges: dict, base: str) -> list[str]:
@@ -220,7 +225,9 @@ def matched_markdown(
             "outside its KL range (no extrapolation). †: in some replicates the level lies "
             "outside the resampled range; the interval uses the others (coverage in "
             f"matched_kl.csv). Δ: family minus **{base}** at the same KL, paired; `*`: the 95% "
-            "interval excludes 0. Best-of-n: the SFT policy's best of n draws by reward, at its "
+            "interval excludes 0; a Δ whose two curves both reach the level in fewer than "
+            f"{MIN_COMPARISON_COVERAGE:.0%} of the replicates is not reported as a comparison, "
+            "and † marks one below 100%. Best-of-n: the SFT policy's best of n draws by reward, at its "
             "analytic KL log n − (n − 1)/n, interpolated between its n the same way.",
         ]
     if levels and quality:
