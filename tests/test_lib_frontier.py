@@ -255,7 +255,7 @@ def test_a_difference_reaching_the_level_in_under_90_percent_is_no_comparison():
     curves reach the level); below 1.0 it carries †, below 0.9 it is not a comparison (no `*`,
     "not compared" in the Markdown) even when its interval excludes 0. Catches a Δ coverage
     taken from one curve only, or a `*` on a difference that rests on a minority of replicates."""
-    from stages.lib.frontier_tables import _delta
+    from stages.lib.frontier_tables import delta_cell
 
     kl = np.array([2.0, 4.0])
     base_reps = np.array([[2.0, 4.0]] * 10)
@@ -269,7 +269,7 @@ def test_a_difference_reaching_the_level_in_under_90_percent_is_no_comparison():
         assert row["d_reward_coverage"] == pytest.approx(1 - misses / 10)
         assert row["d_reward_lo"] == row["d_reward_hi"] == pytest.approx(1.0)  # excludes 0
         assert row["d_reward_excludes_0"] is (misses == 0)
-        assert _delta(row, "reward") == shown
+        assert delta_cell(row, "reward") == shown
     # between 0.9 and 1.0: a comparison, marked with the dagger
     row = {"d_reward": 0.5, "d_reward_lo": 0.1, "d_reward_hi": 0.9, "d_reward_excludes_0": True}
-    assert _delta({**row, "d_reward_coverage": 0.95}, "reward") == "+0.500 [+0.100, +0.900] * †"
+    assert delta_cell({**row, "d_reward_coverage": 0.95}, "reward") == "+0.500 [+0.100, +0.900] * †"

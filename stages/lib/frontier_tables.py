@@ -89,7 +89,9 @@ def _value(r: dict, m: str) -> str:
     return f"{number(r[m])}{ci}{dagger}"
 
 
-def _delta(r: dict, m: str) -> str:
+def delta_cell(r: dict, m: str) -> str:
+    """A matched-KL row's Δ cell of ``m``: value [95% CI], `*` where the interval excludes 0,
+    † where its coverage is below 1; "not compared" below :data:`MIN_COMPARISON_COVERAGE`."""
     if not _ok(r.get(f"d_{m}")):
         return "–"
     coverage = r.get(f"d_{m}_coverage", 1.0)
@@ -134,7 +136,7 @@ def _level_table(
             if r["status"] != "ok":
                 cells += ["–", "–"]
             else:
-                cells += [_value(r, m), "(baseline)" if r["family"] == base else _delta(r, m)]
+                cells += [_value(r, m), "(baseline)" if r["family"] == base else delta_cell(r, m)]
         lines.append([*cells, _note(r)])
     return markdown_table([*head, "note"], lines)
 
