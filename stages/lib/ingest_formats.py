@@ -48,6 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stages.lib.common import first_line
+from stages.lib.trl_format import common_prefix_length
 
 ROLES = ("system", "user", "assistant", "tool")
 CHAT_TEMPLATES = ("auto", "tokenizer", "plain")
@@ -203,15 +204,6 @@ def split_conversation(
     return context, turns["chosen"], turns["rejected"]
 
 
-def _common_prefix(*texts: str) -> str:
-    n = 0
-    for chars in zip(*texts):
-        if any(c != chars[0] for c in chars):
-            break
-        n += 1
-    return texts[0][:n]
-
-
 @dataclass
 class Chat:
     """How messages become text: ``ingest.chat_template`` and the policy's tokenizer."""
@@ -262,7 +254,7 @@ class Chat:
         prompt = self._apply(context, where, prompt_field, True)
         full_c = self._apply([*context, chosen], where, "chosen", False)
         full_r = self._apply([*context, rejected], where, "rejected", False)
-        prompt = _common_prefix(prompt, full_c, full_r)
+        prompt = prompt[: common_prefix_length(prompt, full_c, full_r)]
         if not prompt.strip():
             raise ValueError(
                 f"{where}: field '{prompt_field}': the chat template renders no prompt"

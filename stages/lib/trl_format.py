@@ -56,7 +56,7 @@ same tokens.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from stages.lib.common import atomic_path
@@ -71,11 +71,12 @@ REASONS = ("boundary", "special_tokens", "eos", "retokenised")
 SPLITS = {"train": "train", "val": "test"}
 
 
-def common_prefix_length(ids: list[int], other: list[int]) -> int:
-    """Leading tokens ``ids`` and ``other`` have in common (trl's ``common_prefix_length``)."""
+def common_prefix_length(*seqs: Sequence) -> int:
+    """Leading items every one of ``seqs`` has in common: token ids (trl's
+    ``common_prefix_length``) or the characters of texts (ingest's shared conversation prefix)."""
     n = 0
-    for a, b in zip(ids, other):
-        if a != b:
+    for items in zip(*seqs):
+        if any(x != items[0] for x in items):
             break
         n += 1
     return n
