@@ -98,7 +98,7 @@ import numpy as np
 import typer
 
 from stages.lib import paths
-from stages.lib.bootstrap import Resamples, draw_resamples, interval
+from stages.lib.bootstrap import Resamples, draw_resamples
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import (
     ReportConfig,
@@ -129,7 +129,7 @@ from stages.lib.report_tables import (
     summary_metrics,
     write_csv,
 )
-from stages.lib.runs import Run, check_runs, estimate, eval_stage, excludes_0, read_eval, stack
+from stages.lib.runs import Run, check_runs, estimate, eval_stage, paired, read_eval, stack
 from stages.lib.tables import plural
 from stages.lib.variants import SFT, read_variants
 
@@ -278,13 +278,7 @@ def estimates(runs: list[Run], base: list[Run], draws: Resamples) -> dict:
             out.update({f"{key}{s}": None for s in ("", "_lo", "_hi")})
             out.update({f"d_{key}{s}": None for s in ("", "_lo", "_hi", "_excludes_0")})
             continue
-        e, b = ours[key], theirs[key]
-        lo, hi = e["ci"]
-        d = e["value"] - b["value"]
-        d_lo, d_hi = interval(e["reps"] - b["reps"])
-        out.update({key: e["value"], f"{key}_lo": lo, f"{key}_hi": hi})
-        out.update({f"d_{key}": d, f"d_{key}_lo": d_lo, f"d_{key}_hi": d_hi})
-        out[f"d_{key}_excludes_0"] = excludes_0(d_lo, d_hi)
+        out.update(paired(key, ours[key], theirs[key]))
     return out
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from stages.lib import paths
 from stages.lib.bootstrap import Resamples, interval
 from stages.lib.quality import FEATURE_SPACES, PRDC, REFERENCE_SETS, metric_name
-from stages.lib.runs import estimate, excludes_0, stack, stack_sets
+from stages.lib.runs import estimate, paired, stack, stack_sets
 from stages.lib.tables import markdown_table, number, plural
 
 #: What the spaces and reference sets are (the header of quality.md).
@@ -194,11 +194,7 @@ def quality_rows(
     for policy, labels in info.items():
         row = {"policy": policy, **labels, "n_seeds": len(runs[policy])}
         for m in layout.knn:
-            e, b = ests[policy][m], ests[baseline][m]
-            d_lo, d_hi = interval(e["reps"] - b["reps"])
-            row.update({m: e["value"], f"{m}_lo": e["ci"][0], f"{m}_hi": e["ci"][1]})
-            row.update({f"d_{m}": e["value"] - b["value"], f"d_{m}_lo": d_lo, f"d_{m}_hi": d_hi})
-            row[f"d_{m}_excludes_0"] = excludes_0(d_lo, d_hi)
+            row.update(paired(m, ests[policy][m], ests[baseline][m]))
         for m in layout.spread:
             values = [float(r.metrics["quality"][m]) for r in runs[policy]]
             row.update(

@@ -238,6 +238,22 @@ def stack_sets(runs: list[Run]) -> dict[str, np.ndarray]:
     return {m: np.stack([r.sets[m] for r in runs]) for m in keep}
 
 
+def paired(key: str, e: dict, b: dict) -> dict:
+    """The cells of ``key`` for a policy's :func:`estimate` ``e`` against the baseline's ``b``
+    (same draws): the value and its 95% interval (``<key>_lo``/``_hi``), the paired difference
+    ``d_<key>`` with its interval from the replicates' differences, and whether it excludes 0."""
+    d_lo, d_hi = interval(e["reps"] - b["reps"])
+    return {
+        key: e["value"],
+        f"{key}_lo": e["ci"][0],
+        f"{key}_hi": e["ci"][1],
+        f"d_{key}": e["value"] - b["value"],
+        f"d_{key}_lo": d_lo,
+        f"d_{key}_hi": d_hi,
+        f"d_{key}_excludes_0": excludes_0(d_lo, d_hi),
+    }
+
+
 def excludes_0(lo: float, hi: float) -> bool:
     """Whether an interval of a difference excludes 0 (at 6 decimals, as the tables show it)."""
     return bool(round(lo, 6) > 0 or round(hi, 6) < 0)
