@@ -53,6 +53,7 @@ from transformers.training_args import OptimizerNames
 from stages.lib.config import non_negative, param, positive_finite, positive_int, unit_interval
 from stages.lib.losses import PreferenceLossOutput, batch_loss, preference_loss
 from stages.lib.modeling import use_bf16
+from stages.lib.pairs import STRATEGIES
 from stages.lib.sequences import completion_index, completion_logprobs, encode_batch
 from stages.lib.training import is_timing
 from stages.lib.variants import LossConfig
@@ -135,6 +136,20 @@ class TrainConfig:
         "shuffle",
         check=lambda v: v in CURRICULA,
         must=f"one of {', '.join(CURRICULA)}",
+    )
+    checkpoints: list[int] | None = param(
+        "optimizer steps at which the policy is also saved (models/aligned/<v>/seed-<s>/"
+        "checkpoints/step-<n>), evaluated by `evaluate` as the run's trajectory; null = none",
+        None,
+        check=lambda v: bool(v) and v[0] >= 1 and all(a < b for a, b in zip(v, v[1:])),
+        must="null (no trajectory) or a non-empty, strictly increasing list of steps >= 1",
+    )
+    pairs: str | None = param(
+        "re-pair every prompt's ranked completions with this strategy for this variant "
+        "(equal information across losses); null = the pairs of data/preferences.jsonl",
+        None,
+        check=lambda v: v in STRATEGIES,
+        must=f"null or one of {', '.join(STRATEGIES)}",
     )
 
 

@@ -28,6 +28,7 @@ PREFERENCES, REFERENCE = Path("data/preferences.jsonl"), Path("data/reference.js
 # align, evaluate, report
 ALIGNED_DIR = Path("models/aligned")
 EVAL_DIR = Path("data/eval")
+TRAJECTORY_DIR = Path("data/trajectory")
 METRICS_DIR, LOGS_DIR, REPORTS_DIR = Path("metrics"), Path("logs"), Path("reports")
 #: Wall-clock timings: printed and written here (git-ignored), never into tracked metrics.
 TIMINGS_DIR = LOGS_DIR / "timings"
@@ -51,6 +52,12 @@ def run_name(seed: int) -> str:
 def aligned_model(variant: str, seed: int) -> Path:
     """``models/aligned/<variant>/seed-<s>``: the policy trained by one align run."""
     return ALIGNED_DIR / variant / run_name(seed)
+
+
+def checkpoint_model(variant: str, seed: int, step: int) -> Path:
+    """``models/aligned/<variant>/seed-<s>/checkpoints/step-<n>``: the policy of one align run
+    after ``step`` optimizer steps (``align.common.checkpoints``)."""
+    return aligned_model(variant, seed) / "checkpoints" / f"step-{step}"
 
 
 def policy_model(policy: str, seed: int) -> Path:
@@ -129,3 +136,14 @@ QUALITY_DIR = Path("data/quality")
 QUALITY_REFERENCE = QUALITY_DIR / "reference.jsonl"
 #: ``data/quality/spaces.npz``: the fitted feature spaces and the reference sets' features.
 QUALITY_SPACES = QUALITY_DIR / "spaces.npz"
+
+
+def trajectory_dir(variant: str, seed: int) -> Path:
+    """``data/trajectory/<variant>/seed-<s>``: ``evaluate``'s measures of one align run's
+    checkpoints (one ``step-<n>.jsonl`` each, rows as ``data/eval``; ``summary.json``)."""
+    return TRAJECTORY_DIR / variant / run_name(seed)
+
+
+def trajectory_samples(variant: str, seed: int, step: int) -> Path:
+    """``data/trajectory/<variant>/seed-<s>/step-<n>.jsonl``: one checkpoint's evaluation."""
+    return trajectory_dir(variant, seed) / f"step-{step}.jsonl"
