@@ -44,10 +44,13 @@ from stages.lib.align import (
     TRAIN_KEYS,
     PreferenceTrainer,
     PromptCollator,
+    SaveCheckpoints,
     TrainConfig,
     build_items,
+    check_checkpoints,
     curriculum_order,
     disable_dropout,
+    optimizer_steps,
     training_arguments,
 )
 from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
@@ -176,6 +179,11 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
         check_token_counts(items, {r["prompt_id"]: r for r in refs}, collator, key)
     train = curriculum_order([i for i in items if i["split"] == "train"], cfg.curriculum, cfg.seed)
     val = [i for i in items if i["split"] == "val"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    with _naming(run):
+        check_checkpoints(
+            cfg, optimizer_steps(len(train), cfg, world), variant.where("checkpoints", TRAIN_KEYS)
+        )
     if not val:
         typer.echo(
             f"align@{run}: warning: no validation pairs (split 'val'); skipping evaluation",
@@ -196,6 +204,10 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
             variant=run,
             live_dir=str(paths.align_logs(name, seed)),
         )
+        if cfg.checkpoints:
+            trainer.add_callback(
+                SaveCheckpoints(cfg.checkpoints, staging / paths.CHECKPOINTS, tokenizer)
+            )
         result = trainer.train()
         evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
         if val and (not evals or evals[-1]["step"] != trainer.state.global_step):

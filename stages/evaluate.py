@@ -68,12 +68,14 @@ them as "n/a", never as 0.
 
 from __future__ import annotations
 
+import json
+from functools import partial
 from pathlib import Path
 
 import typer
 
 from stages.lib import paths
-from stages.lib.common import write_json, write_jsonl
+from stages.lib.common import atomic_path, write_json, write_jsonl
 from stages.lib.config import (
     DataConfig,
     EvaluateConfig,
@@ -199,19 +201,45 @@ def evaluate(
         if quality is not None and quality.measures
         else None
     )
-    rows, k = eval_rows[: cfg.n_prompts], cfg.n_samples
-    prompts = [r["prompt"] for r in rows]
+    rows = eval_rows[: cfg.n_prompts]
     contexts = (  # the first min(fixed_contexts, n_prompts) prompts
         fixed_contexts(rows, read_rows(paths.PREPARED_TEST, PREPARED), n=cfg.fixed_contexts)
         if cfg.fixed_contexts
         else []
     )
+    measure = partial(
+        measure_policy,
+        rows=rows,
+        contexts=contexts,
+        cfg=cfg,
+        seed=seed,
+        score=score,
+        source=source,
+        spaces=spaces,
+        quality=quality,
+    )
+    metrics, out_rows = measure(path)
+    steps = [] if external or policy == "sft" else checkpoint_steps(path)
+    trajectory = {step: measure(path / paths.CHECKPOINTS / f"step-{step}") for step in steps}
+    if not (external or policy == "sft"):
+        write_trajectory(policy, seed, trajectory)
+    write_jsonl(paths.eval_samples(policy, seed), out_rows)
+    write_json(paths.eval_metrics(policy, seed), metrics)
+    return metrics
+
+
+def measure_policy(
+    path: Path, *, rows, contexts, cfg: EvaluateConfig, seed: int, score, source, spaces, quality
+) -> tuple[dict, list[dict]]:
+    """The metrics and the samples-file rows of the policy saved at ``path`` on the eval
+    prompts ``rows`` (one definition for a run's final policy and its checkpoints)."""
+    prompts, k = [r["prompt"] for r in rows], cfg.n_samples
     scored = sample_and_score(path, prompts, cfg, seed=seed, contexts=contexts)
     gen, stats, sft_logp, eos = scored.gen, scored.stats, scored.sft_logp, scored.eos
     texts = [p + c for p, per in zip(prompts, gen.texts) for c in per]
     scores, gold = (
         reward_scores(texts, score=score, source=source, batch_size=cfg.batch_size)
-        if reward
+        if score is not None
         else (None, None)
     )
     completion_tokens = [g[:-1] if g and g[-1] == eos else g for per in gen.token_ids for g in per]
@@ -235,9 +263,40 @@ def evaluate(
     out_rows = generation_rows(rows, gen, scores, gold, stats, sft_logp, completion_tokens)
     for row, extra in zip(out_rows, fields):
         row.update(extra)
-    write_jsonl(paths.eval_samples(policy, seed), out_rows)
-    write_json(paths.eval_metrics(policy, seed), metrics)
-    return metrics
+    return metrics, out_rows
+
+
+def checkpoint_steps(path: Path) -> list[int]:
+    """The steps of the checkpoints saved in an align run's folder (``checkpoints/step-<n>``,
+    ``align.common.checkpoints``), ascending; none when it has no such folder."""
+    root = Path(path) / paths.CHECKPOINTS
+    if not root.is_dir():
+        return []
+    steps = []
+    for sub in root.iterdir():
+        prefix, _, n = sub.name.partition("-")
+        if prefix != "step" or not n.isdigit() or not sub.is_dir():
+            raise ValueError(f"{sub}: not a checkpoint folder step-<n> (re-run align)")
+        steps.append(int(n))
+    return sorted(steps)
+
+
+def write_trajectory(policy: str, seed: int, trajectory: dict[int, tuple[dict, list[dict]]]):
+    """``data/trajectory/<policy>/seed-<s>/``, written whole or not at all: one
+    ``step-<n>.jsonl`` per checkpoint (rows as ``data/eval``) and ``summary.json`` (the steps,
+    ascending, and each checkpoint's metrics; ``steps: []`` for a run without checkpoints)."""
+    final = paths.trajectory_dir(policy, seed)
+    with atomic_path(final) as tmp:
+        tmp.mkdir(parents=True)
+        for step, (_, rows) in trajectory.items():
+            write_jsonl(tmp / f"step-{step}.jsonl", rows)
+        summary = {
+            "variant": policy,
+            "seed": seed,
+            "steps": sorted(trajectory),
+            "checkpoints": {str(n): trajectory[n][0] for n in sorted(trajectory)},
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def main(

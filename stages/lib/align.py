@@ -195,6 +195,44 @@ def training_arguments(
     )
 
 
+def optimizer_steps(n_items: int, cfg: TrainConfig, world_size: int = 1) -> int:
+    """Optimizer steps of a run over ``n_items`` training prompts, counted as ``Trainer``
+    counts them (batches per epoch over the accumulation steps, times the epochs, rounded up)."""
+    batches = math.ceil(n_items / (cfg.batch_prompts * world_size))
+    per_epoch = max(math.ceil(batches / cfg.grad_accum_steps), 1)
+    return math.ceil(cfg.epochs * per_epoch)
+
+
+def check_checkpoints(cfg: TrainConfig, n_steps: int, key: str) -> None:
+    """Every checkpoint step lies within the run's ``n_steps`` (``key``: where
+    ``checkpoints`` was set, for the message)."""
+    if cfg.checkpoints and cfg.checkpoints[-1] > n_steps:
+        raise ValueError(
+            f"params: {key}: step {cfg.checkpoints[-1]} is beyond the run's {n_steps} optimizer "
+            f"steps (epochs x ceil(train prompts / batch_prompts / grad_accum_steps))"
+        )
+
+
+class SaveCheckpoints(TrainerCallback):
+    """Saves the policy (model and tokenizer, ``save_pretrained``) after each optimizer step
+    of ``steps`` into ``<root>/step-<n>``: the run's trajectory, evaluated by ``evaluate``.
+    Saving reads the weights only, so the run (its random streams, its final model) is the
+    same with and without checkpoints."""
+
+    def __init__(self, steps: list[int], root: Path, tokenizer):
+        self.steps, self.root, self.tokenizer = set(steps), Path(root), tokenizer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.steps and max(self.steps) > state.max_steps:  # optimizer_steps disagrees
+            raise RuntimeError(f"checkpoint steps {sorted(self.steps)} > {state.max_steps} steps")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps and state.is_world_process_zero:
+            out = self.root / f"step-{state.global_step}"
+            model.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+
+
 def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
     """Join preference rows with their reference rows (same order) into prompt items; prompts
     without pairs are dropped (they add nothing to the loss)."""

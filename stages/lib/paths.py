@@ -54,10 +54,14 @@ def aligned_model(variant: str, seed: int) -> Path:
     return ALIGNED_DIR / variant / run_name(seed)
 
 
+#: The folder of an align run's checkpoints, inside its model folder.
+CHECKPOINTS = "checkpoints"
+
+
 def checkpoint_model(variant: str, seed: int, step: int) -> Path:
     """``models/aligned/<variant>/seed-<s>/checkpoints/step-<n>``: the policy of one align run
     after ``step`` optimizer steps (``align.common.checkpoints``)."""
-    return aligned_model(variant, seed) / "checkpoints" / f"step-{step}"
+    return aligned_model(variant, seed) / CHECKPOINTS / f"step-{step}"
 
 
 def policy_model(policy: str, seed: int) -> Path:
