@@ -195,12 +195,36 @@ def training_arguments(
     )
 
 
-def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
+def ranking_pairs(
+    rewards: list[float], prompt_id: str, strategy: str, seed: int
+) -> list[list[int]]:
+    """The ``[winner, loser]`` pairs of one prompt's ranked completions under ``strategy`` (a
+    name of :data:`stages.lib.pairs.STRATEGIES`), drawn with the ``pairs`` stage's generator,
+    ``random.Random(f"{seed}-pairs-{prompt_id}")`` with the global ``seed``: the strategy the
+    preferences file was built with gives its pairs back (ties give no pair, as there)."""
+    rng = random.Random(f"{seed}-pairs-{prompt_id}")
+    return [list(p) for p in STRATEGIES[strategy](rewards, rng)]
+
+
+def build_items(
+    preferences: list[dict],
+    reference: list[dict],
+    pairs: str | None = None,
+    seed: int | None = None,
+) -> list[dict]:
     """Join preference rows with their reference rows (same order) into prompt items; prompts
-    without pairs are dropped (they add nothing to the loss)."""
+    without pairs are dropped (they add nothing to the loss). ``pairs`` (``TrainConfig.pairs``):
+    None keeps each row's pairs; a strategy name rebuilds every prompt's pairs (train and val)
+    from its rewards with :func:`ranking_pairs` under the global ``seed``."""
+    if pairs is not None and seed is None:
+        raise ValueError(f"pairs={pairs!r}: re-pairing needs the global seed")
     items = []
     for pref, ref in zip(preferences, reference, strict=True):
-        if not pref["pairs"]:
+        if pairs is None:
+            chosen = [list(p) for p in pref["pairs"]]
+        else:
+            chosen = ranking_pairs(pref["rewards"], pref["prompt_id"], pairs, seed)
+        if not chosen:
             continue
         items.append(
             {
@@ -208,7 +232,7 @@ def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
                 "prompt": pref["prompt"],
                 "completions": list(pref["completions"]),
                 "completion_ids": [list(ids) for ids in pref["completion_ids"]],
-                "pairs": [list(p) for p in pref["pairs"]],
+                "pairs": chosen,
                 "ref_logps": [float(x) for x in ref["logps"]],
                 "rewards": [float(x) for x in pref["rewards"]],
                 "split": pref["split"],
