@@ -19,6 +19,11 @@ letters, digits, ``_`` and ``-``, no dots), the preferences file and the referen
 count, prompt ids, K, token counts under ``max_length``). Errors start with the run's stage name,
 ``align@<variant>-<seed>: ``.
 
+The key ``pairs`` (null: the pairs of ``data/preferences.jsonl``) re-pairs every prompt's ranked
+completions with a strategy of :data:`stages.lib.pairs.STRATEGIES`, seeded as the ``pairs`` stage
+seeds it (global ``seed``), so pairwise losses can learn from all pairs of the ranking as listwise
+ones do; refused for a listwise loss and for preferences built with ``pairs.strategy: rso``.
+
 Reads ``models/sft/``, ``data/preferences.jsonl``, ``data/reference.jsonl``; writes
 ``models/aligned/<name>/seed-<s>/`` (model + tokenizer, atomically),
 ``metrics/align/<name>/seed-<s>.json`` and the DVCLive logs ``logs/align/<name>/seed-<s>/``
@@ -54,7 +59,7 @@ from stages.lib.align import (
     training_arguments,
 )
 from stages.lib.common import atomic_path, seed_everything, write_json, write_timings
-from stages.lib.config import load_params, read_mapping, run_seed
+from stages.lib.config import load_params, read_mapping, read_seed, run_seed
 from stages.lib.contracts import PREFERENCES, check_eos, read_reference, read_rows
 from stages.lib.modeling import load_causal_lm
 from stages.lib.variants import LossConfig, Variant, read_variant
@@ -91,6 +96,34 @@ def read_config(variant: Variant, seed: int) -> tuple[TrainConfig, LossConfig]:
     where = partial(variant.where, common_keys=TRAIN_KEYS)
     train = read_mapping(settings, "align.common", TrainConfig, where=where)
     return train, variant.loss()
+
+
+def check_pairs(params: dict, cfg: TrainConfig, loss: LossConfig, key: str) -> int | None:
+    """The global ``seed`` when ``cfg.pairs`` re-pairs the prompts (None when it does not).
+    Refused (``key``: where ``pairs`` was set): a listwise loss, which learns from the full
+    ranking, and preferences built with ``pairs.strategy: rso``, whose pairs are drawn among
+    the completions rso selected (the rows do not record which: re-pairing them would pair the
+    rejected ones too)."""
+    if cfg.pairs is None:
+        return None
+    if loss.listwise:
+        raise ValueError(
+            f"params: {key}: not used by listwise loss {loss.loss!r}: it learns from the full "
+            f"ranking of each prompt's completions, not from pairs: remove it, got {cfg.pairs!r}"
+        )
+    section = params.get("pairs")
+    if not isinstance(section, dict) or "strategy" not in section:
+        raise ValueError(
+            f"params: pairs.strategy: is missing ({key} re-pairs data/preferences.jsonl and "
+            "needs to know how it was paired)"
+        )
+    if section["strategy"] == "rso":
+        raise ValueError(
+            f"params: {key}: cannot re-pair preferences built with pairs.strategy 'rso': its "
+            "pairs are drawn among the completions rso selected, which the rows do not record: "
+            f"remove it or build the preferences with another strategy, got {cfg.pairs!r}"
+        )
+    return read_seed(params)
 
 
 def check_inputs(prefs: list[dict], pref_path: Path) -> None:
@@ -166,6 +199,8 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
     with _naming(run):
         variant = read_variant(params, name)
         cfg, loss_config = read_config(variant, seed)
+        pairs_key = variant.where("pairs", TRAIN_KEYS)
+        global_seed = check_pairs(params, cfg, loss_config, pairs_key)
         prefs = read_rows(paths.PREFERENCES, PREFERENCES)
         check_listwise(prefs, paths.PREFERENCES, loss_config, variant.where("loss"))
         check_inputs(prefs, paths.PREFERENCES)
@@ -174,7 +209,12 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
         model, tokenizer = load_causal_lm(paths.SFT_DIR, torch.device("cpu"))  # float32
         check_eos(prefs, paths.PREFERENCES, tokenizer)
         collator = PromptCollator(tokenizer, cfg.max_length)
-        items = build_items(prefs, refs)
+        items = build_items(prefs, refs, cfg.pairs, global_seed)
+        if cfg.pairs is not None and not any(i["split"] == "train" for i in items):
+            raise ValueError(
+                f"params: {pairs_key}: re-pairing with {cfg.pairs!r} leaves no pair in split "
+                f"'train' of {paths.PREFERENCES} (every pair it draws is tied)"
+            )
         key = variant.where("max_length", TRAIN_KEYS)
         check_token_counts(items, {r["prompt_id"]: r for r in refs}, collator, key)
     train = curriculum_order([i for i in items if i["split"] == "train"], cfg.curriculum, cfg.seed)
@@ -236,12 +276,14 @@ def align(name: str, params: dict, seed: int | None = None) -> dict:
 def summarize(cfg: TrainConfig, loss: LossConfig, name, history, evals, train, val, result) -> dict:
     """Flat metrics of a finished run (what ``dvc metrics show`` compares; no timings). The
     loss's ``margin`` and ``sft_reduction`` are recorded only where they act (slic_hf; an SFT
-    term), so the metrics of the other variants keep their keys."""
+    term), and ``pairs`` only where it re-pairs the prompts, so the metrics of the other
+    variants keep their keys."""
     windows = [h for h in history if "train_loss" in h]
     last, final = (windows[-1] if windows else {}), (evals[-1] if evals else {})
     best = max(evals, key=lambda h: h["eval_accuracy"]) if evals else {}
     extra = {"margin": loss.margin} if loss.margin is not None else {}
     extra.update({"sft_reduction": loss.sft_reduction} if loss.sft_weight else {})
+    repaired = {"pairs": cfg.pairs} if cfg.pairs is not None else {}
     return {
         "variant": name,
         "loss": loss.loss,
@@ -252,6 +294,7 @@ def summarize(cfg: TrainConfig, loss: LossConfig, name, history, evals, train, v
         "label_smoothing": loss.label_smoothing,
         **extra,
         "curriculum": cfg.curriculum,
+        **repaired,
         "learning_rate": cfg.learning_rate,
         "epochs": cfg.epochs,
         "steps": result.global_step,

@@ -27,7 +27,6 @@ metrics is 0).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
@@ -38,7 +37,7 @@ from stages.lib import paths
 from stages.lib.common import write_json, write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREFERENCES, SCORED, check_row, read_rows
-from stages.lib.pairs import hold_out_by_text, make_pairs
+from stages.lib.pairs import hold_out_by_text, make_pairs, pair_rng
 from stages.lib.trl_format import difference_counts, pair_records, write_pairs
 
 
@@ -64,7 +63,7 @@ def build_preferences(rows: list[dict], cfg: PairsConfig, seed: int) -> tuple[li
                 f"{cfg.rso.n_select}: at n_select = K rso accepts every candidate and selects "
                 f"nothing; raise sample.n_per_prompt"
             )
-        rng = random.Random(f"{seed}-pairs-{row['prompt_id']}")
+        rng = pair_rng(seed, row["prompt_id"])
         pairs, picked = make_pairs(rewards, cfg, rng)
         picked_rewards.extend(rewards[i] for i in picked)
         if not pairs:

@@ -825,3 +825,128 @@ def test_a_curriculum_trains_on_the_prompts_in_margin_order(project, monkeypatch
     assert metrics["curriculum"] == order
     shuffled = align("dpo", _params(epochs=2, eval_steps=1000))
     assert shuffled["curriculum"] == "shuffle" and shuffled["train_loss"] != metrics["train_loss"]
+
+
+# ------------------------------------------------------------------------------ re-pairing (pairs)
+
+
+def _untied(row: dict) -> int:
+    r = row["rewards"]
+    return sum(r[i] != r[j] for i in range(len(r)) for j in range(i + 1, len(r)))
+
+
+def test_pairs_all_trains_on_every_untied_pair_and_records_it(project):
+    params = _params(epochs=1)
+    params["align"]["variants"]["dpo"]["pairs"] = "all"
+    metrics = align("dpo", params)
+    rows = _read_jsonl(Path("data/preferences.jsonl"))
+    train = [r for r in rows if r["split"] == "train" and _untied(r)]
+    val = [r for r in rows if r["split"] == "val" and _untied(r)]
+    assert metrics["pairs"] == "all"
+    assert metrics["train_prompts"] == len(train) and metrics["val_prompts"] == len(val)
+    assert metrics["train_pairs"] == sum(_untied(r) for r in train)
+    assert metrics["val_pairs"] == sum(_untied(r) for r in val)
+    first_round = sum(len(r["pairs"]) for r in rows if r["split"] == "train")
+    assert metrics["train_pairs"] > first_round  # more than the file's pairs
+    assert metrics["steps"] == math.ceil(len(train) / 4)
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_margin"):
+        assert math.isfinite(metrics[key]), key
+    assert json.loads(Path("metrics/align/dpo/seed-0.json").read_text()) == metrics
+
+
+def test_pairs_null_is_a_no_op(project):
+    """The default (null, in params.yaml) records no `pairs` metric, keeps the committed demo
+    metrics' keys, and reads no global seed: a run without the key or the seed is the same."""
+    params = _params(epochs=1, eval_steps=1000)
+    assert params["align"]["common"]["pairs"] is None
+    metrics = align("dpo", params)
+    assert "pairs" not in metrics
+    committed = json.loads((ROOT / "metrics/align/dpo/seed-0.json").read_text())
+    assert set(metrics) == set(committed)
+    del params["align"]["common"]["pairs"], params["seed"]
+    assert align("dpo", params) == metrics
+
+
+def test_pairs_of_the_files_strategy_train_the_same_run(project):
+    """Preferences built by the pairs stage's own code (first_round, global seed 5): a run
+    re-pairing them with first_round under the same global seed is the run on the file's pairs."""
+    from stages.lib.config import PairsConfig
+    from stages.pairs import build_preferences
+
+    rows = _read_jsonl(Path("data/preferences.jsonl"))
+    for r in rows:
+        del r["pairs"], r["split"]
+    prefs, _ = build_preferences(rows, PairsConfig(strategy="first_round", val_fraction=0.2), 5)
+    kept = {p["prompt_id"] for p in prefs}
+    refs = [r for r in _read_jsonl(Path("data/reference.jsonl")) if r["prompt_id"] in kept]
+    _write_jsonl(Path("data/preferences.jsonl"), prefs)
+    _write_jsonl(Path("data/reference.jsonl"), refs)
+    params = _params(epochs=1, eval_steps=1000)
+    params["seed"] = 5
+    on_file = align("dpo", params)
+    params["align"]["variants"]["dpo"]["pairs"] = "first_round"
+    repaired = align("dpo", params)
+    assert repaired == {**on_file, "pairs": "first_round"}
+
+
+@pytest.mark.parametrize(
+    "variant, dotted, value, expected",
+    [
+        (
+            "pl",
+            "align.variants.pl.pairs",
+            "all",
+            "params: align.variants.pl.pairs: not used by listwise loss 'plackett_luce': it "
+            "learns from the full ranking of each prompt's completions, not from pairs: remove "
+            "it, got 'all'",
+        ),
+        (
+            "rrhf",
+            "align.common.pairs",
+            "tournament",
+            "params: align.common.pairs: not used by listwise loss 'rrhf': it learns from the "
+            "full ranking",
+        ),
+        (
+            "dpo",
+            "align.variants.dpo.pairs",
+            "rso",
+            "params: align.variants.dpo.pairs: must be null or one of first_round, tournament, "
+            "best_worst, all, got 'rso'",
+        ),
+    ],
+)
+def test_bad_pairs_fail_before_training(project, variant, dotted, value, expected):
+    with pytest.raises(ValueError) as err:
+        align(variant, _set(_new_params(), dotted, value))
+    assert str(err.value).startswith(f"align@{variant}-0: {expected}"), str(err.value)
+    assert "\n" not in str(err.value)
+    assert not Path("logs").exists() and not Path("models/aligned").exists()
+
+
+@pytest.mark.parametrize("dotted", ["align.variants.dpo.pairs", "align.common.pairs"])
+def test_pairs_refuse_preferences_built_by_rso(project, dotted):
+    params = _set(_params(), dotted, "all")
+    params["pairs"]["strategy"] = "rso"
+    with pytest.raises(ValueError) as err:
+        align("dpo", params)
+    assert str(err.value) == (
+        f"align@dpo-0: params: {dotted}: cannot re-pair preferences built with pairs.strategy "
+        "'rso': its pairs are drawn among the completions rso selected, which the rows do not "
+        "record: remove it or build the preferences with another strategy, got 'all'"
+    )
+    assert not Path("logs").exists() and not Path("models/aligned").exists()
+    params["pairs"]["strategy"] = "first_round"
+    del params["seed"]
+    with pytest.raises(ValueError, match=r"^align@dpo-0: params: seed: is missing"):
+        align("dpo", params)
+
+
+def test_a_variant_may_switch_common_pairs_off():
+    """align.common.pairs for the pairwise families, `pairs: null` in a listwise variant."""
+    from stages.align import check_pairs
+
+    params = _set(_new_params(), "align.common.pairs", "all")
+    params["align"]["variants"]["pl"]["pairs"] = None
+    assert check_pairs(params, *variant_config(params, "pl"), "align.variants.pl.pairs") is None
+    assert check_pairs(params, *variant_config(params, "dpo"), "align.common.pairs") == 0

@@ -235,6 +235,104 @@ def test_build_items_joins_rows_and_drops_prompts_without_pairs():
         build_items(rows, refs[:-1])
 
 
+def _items_before_pairs_key(preferences: list[dict], reference: list[dict]) -> list[dict]:
+    """build_items as it was before the ``pairs`` key (issue 29), verbatim: the no-op baseline."""
+    items = []
+    for pref, ref in zip(preferences, reference, strict=True):
+        if not pref["pairs"]:
+            continue
+        items.append(
+            {
+                "prompt_id": pref["prompt_id"],
+                "prompt": pref["prompt"],
+                "completions": list(pref["completions"]),
+                "completion_ids": [list(ids) for ids in pref["completion_ids"]],
+                "pairs": [list(p) for p in pref["pairs"]],
+                "ref_logps": [float(x) for x in ref["logps"]],
+                "rewards": [float(x) for x in pref["rewards"]],
+                "split": pref["split"],
+            }
+        )
+    return items
+
+
+def _ranked_rows(n_prompts: int = 24, seed: int = 3) -> list[dict]:
+    """:func:`_rows` with integer rewards in [-2, 2] (ties happen), one prompt all tied and one
+    with four distinct rewards; ``pairs`` are left as :func:`_rows` made them."""
+    rng = random.Random(seed)
+    rows = _rows(n_prompts)
+    for row in rows:
+        row["rewards"] = [float(rng.randint(-2, 2)) for _ in row["completions"]]
+    rows[0]["rewards"] = [0.5, 0.5, 0.5, 0.5]
+    rows[1]["rewards"] = [0.1, -1.0, 2.0, 0.7]
+    return rows
+
+
+def _refs(rows: list[dict]) -> list[dict]:
+    return [{"prompt_id": r["prompt_id"], "logps": [-1.0] * 4, "n_tokens": [1] * 4} for r in rows]
+
+
+def test_pairs_null_leaves_the_items_as_they_were():
+    rows = _ranked_rows()
+    rows[5]["pairs"] = []
+    for r in rows:  # the file's pairs must be consistent with its rewards: keep the untied ones
+        r["pairs"] = [[w, l] for w, l in r["pairs"] if r["rewards"][w] != r["rewards"][l]]
+    refs = _refs(rows)
+    before = _items_before_pairs_key(copy.deepcopy(rows), refs)
+    assert build_items(rows, refs) == before
+    assert build_items(rows, refs, None, 0) == before  # a global seed alone changes nothing
+    assert build_items(rows, refs, pairs=None, seed=123) == before
+
+
+def test_repairing_with_all_gives_every_untied_pair():
+    rows = _ranked_rows()
+    items = build_items(rows, _refs(rows), "all", 0)
+    by_id = {i["prompt_id"]: i for i in items}
+    assert "p0" not in by_id  # all four rewards tied: no pair, the prompt is dropped
+    assert by_id["p1"]["pairs"] == [[0, 1], [2, 0], [3, 0], [2, 1], [3, 1], [2, 3]]  # all 6
+    for row in rows:
+        r = row["rewards"]
+        want = {(i, j) for i in range(4) for j in range(4) if r[i] > r[j]}
+        got = by_id[row["prompt_id"]]["pairs"] if row["prompt_id"] in by_id else []
+        assert {tuple(p) for p in got} == want and len(got) == len(want), row["prompt_id"]
+    assert {i["split"] for i in items} == {"train", "val"}  # val prompts are re-paired too
+    assert len(items) == sum(len(set(r["rewards"])) > 1 for r in rows)
+    with pytest.raises(ValueError, match="global seed"):
+        build_items(rows, _refs(rows), "all")
+
+
+@pytest.mark.parametrize("strategy", ["first_round", "tournament", "best_worst", "all"])
+def test_repairing_with_the_files_strategy_gives_its_pairs_back(strategy):
+    """The pairs stage's own build, then align's re-pairing with the same strategy and global
+    seed: the same pairs, the same items; another global seed draws other pairs."""
+    from stages.lib.config import PairsConfig
+    from stages.pairs import build_preferences
+
+    scored = _ranked_rows(n_prompts=40)
+    for n, r in enumerate(scored):
+        del r["pairs"], r["split"]
+        r["prompt"] = f"the film number {n} was"  # distinct texts: the val draw is by text
+    prefs, _ = build_preferences(scored, PairsConfig(strategy=strategy, val_fraction=0.25), 7)
+    assert 0 < len(prefs) < len(scored) and {p["split"] for p in prefs} == {"train", "val"}
+    refs = _refs(prefs)
+    assert build_items(prefs, refs, strategy, 7) == build_items(prefs, refs)
+    if strategy != "all":  # the only strategy without a draw
+        others = [build_items(prefs, refs, strategy, s) for s in range(8, 12)]
+        assert any(o != build_items(prefs, refs) for o in others)
+
+
+def test_an_unknown_pairs_strategy_names_the_key():
+    common = {**load_params(ROOT / "params.yaml")["align"]["common"], "seed": 0}
+    for bad in ("rso", "everything"):
+        with pytest.raises(ValueError) as err:
+            read_mapping({**common, "pairs": bad}, "align.common", TrainConfig)
+        assert str(err.value) == (
+            "params: align.common.pairs: must be null or one of first_round, tournament, "
+            f"best_worst, all, got {bad!r}"
+        )
+    assert read_mapping({**common, "pairs": None}, "align.common", TrainConfig).pairs is None
+
+
 def test_collator_encodes_each_completion_once(lm, items):
     _, tokenizer = lm
     items = [dict(i) for i in items[:3]]

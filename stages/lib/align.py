@@ -53,7 +53,7 @@ from transformers.training_args import OptimizerNames
 from stages.lib.config import non_negative, param, positive_finite, positive_int, unit_interval
 from stages.lib.losses import PreferenceLossOutput, batch_loss, preference_loss
 from stages.lib.modeling import use_bf16
-from stages.lib.pairs import STRATEGIES
+from stages.lib.pairs import STRATEGIES, pair_rng
 from stages.lib.sequences import completion_index, completion_logprobs, encode_batch
 from stages.lib.training import is_timing
 from stages.lib.variants import LossConfig
@@ -233,12 +233,36 @@ class SaveCheckpoints(TrainerCallback):
             self.tokenizer.save_pretrained(out)
 
 
-def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
+def ranking_pairs(
+    rewards: list[float], prompt_id: str, strategy: str, seed: int
+) -> list[list[int]]:
+    """The ``[winner, loser]`` pairs of one prompt's ranked completions under ``strategy`` (a
+    name of :data:`stages.lib.pairs.STRATEGIES`), drawn with the ``pairs`` stage's generator,
+    (:func:`stages.lib.pairs.pair_rng`) with the global ``seed``: the strategy the
+    preferences file was built with gives its pairs back (ties give no pair, as there)."""
+    rng = pair_rng(seed, prompt_id)
+    return [list(p) for p in STRATEGIES[strategy](rewards, rng)]
+
+
+def build_items(
+    preferences: list[dict],
+    reference: list[dict],
+    pairs: str | None = None,
+    seed: int | None = None,
+) -> list[dict]:
     """Join preference rows with their reference rows (same order) into prompt items; prompts
-    without pairs are dropped (they add nothing to the loss)."""
+    without pairs are dropped (they add nothing to the loss). ``pairs`` (``TrainConfig.pairs``):
+    None keeps each row's pairs; a strategy name rebuilds every prompt's pairs (train and val)
+    from its rewards with :func:`ranking_pairs` under the global ``seed``."""
+    if pairs is not None and seed is None:
+        raise ValueError(f"pairs={pairs!r}: re-pairing needs the global seed")
     items = []
     for pref, ref in zip(preferences, reference, strict=True):
-        if not pref["pairs"]:
+        if pairs is None:
+            chosen = [list(p) for p in pref["pairs"]]
+        else:
+            chosen = ranking_pairs(pref["rewards"], pref["prompt_id"], pairs, seed)
+        if not chosen:
             continue
         items.append(
             {
@@ -246,7 +270,7 @@ def build_items(preferences: list[dict], reference: list[dict]) -> list[dict]:
                 "prompt": pref["prompt"],
                 "completions": list(pref["completions"]),
                 "completion_ids": [list(ids) for ids in pref["completion_ids"]],
-                "pairs": [list(p) for p in pref["pairs"]],
+                "pairs": chosen,
                 "ref_logps": [float(x) for x in ref["logps"]],
                 "rewards": [float(x) for x in pref["rewards"]],
                 "split": pref["split"],

@@ -41,7 +41,6 @@ and ``evaluate`` run on them unchanged::
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from statistics import fmean
 
@@ -50,7 +49,7 @@ from stages.lib.config import PairsConfig, param, positive_int, unit_interval
 from stages.lib.contracts import PREFERENCES, check_row
 from stages.lib.ingest_formats import CHAT_TEMPLATES, CONVERSATIONAL, Chat
 from stages.lib.ingest_sources import Record, Table, read_records
-from stages.lib.pairs import hold_out_by_text, make_pairs
+from stages.lib.pairs import hold_out_by_text, make_pairs, pair_rng
 
 PARAMETER = "ingest.source"
 
@@ -183,7 +182,7 @@ def _pairs(record: Record, prompt_id: str, cfg: PairsConfig, seed: int) -> list[
             f"params: pairs.rso.n_select: must be < the {len(record.rewards)} completions of "
             f"{record.where}, got {cfg.rso.n_select}"
         )
-    pairs, _ = make_pairs(record.rewards, cfg, random.Random(f"{seed}-pairs-{prompt_id}"))
+    pairs, _ = make_pairs(record.rewards, cfg, pair_rng(seed, prompt_id))
     return [list(p) for p in pairs]
 
 

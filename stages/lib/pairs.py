@@ -146,6 +146,12 @@ def rso_pairs(
     return first_round_pairs(rewards, rng, picked), picked
 
 
+def pair_rng(seed: int, prompt_id: str) -> random.Random:
+    """The generator of one prompt's pairs, seeded by the global ``seed`` and the prompt id
+    (the ``pairs`` stage, ``ingest`` and align's re-pairing draw the same pairs from it)."""
+    return random.Random(f"{seed}-pairs-{prompt_id}")
+
+
 STRATEGIES = {
     "first_round": first_round_pairs,
     "tournament": tournament_pairs,
