@@ -69,13 +69,14 @@ them as "n/a", never as 0.
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from pathlib import Path
 
 import typer
 
 from stages.lib import paths
-from stages.lib.common import atomic_path, write_json, write_jsonl
+from stages.lib.common import atomic_path, write_json, write_jsonl, write_timings
 from stages.lib.config import (
     DataConfig,
     EvaluateConfig,
@@ -218,9 +219,19 @@ def evaluate(
         spaces=spaces,
         quality=quality,
     )
+    start = time.time()
     metrics, out_rows = measure(path)
+    final_s = time.time() - start
     steps = [] if external or policy == "sft" else checkpoint_steps(path)
     trajectory = {step: measure(path / paths.CHECKPOINTS / f"step-{step}") for step in steps}
+    write_timings(  # what the trajectory costs beside the final policy's measurement
+        f"evaluate-{policy}-{seed}",
+        {
+            "final_s": final_s,
+            "checkpoints": len(steps),
+            "trajectory_s": time.time() - start - final_s,
+        },
+    )
     if not (external or policy == "sft"):
         write_trajectory(policy, seed, trajectory)
     write_jsonl(paths.eval_samples(policy, seed), out_rows)

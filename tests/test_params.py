@@ -136,25 +136,43 @@ def _family(variant: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in variant.items() if k not in ("beta", "learning_rate")))
 
 
-def test_study_profiles_give_every_family_at_least_five_betas():
-    study, core = compose("study"), compose("study-fdpo")
-    demo = compose("demo")
-    assert set(core["align"]["variants"]) < set(study["align"]["variants"])
-    for params, n_families in ((study, 11), (core, 4)):
-        new = {
-            k: v
-            for k, v in params["align"]["variants"].items()
-            if k not in demo["align"]["variants"]
-        }
-        families: dict[tuple, set[float]] = {}
-        for v in params["align"]["variants"].values():
-            families.setdefault(_family(v), set()).add(v["beta"])
-        studied = {_family(v) for v in new.values()}
-        assert len(studied) == n_families
-        assert all(len(families[f]) >= 5 for f in studied)  # the demo's beta is one of them
-        assert {k: v for k, v in params.items() if k != "align"} == {
-            k: v for k, v in demo.items() if k != "align"
-        }
+def _betas(params: dict, names) -> dict[tuple, set]:
+    families: dict[tuple, set] = {}
+    for name in names:
+        v = params["align"]["variants"][name]
+        families.setdefault(_family(v), set()).add(v.get("beta"))
+    return families
+
+
+def test_the_study_gives_every_family_three_betas_and_one_optimiser():
+    """Issue 29: β is the only per-family knob (no variant overrides a training key), three β
+    per family, the trajectory set for every run, five seeds; nothing but seeds, the
+    checkpoints and the frontier's resamples differs from the demo outside the variants."""
+    study, demo = compose("study"), compose("demo")
+    variants = study["align"]["variants"]
+    training = {"learning_rate", "epochs", "optimizer", "lr_scheduler", "warmup_ratio"}
+    common_lr = study["align"]["common"]["learning_rate"]
+    assert all(v.get("learning_rate", common_lr) == common_lr for v in variants.values())
+    assert not any(training - {"learning_rate"} & set(v) for v in variants.values())
+    families = _betas(study, variants)
+    with_beta = [b for b in families.values() if b != {None}]
+    assert len(with_beta) == 14 and sorted(len(b) for b in with_beta) == [1] * 4 + [3] * 10
+    assert sum(b == {None} for b in families.values()) == 2  # SLiC-HF, RRHF: no β
+    assert any(dict(f).get("pairs") == "all" for f in families)  # equal information
+    assert study["seeds"] == [0, 1, 2, 3, 4]
+    assert study["align"]["common"]["checkpoints"] == [6, 10, 16, 32]
+    assert {k for k in study if study[k] != demo.get(k)} == {"seeds", "align", "frontier"}
+
+
+def test_the_fdpo_core_profile_gives_its_four_families_five_betas():
+    core, demo = compose("study-fdpo"), compose("demo")
+    new = [k for k in core["align"]["variants"] if k not in demo["align"]["variants"]]
+    studied = _betas(core, new)
+    assert len(studied) == 4
+    assert all(len(_betas(core, core["align"]["variants"])[f]) >= 5 for f in studied)
+    assert {k: v for k, v in core.items() if k != "align"} == {
+        k: v for k, v in demo.items() if k != "align"
+    }
 
 
 @pytest.mark.parametrize("profile", ["demo", "imdb", "paper", "losses", "study"])

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-
-from stages.bench.study import SECONDS, compose, main, study_size
+from stages.bench.study import compose, main, study_size
 
 
-def test_study_profile_counts_five_betas_per_family_and_the_new_runs():
-    """Five β per family, seven for forward KL (two added at small β after the study-fdpo run)."""
+def test_study_profile_counts_its_runs():
+    """Issue 29's design: 36 variants (the demo's 10 among them), 5 seeds; every run is new
+    (the trajectory and the one learning rate change every demo run), so from scratch."""
     study, demo = compose("study"), compose("demo")
-    size = study_size(study, set(demo["align"]["variants"]), from_scratch=False)
-    betas = sorted(n for _, n in size["families"])
-    assert len(betas) == 11 and betas == [5] * 10 + [7]
-    assert size["new_variants"] == 47 and size["seeds"] == 3
-    assert size["runs"]["align"] == size["runs"]["evaluate"] == 141
-    assert size["runs"]["best-of-n"] == 0 and size["runs"]["shared"] == 0
-    expected = 141 * (SECONDS["align"] + SECONDS["evaluate"]) + SECONDS["report"]
-    assert size["seconds"] == pytest.approx(expected + SECONDS["frontier"])
+    size = study_size(study, set(demo["align"]["variants"]), from_scratch=True)
+    assert size["new_variants"] == 36 and size["seeds"] == 5
+    assert size["runs"]["align"] == size["runs"]["evaluate"] == 180
+    assert size["runs"]["best-of-n"] == 5 == size["runs"]["evaluate-sft"]
 
 
 def test_from_scratch_counts_every_run(capsys):
