@@ -115,7 +115,6 @@ def online_round(
         lambda texts: score_texts(reward_model, reward_tok, texts, score=score_kind),
         gold_score if source == "synthetic" else None,
     )
-    del reward_model
     prefs, pair_metrics = round_preferences(scored, cfg.pairs, data_seed, round_, where)
     data = round_data(variant, seed, round_)
     check_eos(prefs, data / "preferences.jsonl", tokenizer)
