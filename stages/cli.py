@@ -51,6 +51,10 @@ COMMANDS = {
         "stages.online_round",
         "One on-policy round: sample, score, pair, reference, train from the last round.",
     ),
+    "online-rl": (
+        "stages.online_rl",
+        "Online RL baseline: trl's RLOO with the reward model, one KL coefficient and seed.",
+    ),
     "quality-reference": (
         "stages.quality_reference",
         "Reference sets of held-out reviews and the feature spaces of the quality measures.",
