@@ -43,6 +43,18 @@ COMMANDS = {
     ),
     "reference": ("stages.reference", "Log-probs of every completion under the SFT policy, once."),
     "align": ("stages.align", "Train one DPO-family variant on the preference pairs."),
+    "online-init": (
+        "stages.online_init",
+        "Round 0 of iterative DPO: copy the SFT policy (and validate online.*).",
+    ),
+    "online-round": (
+        "stages.online_round",
+        "One on-policy round: sample, score, pair, reference, train from the last round.",
+    ),
+    "online-rl": (
+        "stages.online_rl",
+        "Online RL baseline: trl's RLOO with the reward model, one KL coefficient and seed.",
+    ),
     "quality-reference": (
         "stages.quality_reference",
         "Reference sets of held-out reviews and the feature spaces of the quality measures.",

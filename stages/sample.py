@@ -27,38 +27,8 @@ from stages.lib import paths
 from stages.lib.common import seed_everything, write_jsonl
 from stages.lib.config import SampleConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PROMPTS, read_rows
-from stages.lib.generation import Generations, generate_completions
 from stages.lib.modeling import load_causal_lm
-
-
-def sample_rows(
-    model, tokenizer, prompts: list[dict], cfg: SampleConfig, seed: int, progress: bool = True
-) -> tuple[list[dict], Generations]:
-    """SAMPLES rows (one per prompt, in order) and the raw generations."""
-    out = generate_completions(
-        model,
-        tokenizer,
-        [p["prompt"] for p in prompts],
-        n_per_prompt=cfg.n_per_prompt,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        stream="sample",
-        progress=progress,
-        desc="sample",
-    )
-    rows = [
-        {
-            "prompt_id": p["prompt_id"],
-            "prompt": p["prompt"],
-            "completions": texts,
-            "completion_ids": ids,
-            "finished": done,
-        }
-        for p, texts, ids, done in zip(prompts, out.texts, out.token_ids, out.finished)
-    ]
-    return rows, out
+from stages.lib.sampling import sample_rows
 
 
 def sample(params: dict, progress: bool = True) -> dict:
