@@ -33,7 +33,11 @@ def pava(x, y, increasing=True) -> tuple[np.ndarray, np.ndarray]:
 
 def _random(rows, n, seed, ties=True):
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, n // 2, size=(rows, n)).astype(float) if ties else rng.normal(size=(rows, n))
+    x = (
+        rng.integers(0, n // 2, size=(rows, n)).astype(float)
+        if ties
+        else rng.normal(size=(rows, n))
+    )
     return x, rng.normal(size=(rows, n)) + 0.3 * x
 
 
