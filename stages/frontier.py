@@ -298,7 +298,7 @@ def trajectory(
             pts += [points[v, n] for n, _ in (traj[v][0] if v in traj else [])] + [est[v]]
         curves.append(curve(f.name, f.n_betas, pts, ms, kind="trajectory"))
     k, fam, i = k_star(curves)
-    levels = [k * q for q in QUANTILES]
+    levels = [k * q for q in QUANTILES] if k > 0 else []  # K* <= 0: a family never left SFT
     fit = setup["fit"]
     rows = {f: matched_kl([*curves, bon_curve], base.name, levels, ms, f) for f in FITS}
     tsetup = {

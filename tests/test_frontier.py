@@ -499,3 +499,17 @@ def test_read_trajectory_returns_steps_in_order(repo):
     _write(Path(f"data/trajectory/jsd/seed-{SEEDS[0]}/summary.json"), [summary])
     with pytest.raises(ValueError, match=r"^data/trajectory/jsd/seed-0/summary\.json: must"):
         read_trajectory("jsd", SEEDS[0])
+
+
+def test_a_family_that_never_leaves_sft_gives_no_trajectory_level(repo):
+    """hinge ends at KL -0.0002 (float noise) in every seed: K* is 0, so there is no level
+    (three levels at 0 would compare SFT with itself). Catches levels built from K* <= 0."""
+    for i in range(len(SEEDS)):
+        write_eval("hinge", i, 0.0, -0.0002, 2.0)
+    write_trajectory()
+    result = frontier(_traj_params())
+    assert result["trajectory"]["matched"] == []
+    assert result["metrics"]["trajectory"] == {"kl_levels": {}}
+    md = (repo / "reports/frontier/trajectory.md").read_text()
+    assert "no KL level: 1/4, 1/2 and 3/4 of the common range [0, K*], K* = 0.000" in md
+    assert "### KL =" not in md

@@ -421,12 +421,14 @@ def trajectory_markdown(
         "",
         "## KL levels",
         "",
-        f"{', '.join(number(v) for v in levels)} nats: 1/4, 1/2 and 3/4 of the common range "
+        (f"{', '.join(number(v) for v in levels)} nats: " if levels else "no KL level: ")
+        + "1/4, 1/2 and 3/4 of the common range "
         f"[0, K*], K* = {number(k)} the smallest, over families and seeds, of that seed's "
         f"largest point-estimate KL (family {fam}, seed {seed}).",
-        "",
-        _fit_paragraph(fit, base, trajectory=True),
     ]
+    if not levels:
+        return "\n".join(lines) + "\n"
+    lines += ["", _fit_paragraph(fit, base, trajectory=True)]
     if quality:
         lines += ["", QUALITY_NOTE]
     lines += _level_sections(matched, levels, metrics, quality, base)
