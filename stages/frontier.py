@@ -18,7 +18,10 @@ params.yaml and, for ``sft`` and every variant and every seed of ``seeds``,
     reports/frontier/precision_recall.png  per KL level (column) and feature space and
                                            reference set (row): each family's (recall,
                                            precision) at that KL, both 95% intervals, and SFT
-    metrics/frontier.json                  the matched-KL values, under dvc.yaml's `metrics:`
+    reports/frontier/trajectory.md, .csv   the trajectory frontier (SFT, checkpoints and
+    reports/frontier/trajectory.png        endpoints per family), or a "no trajectories" note
+    metrics/frontier.json                  the matched-KL values (the trajectory's under
+                                           ``trajectory``), under dvc.yaml's `metrics:`
 
     python -m stages frontier                 # or: dvc repro frontier
     python -m stages frontier --kl-levels 3.6,4,4.4 --out reports/frontier-low   # analysis
@@ -35,10 +38,22 @@ policy, family and best-of-n, so every difference is paired (same seeds, same pr
 
 **KL levels**: the 0.25, 0.5 and 0.75 quantiles of the KL range that every family with at least
 2 β values covers (its seed-mean points' min to max), so each level lies inside every such
-family's curve; the Markdown says which range was used. Each family's value at a level is
-interpolated piecewise linearly in KL along its seed-mean points, in every bootstrap replicate
-too; families with fewer than 2 β values, or whose range misses a level, get "–", never an
-extrapolation. **Best-of-n** (n = 1, 2, 4, ... ≤ ``best_of_n.n_max``) sits at its analytic KL
+family's curve; the Markdown says which range was used. **Fit** (``frontier.fit``): each
+family's value at a level is read off a per-seed monotone (isotonic) fit in KL averaged over
+seeds (``isotonic``, the default), or interpolated piecewise linearly in KL along its
+seed-mean points (``linear``), in every bootstrap replicate too
+(:mod:`stages.lib.frontier`); the other fit is reported beside it as a sensitivity analysis
+(its own Markdown section; ``fit`` column in the CSV; ``metrics/frontier.json`` holds the
+primary's). Families with fewer than 2 β values, or whose range misses a level, get "–", never
+an extrapolation. Every cell stores its bootstrap coverage, every Δ its two-sided bootstrap
+p-value.
+
+**Trajectory frontier**: where variants have ``checkpoints`` (``align.common`` or their own),
+``evaluate`` writes ``data/trajectory/<v>/seed-<s>/`` (:func:`stages.lib.runs.read_trajectory`);
+each family's points per seed are then the SFT policy (KL 0), every checkpoint of every β and
+every endpoint, fitted the same way, compared at 1/4, 1/2 and 3/4 of [0, K*], K* the smallest
+over families and seeds of that seed's largest KL. Without checkpoints the trajectory files say
+so and nothing else changes. **Best-of-n** (n = 1, 2, 4, ... ≤ ``best_of_n.n_max``) sits at its analytic KL
 log n − (n − 1)/n, its reward and gold estimated from all n-subsets of the draws
 (:mod:`stages.lib.best_of_n`); between its n it is interpolated the same way.
 
@@ -73,26 +88,42 @@ from stages.lib import paths
 from stages.lib.best_of_n import best_of_n, best_of_n_kl, n_values
 from stages.lib.bootstrap import Resamples, draw_resamples
 from stages.lib.common import atomic_path, write_json
-from stages.lib.config import ReportConfig, load_params, read_section, read_seed, read_seeds
+from stages.lib.config import load_params, read_seed, read_seeds
 from stages.lib.contracts import BEST_OF_N, read_rows
 from stages.lib.frontier import (
+    FITS,
+    QUANTILES,
+    Curve,
     Family,
+    add_seed_replicates,
     curve,
     group_families,
     kl_levels,
     matched_kl,
     point_rows,
     quality_metrics,
+    read_config,
+    variant_checkpoints,
     variant_settings,
 )
 from stages.lib.frontier_tables import (
+    NO_TRAJECTORY,
     frontier_metrics,
     matched_columns,
     matched_markdown,
+    other_fit,
     point_columns,
+    trajectory_markdown,
 )
 from stages.lib.runs import METRICS as RUN_METRICS
-from stages.lib.runs import check_same_prompts, estimate, load_runs, stack, stack_sets
+from stages.lib.runs import (
+    check_same_prompts,
+    estimate,
+    load_runs,
+    read_trajectory,
+    stack,
+    stack_sets,
+)
 from stages.lib.tables import plural
 from stages.lib.variants import SFT
 
@@ -150,10 +181,12 @@ def bon_estimates(bon: list[tuple[np.ndarray, np.ndarray | None]], draws: Resamp
         num = {"reward": np.stack([best_of_n(r, n) for r, _ in bon])}
         if all(g is not None for _, g in bon):
             num["gold"] = np.stack([best_of_n(r, n, g) for r, g in bon])
-        est = estimate(num, {m: np.ones_like(v) for m, v in num.items()}, draws)
+        den = {m: np.ones_like(v) for m, v in num.items()}
+        est = with_seeds(estimate(num, den, draws), num, den, draws)
         kl = best_of_n_kl(n)
         reps = np.full(len(draws.seeds), kl)
-        est["kl"] = {"value": kl, "reps": reps, "seeds": None, "ci": (kl, kl)}
+        est["kl"] = {"value": kl, "reps": reps, "seeds": np.full(len(bon), kl), "ci": (kl, kl)}
+        est["kl"].update(seed_reps=np.full(draws.seeds.shape, kl), draws=draws.seeds)
         out[n] = est
     return out
 
@@ -200,6 +233,86 @@ def parse_levels(text: str) -> list[float]:
     return levels
 
 
+def read_trajectories(params: dict, seeds: list[int], runs: dict) -> dict[str, list]:
+    """variant -> per seed its ``[(step, Run)]`` (:func:`stages.lib.runs.read_trajectory`), for
+    every variant with ``checkpoints`` whose runs have steps; every seed must list the same."""
+    out = {}
+    for v, wanted in variant_checkpoints(params).items():
+        if not wanted:
+            continue
+        per_seed = [read_trajectory(v, s, runs[v][i]) for i, s in enumerate(seeds)]
+        steps = [[n for n, _ in t] for t in per_seed]
+        for s, st in zip(seeds[1:], steps[1:]):
+            if st != steps[0]:
+                raise ValueError(
+                    f"{paths.trajectory_dir(v, s) / 'summary.json'}: steps {st} differ from "
+                    f"seed {seeds[0]}'s {steps[0]}; every seed's run needs the same checkpoints"
+                )
+        if steps[0]:
+            out[v] = per_seed
+    return out
+
+
+def with_seeds(e: dict, num: dict, den: dict, draws: Resamples, sets=None) -> dict:
+    """:func:`estimate`'s dict with the per-seed replicates the isotonic fit needs."""
+    return add_seed_replicates(e, num, den, draws, sets)
+
+
+def k_star(curves: list) -> tuple[float, str, int]:
+    """(K*, family, seed index): the smallest over curves and seeds of that seed's largest
+    point-estimate KL."""
+    found = [
+        (float(c.seeds.kl[i].max()), c.name, i) for c in curves for i in range(len(c.seeds.kl))
+    ]
+    return min(found)
+
+
+def trajectory(
+    traj: dict,
+    est: dict,
+    families: list[Family],
+    bon_curve: Curve,
+    draws: Resamples,
+    base: Family,
+    setup: dict,
+) -> tuple[dict, list[dict], list[dict], list[Curve]]:
+    """The trajectory frontier (``traj``: :func:`read_trajectories`; ``est``: every policy's
+    estimates with per-seed replicates): each family's points per seed are SFT, every
+    checkpoint of every β and every endpoint, compared at 1/4, 1/2, 3/4 of [0, K*]
+    (:func:`k_star`); returns its setup, the rows of ``setup["fit"]`` and of the other fit,
+    and the family curves."""
+    every = [r for per_seed in traj.values() for t in per_seed for _, r in t]
+    compared = [*setup["metrics"], *setup["quality"]]
+    ms = [m for m in compared if all(m in r.num or m in r.sets for r in every)]
+    points = {}
+    for v, per_seed in traj.items():
+        for k, (n, _) in enumerate(per_seed[0]):
+            step_runs = [t[k][1] for t in per_seed]
+            sets = {m: h for m, h in stack_sets(step_runs).items() if m in ms}
+            num, den = stack(step_runs, ("kl", *ms))
+            points[v, n] = with_seeds(estimate(num, den, draws, sets=sets), num, den, draws, sets)
+    curves = []
+    for f in families:
+        pts = [est[SFT]]
+        for v in f.variants:
+            pts += [points[v, n] for n, _ in (traj[v][0] if v in traj else [])] + [est[v]]
+        curves.append(curve(f.name, f.n_betas, pts, ms, kind="trajectory"))
+    k, fam, i = k_star(curves)
+    levels = [k * q for q in QUANTILES] if k > 0 else []  # K* <= 0: a family never left SFT
+    fit = setup["fit"]
+    rows = {f: matched_kl([*curves, bon_curve], base.name, levels, ms, f) for f in FITS}
+    tsetup = {
+        **setup,
+        "levels": levels,
+        "k_star": (k, fam, setup["seeds"][i]),
+        "steps": {v: [n for n, _ in t[0]] for v, t in traj.items()},
+        "metrics": [m for m in setup["metrics"] if m in ms],
+        "quality": [m for m in setup["quality"] if m in ms],
+        "ranges": {c.name: c.range(fit) for c in curves},
+    }
+    return tsetup, rows[fit], rows[other_fit(fit)], curves
+
+
 def frontier(
     params: dict,
     out: Path = OUT,
@@ -209,7 +322,8 @@ def frontier(
     """Run the stage; returns what it wrote to ``metrics/frontier.json`` plus the rows.
     ``levels``: KL levels to compare at instead of the automatic ones (an analysis outside the
     pipeline: ``--kl-levels`` with ``--out`` elsewhere)."""
-    cfg = read_section(params, "frontier", ReportConfig)
+    cfg = read_config(params)
+    fit = cfg.fit
     seeds = read_seeds(params)
     settings = variant_settings(params)
     families = group_families(settings)
@@ -225,15 +339,23 @@ def frontier(
         ids, rewards, gold = read_best_of_n(s)
         check_same_prompts(ids, first.prompt_ids, paths.best_of_n_samples(s), first.path)
         bon.append((rewards, gold))
+    traj = read_trajectories(params, seeds, runs)
     every = [r for per in runs.values() for r in per]
     metrics = [m for m in METRICS if all(m in r.num for r in every)]
     quality = quality_metrics(every)
     compared = [*metrics, *quality]
     draws = draw_resamples(len(seeds), len(first.prompt_ids), cfg.bootstrap, read_seed(params))
+    # the per-seed replicates of the isotonic fit, only for points on some curve
+    on_curve = {v for f in families if f.n_betas >= 2 for v in f.variants}
+    if traj:
+        on_curve |= set(policies)
     est = {}
     for p in policies:
         sets = {m: hits for m, hits in stack_sets(runs[p]).items() if m in quality}
-        est[p] = estimate(*stack(runs[p], ("kl", *metrics, *quality)), draws, sets=sets)
+        num, den = stack(runs[p], ("kl", *metrics, *quality))
+        est[p] = estimate(num, den, draws, sets=sets)
+        if p in on_curve:
+            with_seeds(est[p], num, den, draws, sets)
     bon_est = bon_estimates(bon, draws)
     curves = [curve(f.name, f.n_betas, [est[v] for v in f.variants], compared) for f in families]
     curves.append(curve(BON, len(bon_est), list(bon_est.values()), compared))
@@ -244,7 +366,8 @@ def frontier(
         levels, how = kl_levels(ranges, fallback)
     else:
         how = "given with --kl-levels (not the pipeline's automatic levels)"
-    matched = matched_kl(curves, base.name, levels, compared)
+    by_fit = {f: matched_kl(curves, base.name, levels, compared, f) for f in FITS}
+    matched, sensitivity = by_fit[fit], by_fit[other_fit(fit)]
     points = point_rows(est, families, compared)
     bon_rows = [{"n": n, **{k: e[k]["value"] for k in e}, **_cis(e)} for n, e in bon_est.items()]
     setup = {
@@ -257,21 +380,48 @@ def frontier(
         "metrics": metrics,
         "quality": quality,
         "ranges": {c.name: c.kl_range for c in curves},
+        "fit": fit,
     }
+    traj_result = None
+    if traj:
+        traj_result = trajectory(traj, est, families, curves[-1], draws, base, setup)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "matched_kl.md") as tmp:
-        tmp.write_text(matched_markdown(setup, families, matched, points, bon_rows))
-    write_csv(out / "matched_kl.csv", matched, matched_columns(quality))
+        tmp.write_text(matched_markdown(setup, families, matched, points, bon_rows, sensitivity))
+    write_csv(out / "matched_kl.csv", [*matched, *sensitivity], matched_columns(quality))
     write_csv(out / "points.csv", points, point_columns(quality))
     write_csv(out / "best_of_n.csv", bon_rows, BON_COLUMNS)
     summary = frontier_metrics(setup, matched)
+    if traj_result is not None:
+        tsetup, t_rows, t_sens, t_curves = traj_result
+        with atomic_path(out / "trajectory.md") as tmp:
+            tmp.write_text(trajectory_markdown(tsetup, families, t_rows, t_sens))
+        write_csv(out / "trajectory.csv", [*t_rows, *t_sens], matched_columns(tsetup["quality"]))
+        summary["trajectory"] = frontier_metrics(tsetup, t_rows)
+    else:
+        with atomic_path(out / "trajectory.md") as tmp:
+            tmp.write_text(NO_TRAJECTORY)
+        write_csv(out / "trajectory.csv", [], matched_columns())
     write_json(metrics_path, summary)
-    from stages.lib.frontier_plots import families_png, overview_png, precision_recall_png
+    from stages.lib.frontier_plots import (
+        families_png,
+        overview_png,
+        precision_recall_png,
+        trajectory_png,
+    )
 
     overview_png(out / "overview.png", families, est, bon_est, points, metrics)
     families_png(out / "families.png", families, est, bon_est, points, metrics)
     precision_recall_png(out / "precision_recall.png", families, matched, est[SFT], setup)
-    return {"metrics": summary, "matched": matched, "points": points, "best_of_n": bon_rows}
+    if traj_result is not None:
+        trajectory_png(out / "trajectory.png", traj_result[3], traj_result[0], fit)
+    else:
+        trajectory_png(out / "trajectory.png", [], None, fit)
+    result = {"metrics": summary, "matched": matched, "sensitivity": sensitivity}
+    result.update(points=points, best_of_n=bon_rows)
+    if traj_result is not None:
+        result["trajectory"] = {"matched": traj_result[1], "sensitivity": traj_result[2]}
+    return result
 
 
 def main(
@@ -294,5 +444,5 @@ def main(
         f"frontier: {plural(len(result['points']) - 1, 'variant')}, KL levels "
         f"{', '.join(f'{v:.2f}' for v in found) or 'none'} -> {out}/matched_kl.md, "
         f"matched_kl.csv, points.csv, best_of_n.csv, overview.png, families.png, "
-        f"precision_recall.png, {metrics_path}"
+        f"precision_recall.png, trajectory.md, .csv, .png, {metrics_path}"
     )

@@ -50,7 +50,10 @@ def _write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_eval(policy: str, seed_index: int, reward: float, kl: float, entropy: float) -> None:
+def write_eval(
+    policy: str, seed_index: int, reward: float, kl: float, entropy: float, step: int = 0
+) -> None:
+    """One run's rows (the final policy's, or with ``step`` its checkpoint's)."""
     rows = []
     for p, b in enumerate(PROMPT_EFFECT):
         r = [reward + SEED_EFFECT[seed_index] + b + e for e in SAMPLE_DEV]
@@ -70,7 +73,11 @@ def write_eval(policy: str, seed_index: int, reward: float, kl: float, entropy: 
         if policy != "sft":
             row["logp_sft"] = [lp - kl for lp in row["logp"]]
         rows.append(row)
-    _write(Path(f"data/eval/{policy}/seed-{SEEDS[seed_index]}.jsonl"), rows)
+    seed = SEEDS[seed_index]
+    if step:
+        _write(Path(f"data/trajectory/{policy}/seed-{seed}/step-{step}.jsonl"), rows)
+    else:
+        _write(Path(f"data/eval/{policy}/seed-{seed}.jsonl"), rows)
 
 
 def write_best_of_n(seed_index: int, n_prompts: int = len(PROMPT_EFFECT)) -> None:
@@ -162,7 +169,9 @@ def test_stage_writes_tables_plots_and_metrics(repo):
     assert "| family | entropy [95% CI] | Δ entropy [95% CI] | entropy_first_k [95% CI] |" in md
     assert "context_entropy [95% CI]" in md
     rows = _csv(out / "matched_kl.csv")
-    assert len(rows) == 3 * 4  # levels x (3 families + best-of-n)
+    assert len(rows) == 2 * 3 * 4  # fits x levels x (3 families + best-of-n)
+    assert [r["fit"] for r in rows] == ["isotonic"] * 12 + ["linear"] * 12  # primary first
+    assert "## Sensitivity analysis: the linear fit" in md
     assert {r["status"] for r in rows} == {
         "ok",
         "fewer than 2 β values",
@@ -225,6 +234,10 @@ def test_families_are_read_like_the_align_stage():
             "params: frontier.bootstrap: must be >= 1, got 0",
         ),
         (
+            lambda p: p["frontier"].update(fit="spline"),
+            "params: frontier.fit: must be one of isotonic, linear, got 'spline'",
+        ),
+        (
             lambda p: p["align"]["variants"]["dpo"].update(beta=-1.0),
             "params: align.variants.dpo.beta: must be a finite number > 0, got -1.0",
         ),
@@ -236,6 +249,7 @@ def test_bad_params_are_one_line_errors(repo, edit, message):
     with pytest.raises(ValueError) as err:
         frontier(params)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert not Path("reports").exists() and not Path("metrics").exists()  # nothing written
 
 
 def test_missing_and_mismatched_files_name_the_file(repo):
@@ -317,3 +331,185 @@ def test_one_seed_is_worded_in_the_singular(repo):
     md = (repo / "reports/frontier/matched_kl.md").read_text()
     assert "6 held-out prompts per policy and seed; seed 0. Brackets:" in md
     assert "(300 resamples shared by every policy" in md
+
+
+# --------------------------------------------------------------------------- linear vs isotonic
+
+
+def test_both_fits_agree_on_monotone_points_and_the_linear_one_is_kept(repo):
+    """On points that lie on a line (every seed, every prompt shifted alike) the per-seed
+    isotonic fit and the linear interpolation give the same values and intervals; the CSV
+    holds both (``fit`` column), the primary is ``frontier.fit``. Catches a sensitivity
+    section computed with the primary fit again, and a primary that ignores the param."""
+    iso = frontier(_params())
+    params = _params()
+    params["frontier"]["fit"] = "linear"
+    lin = frontier(params)
+    assert {r["fit"] for r in iso["matched"]} == {"isotonic"}
+    assert {r["fit"] for r in iso["sensitivity"]} == {"linear"}
+    assert {r["fit"] for r in lin["matched"]} == {"linear"}
+    for a, b in zip(iso["matched"], lin["matched"]):
+        for k in ("reward", "reward_lo", "d_reward", "d_reward_hi", "entropy", "gold_hi"):
+            assert (k in a) == (k in b)
+            if k in a:
+                assert a[k] == pytest.approx(b[k], abs=1e-9), k
+    assert lin["matched"] == [{**r} for r in iso["sensitivity"]]
+    ok = [r for r in iso["matched"] if r["status"] == "ok" and r["family"] != BON_NAME]
+    assert ok and all(r["reward_direction"] == 1 for r in ok)
+    assert all(0 <= r["d_reward_p"] <= 1 for r in ok if "d_reward_p" in r)
+    jsd = next(r for r in ok if r["family"] == "sigmoid-jsd")
+    assert jsd["d_reward_p"] == 0.0  # every replicate's Δ is -0.5
+
+
+BON_NAME = "best-of-n"
+
+
+# --------------------------------------------------------------------------- trajectories
+
+#: dpo's checkpoints: step -> KL (reward 1 + KL/2 like its family's β points).
+STEPS = {10: 1.0, 20: 2.5}
+
+
+def write_trajectory(variant: str = "dpo", steps: dict = STEPS, seeds=range(len(SEEDS))):
+    for i in seeds:
+        for n, kl in steps.items():
+            write_eval(variant, i, OFFSET[variant] + kl / 2, kl, 2.0 + kl / 10, step=n)
+        summary = {"variant": variant, "seed": SEEDS[i], "steps": sorted(steps), "checkpoints": {}}
+        _write(Path(f"data/trajectory/{variant}/seed-{SEEDS[i]}/summary.json"), [summary])
+
+
+def _traj_params(fit: str = "isotonic") -> dict:
+    params = _params()
+    params["align"]["variants"]["dpo"]["checkpoints"] = sorted(STEPS)
+    params["frontier"]["fit"] = fit
+    return params
+
+
+def test_without_trajectories_the_outputs_say_so(repo):
+    """No variant with checkpoints: trajectory.md says so, trajectory.csv is a header, the
+    metrics have no ``trajectory`` key, the PNG is a notice. Catches a stage that fails or
+    leaves its declared outputs unwritten in the demo profile."""
+    frontier(_params())
+    out = repo / "reports/frontier"
+    assert "No trajectories in this profile" in (out / "trajectory.md").read_text()
+    assert (out / "trajectory.csv").read_text().startswith("kl,family,n_betas,")
+    assert _csv(out / "trajectory.csv") == []
+    assert "trajectory" not in json.loads((repo / "metrics/frontier.json").read_text())
+    assert (out / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("fit", ["isotonic", "linear"])
+def test_trajectory_frontier_on_fabricated_checkpoints(repo, fit):
+    """dpo has checkpoints at KL 1 and 2.5. Each family's curve runs from SFT (KL 0, reward 0)
+    through its checkpoints and β endpoints; K* = 3 (hinge's only point: the smallest largest
+    KL), levels 0.75, 1.5, 2.25. Known values: rkl 1.125, 1.75, 2.125 (via the checkpoints),
+    jsd and hinge on their straight line from SFT. Catches the SFT point left out (hinge would
+    have no curve), checkpoints left out (rkl would run straight from SFT to KL 2), K* taken
+    from the largest KL, and trajectory points leaking into the β frontier."""
+    before = frontier(_params() | {"frontier": {**_params()["frontier"], "fit": fit}})
+    write_trajectory()
+    result = frontier(_traj_params(fit))
+    assert result["matched"] == before["matched"]  # the β frontier is unchanged
+    metrics = json.loads((repo / "metrics/frontier.json").read_text())
+    levels = list(metrics["trajectory"]["kl_levels"].values())
+    assert levels == pytest.approx([0.75, 1.5, 2.25])
+    by = {(round(r["kl"], 9), r["family"]): r for r in result["trajectory"]["matched"]}
+    want = {
+        "sigmoid-reverse_kl": (1.125, 1.75, 2.125),
+        "sigmoid-jsd": (0.5, 1.0, 1.5),  # 0 -> 2 over KL 0 -> 3
+        "hinge-reverse_kl": (0.375, 0.75, 1.125),  # 0 -> 1.5 over KL 0 -> 3
+    }
+    for fam, values in want.items():
+        for level, v in zip(levels, values):
+            row = by[round(level, 9), fam]
+            assert row["fit"] == fit and row["status"] == "ok"
+            assert row["reward"] == pytest.approx(v), (fam, level)
+            assert row["reward_coverage"] == 1.0
+    rkl = metrics["trajectory"]["sigmoid-reverse_kl"]["kl2"]
+    assert rkl["reward"] == pytest.approx(1.75)
+    assert metrics["trajectory"]["sigmoid-jsd"]["kl2"]["d_reward"] == pytest.approx(-0.75)
+    out = repo / "reports/frontier"
+    md = (out / "trajectory.md").read_text()
+    assert "K* = 3.000 the smallest, over families and seeds" in md
+    assert "(family hinge-reverse_kl, seed 0)" in md
+    assert "dpo (β 0.3): 10, 20" in md and "rkl-lo (β 0.1): endpoint only" in md
+    assert f"## Sensitivity analysis: the {'linear' if fit == 'isotonic' else 'isotonic'} fit" in md
+    rows = _csv(out / "trajectory.csv")
+    assert len(rows) == 2 * 3 * 4 and rows[0]["fit"] == fit
+    png = (out / "trajectory.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
+
+
+def test_checkpoints_do_not_split_a_family(repo):
+    """dpo with checkpoints stays in sigmoid-reverse_kl with rkl-lo and rkl-hi. Catches
+    ``checkpoints`` read as a family setting (a family of its own, or a name with steps)."""
+    write_trajectory()
+    result = frontier(_traj_params())
+    families = {r["family"] for r in result["points"] if r["policy"] != "sft"}
+    assert families == {"sigmoid-reverse_kl", "sigmoid-jsd", "hinge-reverse_kl"}
+
+
+def test_trajectory_read_errors_name_the_file(repo):
+    """Catches a missing trajectory read as "no steps", a listed step without its file
+    skipped, checkpoint rows on other prompts accepted, and seeds with different steps."""
+    params = _traj_params()
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^data/trajectory/dpo/seed-0: not found \(run `dvc repro evaluate@dpo-0`\)$",
+    ):
+        frontier(params)
+    write_trajectory()
+    Path("data/trajectory/dpo/seed-1/step-20.jsonl").unlink()
+    with pytest.raises(ValueError) as err:
+        frontier(params)
+    assert str(err.value).startswith(
+        "data/trajectory/dpo/seed-1/step-20.jsonl: not found, but "
+        "data/trajectory/dpo/seed-1/summary.json lists step 20"
+    )
+    assert "\n" not in str(err.value)
+    write_trajectory()
+    path = Path("data/trajectory/dpo/seed-2/step-10.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    _write(path, rows[:-1])
+    with pytest.raises(
+        ValueError, match=r"^data/trajectory/dpo/seed-2/step-10\.jsonl: its 5 prompts differ"
+    ):
+        frontier(params)
+    write_trajectory()
+    write_trajectory(steps={10: 1.0}, seeds=[1])
+    Path("data/trajectory/dpo/seed-1/step-20.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"^data/trajectory/dpo/seed-1/summary\.json: steps"):
+        frontier(params)
+
+
+def test_read_trajectory_returns_steps_in_order(repo):
+    """The reader's own contract: (step, run) ascending, runs that read like data/eval's;
+    [] for a summary without steps."""
+    from stages.lib.runs import read_trajectory
+
+    write_trajectory()
+    got = read_trajectory("dpo", SEEDS[0])
+    assert [n for n, _ in got] == [10, 20]
+    assert got[0][1].num["kl"] == pytest.approx(np.full(len(PROMPT_EFFECT), 1.0))
+    assert str(got[1][1].path) == "data/trajectory/dpo/seed-0/step-20.jsonl"
+    summary = {"variant": "jsd", "seed": SEEDS[0], "steps": [], "checkpoints": {}}
+    _write(Path(f"data/trajectory/jsd/seed-{SEEDS[0]}/summary.json"), [summary])
+    assert read_trajectory("jsd", SEEDS[0]) == []
+    summary["steps"] = [20, 10]
+    _write(Path(f"data/trajectory/jsd/seed-{SEEDS[0]}/summary.json"), [summary])
+    with pytest.raises(ValueError, match=r"^data/trajectory/jsd/seed-0/summary\.json: must"):
+        read_trajectory("jsd", SEEDS[0])
+
+
+def test_a_family_that_never_leaves_sft_gives_no_trajectory_level(repo):
+    """hinge ends at KL -0.0002 (float noise) in every seed: K* is 0, so there is no level
+    (three levels at 0 would compare SFT with itself). Catches levels built from K* <= 0."""
+    for i in range(len(SEEDS)):
+        write_eval("hinge", i, 0.0, -0.0002, 2.0)
+    write_trajectory()
+    result = frontier(_traj_params())
+    assert result["trajectory"]["matched"] == []
+    assert result["metrics"]["trajectory"] == {"kl_levels": {}}
+    md = (repo / "reports/frontier/trajectory.md").read_text()
+    assert "no KL level: 1/4, 1/2 and 3/4 of the common range [0, K*], K* = 0.000" in md
+    assert "### KL =" not in md

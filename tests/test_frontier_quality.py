@@ -55,6 +55,7 @@ OLD_MATCHED = (
     "kl_min",
     "kl_max",
     "status",
+    "fit",  # issue 29: isotonic or linear (both are written, the primary first)
     *(
         f"{p}{m}{s}"
         for m in ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
@@ -63,11 +64,13 @@ OLD_MATCHED = (
             ("", "_lo"),
             ("", "_hi"),
             ("", "_coverage"),
+            ("", "_direction"),  # issue 29: the isotonic fit's direction (+1 / -1)
             ("d_", ""),
             ("d_", "_lo"),
             ("d_", "_hi"),
             ("d_", "_excludes_0"),
             ("d_", "_coverage"),  # issue 29 item 4: every Δ cell stores its coverage
+            ("d_", "_p"),  # issue 29: the two-sided bootstrap p-value of every Δ
         )
     ),
 )
@@ -257,8 +260,9 @@ def test_a_family_against_itself_differs_by_exactly_0(repo):
         assert hinge["d_precision_tfidf_all_excludes_0"] is True
     md = (repo / "reports/frontier/matched_kl.md").read_text()
     head = "| family | precision [95% CI] | Δ precision [95% CI] | recall [95% CI] |"
-    assert md.count("Quality–diversity in the `tfidf` space against the `all` reference set:") == 3
-    assert md.count(head) == 3
+    # 3 levels, under the primary fit and again in the sensitivity section
+    assert md.count("Quality–diversity in the `tfidf` space against the `all` reference set:") == 6
+    assert md.count(head) == 6
     assert "| hinge-reverse_kl | 0.600 [" in md and "+0.200 [+0.200, +0.200] * |" in md
     assert "hinge-reverse_kl (precision_tfidf_all +" in md
     metrics = json.loads((repo / "metrics/frontier.json").read_text())
@@ -324,3 +328,27 @@ def test_without_quality_the_files_keep_their_columns_and_values(repo):
         assert new_columns[: len(columns)] == columns
         assert [{k: r[k] for k in columns} for r in new_rows] == rows, name
     assert (out / "precision_recall.png").stat().st_size > len(png)
+
+
+@pytest.mark.parametrize("fit", ["isotonic", "linear"])
+def test_set_measures_under_both_fits(repo, fit):
+    """Recall and coverage (fractions of the reference set, bootstrapped over reference
+    points) at matched KL under either fit: at the middle level the mean of the two ends'
+    per-seed values (two points: any monotone fit reads their mean there), coverage 1, an
+    interval, and a Δ of exactly 0 for the clone family under both fits. Catches set measures
+    dropped from the per-seed fit (no per-seed replicates) or fitted on the wrong resamples
+    (the clone's Δ would not be 0)."""
+    build({"lo": 1.0, "hi": 3.0})
+    params = _params()
+    params["frontier"]["fit"] = fit
+    result = frontier(params)
+    points = {r["policy"]: r for r in result["points"]}
+    for rows in (result["matched"], result["sensitivity"]):
+        by = _by({"matched": rows})
+        for m in ("recall_tfidf_all", "coverage_tfidf_all"):
+            mid = by[2.0, "sigmoid-reverse_kl"]
+            assert mid[m] == pytest.approx((points["dpo"][m] + points["rkl-lo"][m]) / 2)
+            assert mid[f"{m}_coverage"] == 1.0 and mid[f"{m}_lo"] <= mid[f"{m}_hi"]
+            clone = by[2.0, "sigmoid-jsd"]
+            assert (clone[f"d_{m}"], clone[f"d_{m}_lo"], clone[f"d_{m}_hi"]) == (0, 0, 0)
+    assert {r["fit"] for r in result["matched"]} == {fit}

@@ -9,18 +9,25 @@ import math
 import numpy as np
 import pytest
 
-from stages.lib.bootstrap import draw_resamples, replicates
+from stages.lib.bootstrap import draw_resamples, replicates, set_replicates
 from stages.lib.frontier import (
+    FAMILY_EXTRA,
     Curve,
+    SeedPoints,
+    add_seed_replicates,
+    bootstrap_p,
+    curve,
     family_name,
     group_families,
     interpolate,
     kl_levels,
     matched_kl,
     pareto_front,
+    read_config,
+    spearman,
 )
 from stages.lib.frontier_tables import frontier_metrics
-from stages.lib.runs import per_prompt
+from stages.lib.runs import estimate, per_prompt
 
 # --------------------------------------------------------------------------- families
 
@@ -86,6 +93,30 @@ def test_family_names_of_slic_hf_and_the_sft_reductions():
         {"rrhf": {**rrhf, "sft_reduction": "sum"}, "rrhf-mean": {**rrhf, "sft_reduction": "mean"}}
     )
     assert [f.name for f in fams] == ["rrhf-sft1", "rrhf-sft1-mean"]
+
+
+def test_pairs_split_a_family_and_checkpoints_never_do():
+    """Issue 29: a variant trained on another pairing strategy is another method (its own
+    family, ``pairs_<strategy>`` in the name); the checkpoint steps of a run are no setting of
+    the method (same family, nothing in the name, a list that must not break grouping);
+    learning rate and epochs stay tuning. Catches ``pairs`` ignored, ``checkpoints`` grouped
+    by (or hashed: a list is unhashable) and either printed as ``<key><value>``."""
+    settings = {
+        "dpo": _s(beta=0.3, pairs=None, checkpoints=[10, 20]),
+        "dpo-b1": _s(beta=1.0, pairs=None, checkpoints=None),
+        "dpo-all": _s(beta=0.3, pairs="all_pairs", checkpoints=[5]),
+        "dpo-all-b1": _s(beta=1.0, pairs="all_pairs"),
+    }
+    fams = group_families(settings)
+    assert [(f.name, f.variants) for f in fams] == [
+        ("sigmoid-reverse_kl", ("dpo", "dpo-b1")),
+        ("sigmoid-reverse_kl-pairs_all_pairs", ("dpo-all", "dpo-all-b1")),
+    ]
+    assert family_name(_s(checkpoints=[1, 2], pairs=None)) == "sigmoid-reverse_kl"
+    assert family_name(_s(curriculum="easy_to_hard", pairs="best_worst")) == (
+        "sigmoid-reverse_kl-easy_to_hard-pairs_best_worst"
+    )
+    assert "pairs" in FAMILY_EXTRA and "checkpoints" not in FAMILY_EXTRA
 
 
 # --------------------------------------------------------------------------- pareto
@@ -273,3 +304,158 @@ def test_a_difference_reaching_the_level_in_under_90_percent_is_no_comparison():
     # between 0.9 and 1.0: a comparison, marked with the dagger
     row = {"d_reward": 0.5, "d_reward_lo": 0.1, "d_reward_hi": 0.9, "d_reward_excludes_0": True}
     assert delta_cell({**row, "d_reward_coverage": 0.95}, "reward") == "+0.500 [+0.100, +0.900] * †"
+
+
+# --------------------------------------------------------------------------- per-seed isotonic
+
+
+def _seed_curve(name, kl, y, draws, noise=None) -> Curve:
+    """A family through points whose KL ``kl`` [S, m] and value ``y`` [S, m] are exact per
+    seed (every prompt alike, plus a zero-mean prompt effect ``noise`` [S, P] on ``y``):
+    estimates and per-seed replicates as the stage computes them."""
+    s_, m = kl.shape
+    p = draws.prompt_weights.shape[1]
+    noise = np.zeros((s_, p)) if noise is None else noise
+    points = []
+    for j in range(m):
+        num = {"kl": np.repeat(kl[:, j : j + 1], p, 1), "reward": y[:, j : j + 1] + noise}
+        den = {k: np.ones((s_, p)) for k in num}
+        points.append(add_seed_replicates(estimate(num, den, draws), num, den, draws))
+    return curve(name, m, points, ["reward"])
+
+
+def test_seed_replicates_are_those_the_bootstrap_averages():
+    """The per-seed replicates, averaged over each replicate's resampled seeds, are exactly the
+    bootstrap's replicates (ratios and set fractions). Catches per-seed values computed on
+    other prompts or reference points than the estimate's (the isotonic intervals would not
+    be those of the same resamples)."""
+    rng = np.random.default_rng(1)
+    draws = draw_resamples(3, 20, 200, seed=4)
+    num, den = {"reward": rng.normal(size=(3, 20))}, {"reward": rng.uniform(1, 2, (3, 20))}
+    hits = {"recall_x_all": rng.random((3, 15, 20)) < 0.05}
+    est = add_seed_replicates(estimate(num, den, draws, sets=hits), num, den, draws, hits)
+    for m, want in (
+        ("reward", replicates(num["reward"], den["reward"], draws)),
+        ("recall_x_all", set_replicates(hits["recall_x_all"], draws)),
+    ):
+        got = np.take_along_axis(est[m]["seed_reps"], draws.seeds, axis=1).mean(1)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+        np.testing.assert_array_equal(est[m]["draws"], draws.seeds)
+
+
+def test_per_seed_isotonic_recovers_a_known_monotone_truth():
+    """Three seeds put the same variants at different KL (seed s shifted by 0.3 s); every
+    seed's values lie on the truth 2 + KL/2 plus a seed effect (mean 0) and zero-mean prompt
+    noise. Per seed the fit reads the truth at any level every seed covers, with coverage 1;
+    at a level some seed's points miss (1.4: seed 2 starts at 1.6) the point estimate is
+    undefined although the seed-mean points (from 1.3) reach it, where the linear fit has a
+    value. Catches the seed-mean points fitted instead (right here only by luck of a line),
+    a value extrapolated for a seed that misses the level, and coverage counted per seed."""
+    draws = draw_resamples(3, 12, 300, seed=0)
+    kl = np.array([[1.0, 2.0, 3.0, 4.0]]) + 0.3 * np.arange(3)[:, None]
+    effect = np.array([[-0.2], [0.5], [-0.3]])
+    noise = np.random.default_rng(2).normal(scale=0.3, size=(3, 12))
+    noise -= noise.mean(1, keepdims=True)
+    c = _seed_curve("c", kl, 2 + kl / 2 + effect, draws, noise)
+    assert c.range("isotonic") == pytest.approx((1.6, 4.0))
+    assert c.range("linear") == pytest.approx((1.3, 4.3))
+    rows = {r["kl"]: r for r in matched_kl([c], "c", [1.4, 1.7, 2.5, 3.9], ["reward"], "isotonic")}
+    for level in (1.7, 2.5, 3.9):
+        r = rows[level]
+        assert r["status"] == "ok" and r["reward"] == pytest.approx(2 + level / 2)
+        assert r["reward_coverage"] == 1.0 and r["reward_direction"] == 1
+        assert r["reward_lo"] < r["reward"] < r["reward_hi"]  # seed and prompt effects
+    assert (
+        rows[1.4]["status"] == "KL level outside the family's range" and "reward" not in rows[1.4]
+    )
+    (lin,) = matched_kl([c], "c", [1.4], ["reward"], "linear")
+    assert lin["status"] == "ok"
+
+
+def test_per_seed_fits_differ_from_fitting_the_seed_means():
+    """Two seeds put variants a and b at swapped KL (a at 1 and 3, b at 3 and 1), c at 5;
+    every seed's values lie on the truth KL - 1. The seed means of a and b coincide at KL 2, so
+    a curve through the seed-mean points starts at 2 and cannot read KL 1.5, and reads
+    KL 3 between (2, 1) and (5, 4) as 2; per seed, both seeds read the truth: 0.5 and 2.
+    Catches the average-then-fit order (the linear fit's) used for the isotonic fit."""
+    draws = draw_resamples(2, 4, 50, seed=1)
+    kl = np.array([[1.0, 3.0, 5.0], [3.0, 1.0, 5.0]])
+    c = _seed_curve("c", kl, kl - 1, draws)
+    rows = matched_kl([c], "c", [1.5, 3.0], ["reward"], "isotonic")
+    assert [r["reward"] for r in rows] == pytest.approx([0.5, 2.0])
+    lin = matched_kl([c], "c", [1.5, 3.0], ["reward"], "linear")
+    assert lin[0]["status"] == "KL level outside the family's range"
+    assert lin[1]["reward"] == pytest.approx(2.0)  # (2, 1) to (5, 4): 2 at KL 3 (a line)
+    kl2 = np.array([[1.0, 3.0, 5.0], [2.0, 4.0, 6.0]])  # a convex truth: KL²
+    c2 = _seed_curve("c2", kl2, kl2**2, draws)
+    (iso,) = matched_kl([c2], "c2", [3.5], ["reward"], "isotonic")
+    (lin,) = matched_kl([c2], "c2", [3.5], ["reward"], "linear")
+    # per seed: 3.5 on (3, 9)-(5, 25) = 13 and on (2, 4)-(4, 16) = 13; seed means (1.5, 2.5),
+    # (3.5, 12.5), (5.5, 30.5): 12.5
+    assert iso["reward"] == pytest.approx(13.0) and lin["reward"] == pytest.approx(12.5)
+
+
+def test_a_replicate_has_a_value_only_where_all_its_resampled_seeds_do():
+    """Seed 1's points miss level 3.5 in replicates 0-3 (its range ends at 3 there). A
+    replicate that resampled seed 1 has no value; one that drew seeds 0 and 2 only has one.
+    Catches the average over the original seeds (every replicate of 0-3 would lose its value)
+    and NaN seeds skipped in the mean (a value from the other seeds alone)."""
+    b, s = 6, 3
+    kl = np.tile([2.0, 4.0], (s, 1))
+    kl_reps = np.tile(kl, (b, 1, 1))
+    kl_reps[:4, 1] = [2.0, 3.0]
+    y = kl / 2
+    draws = np.array([[0, 1, 2], [0, 2, 2], [1, 1, 1], [0, 0, 2], [0, 1, 2], [2, 2, 2]])
+    sp = SeedPoints(kl, kl_reps, {"reward": y}, {"reward": kl_reps / 2}, draws)
+    c = Curve(
+        "c",
+        2,
+        kl.mean(0),
+        kl_reps.mean(1),
+        {"reward": y.mean(0)},
+        {"reward": (kl_reps / 2).mean(1)},
+        seeds=sp,
+    )
+    (row,) = matched_kl([c], "c", [3.5], ["reward"], "isotonic")
+    assert row["reward"] == pytest.approx(1.75)
+    assert row["reward_coverage"] == pytest.approx(4 / 6)  # replicates 1, 3, 4, 5
+    assert row["reward_lo"] == pytest.approx(1.75) and row["reward_hi"] == pytest.approx(1.75)
+
+
+def test_direction_follows_spearman_and_is_fixed():
+    """A measure falling with KL (entropy) is fitted non-increasing: noisy points 3.0, 3.2,
+    2.0 at KL 1, 2, 3 pool the first two to 3.1; a rising fit would pool the last two instead.
+    Catches a fixed non-decreasing fit and the sign of Spearman's ρ flipped."""
+    assert spearman([1, 2, 3], [3.0, 3.2, 2.0]) == pytest.approx(-0.5)
+    assert spearman([1, 1, 1], [1.0, 2.0, 3.0]) == 0.0
+    assert spearman([1, 2, 2, 3], [1, 5, 5, 9]) == pytest.approx(1.0)  # ties: average ranks
+    draws = draw_resamples(2, 3, 20, seed=0)
+    kl = np.array([[1.0, 2.0, 3.0]] * 2)
+    c = _seed_curve("c", kl, np.array([[3.0, 3.2, 2.0]] * 2), draws)
+    (row,) = matched_kl([c], "c", [1.5], ["reward"], "isotonic")
+    assert row["reward_direction"] == -1 and row["reward"] == pytest.approx(3.1)
+    flat = _seed_curve("f", kl, np.ones((2, 3)), draws)
+    assert flat.direction("reward") == 1  # ρ = 0: non-decreasing
+
+
+def test_bootstrap_p_value():
+    """Two-sided: 2 x the smaller share of replicates on either side of 0 (0 counted on both),
+    at most 1, NaN replicates left out. Catches a one-sided share, a missing factor 2 and NaN
+    counted as a side."""
+    assert bootstrap_p([-1.0, 1.0, 2.0, 3.0]) == 0.5
+    assert bootstrap_p([1.0, 2.0, np.nan]) == 0.0
+    assert bootstrap_p([-1.0, 1.0]) == 1.0
+    assert bootstrap_p([0.0, 0.0, 1.0]) == 1.0
+    assert bootstrap_p([-3.0, -2.0, -1.0, 1.0, np.nan, np.nan]) == 0.5
+    assert math.isnan(bootstrap_p([np.nan]))
+
+
+def test_an_unknown_fit_is_a_one_line_error():
+    assert read_config({"frontier": {}}).fit == "isotonic"
+    assert read_config({"frontier": {"fit": "linear", "bootstrap": 10}}).fit == "linear"
+    with pytest.raises(ValueError, match=r"^params: frontier\.fit: must be one of isotonic, "):
+        read_config({"frontier": {"fit": "lowess"}})
+    with pytest.raises(ValueError, match="needs its per-seed points"):
+        matched_kl(
+            [Curve("c", 2, np.array([1.0, 2.0]), np.ones((3, 2)))], "c", [1.5], [], "isotonic"
+        )

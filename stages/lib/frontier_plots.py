@@ -9,6 +9,11 @@ bootstrap over seeds and prompts); faint dots are single seeds. The envelope is 
 of the non-dominated policies (:func:`stages.lib.frontier.pareto_front`): the best y any policy
 reaches within that x budget.
 
+``trajectory.png`` is the trajectory frontier (stages.lib.frontier): one row per family, reward,
+gold and entropy_first_k against KL: the seed-mean points (SFT, checkpoints, endpoints), faint
+single seeds, the fitted curve of the primary fit (solid) and of the sensitivity fit (dashed),
+and the KL levels (dotted); a "no trajectories" notice where there are none.
+
 ``precision_recall.png`` is the plane of the generative-modelling literature at matched KL: one
 column per KL level, one row per feature space and reference set; in each panel every family's
 interpolated (recall, precision) at that level with both 95% intervals as error bars (the
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.lib.common import atomic_path
-from stages.lib.frontier import Family, quality_groups
+from stages.lib.frontier import Curve, Family, fitted, quality_groups
 
 #: (x, y, envelope flag in the points rows, staircase side) of the four panels.
 PANELS = (
@@ -255,6 +260,79 @@ def precision_recall_png(
     )
     rows_of_legend = (len(handles) + 3) // 4
     fig.tight_layout(rect=(0, min(0.4, 0.04 * rows_of_legend / len(groups) + 0.03), 1, 0.96))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+#: The measures of ``trajectory.png``, one panel each.
+TRAJECTORY_PANELS = ("reward", "gold", "entropy_first_k")
+LABELS["entropy_first_k"] = "entropy of the first k tokens (nats/token)"
+
+
+def _notice(path: Path, text: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 2), dpi=80)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def trajectory_png(path: Path, curves: list[Curve], setup: dict | None, fit: str) -> None:
+    """The trajectory frontier: per family (row) and measure (column) the seed-mean points,
+    single seeds, the ``fit`` curve (solid), the other fit's (dashed) and the KL levels; a
+    notice where there are no ``curves``."""
+    if not curves:
+        _notice(path, "no trajectories in this profile")
+        return
+    plt = _plt()
+    other = "linear" if fit == "isotonic" else "isotonic"
+    n = len(curves)
+    fig, axes = plt.subplots(n, 3, figsize=(13, 3.0 * n + 0.6), dpi=80, squeeze=False)
+    for row, c, color in zip(axes, curves, _colors(n)):
+        for ax, m in zip(row, TRAJECTORY_PANELS):
+            ax.set_xlabel(LABELS["kl"], fontsize=8)
+            ax.set_ylabel(LABELS[m], fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            ax.set_title(c.name, fontsize=8)
+            if m not in c.values:
+                ax.text(
+                    0.5, 0.5, f"no {m} scores", ha="center", va="center", transform=ax.transAxes
+                )
+                continue
+            if c.seeds is not None:
+                ax.plot(
+                    c.seeds.kl.ravel(),
+                    c.seeds.values[m].ravel(),
+                    ".",
+                    color=color,
+                    alpha=0.25,
+                    ms=3,
+                )
+            ax.plot(c.kl, c.values[m], "o", color=color, ms=4, label="seed-mean points")
+            grid = np.linspace(0.0, float(c.kl.max()), 200)
+            for f, style in ((fit, "-"), (other, "--")):
+                if f == "isotonic" and c.seeds is None:
+                    continue
+                ax.plot(
+                    grid,
+                    fitted(c, m, grid, f),
+                    style,
+                    color=color,
+                    lw=1.3 if style == "-" else 1.0,
+                    label=f"{f} fit",
+                )
+            for level in setup["levels"]:
+                ax.axvline(level, color="0.5", ls=":", lw=0.8)
+        row[0].legend(fontsize=6, loc="best")
+    fig.suptitle(
+        f"Trajectory frontier: SFT, checkpoints and endpoints per family; {fit} fit (solid), "
+        f"{other} (dashed), KL levels (dotted)",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from stages.lib.frontier import MIN_COMPARISON_COVERAGE, Family, quality_groups
+from stages.lib.frontier import FITS, MIN_COMPARISON_COVERAGE, OUTSIDE, Family, quality_groups
 from stages.lib.tables import markdown_table, number, plural
 
 #: Metrics a matched-KL row may carry (KL is the level itself).
@@ -21,19 +21,18 @@ MATCHED_PARTS = (
     ("", "_lo"),
     ("", "_hi"),
     ("", "_coverage"),
+    ("", "_direction"),
     ("d_", ""),
     ("d_", "_lo"),
     ("d_", "_hi"),
     ("d_", "_excludes_0"),
     ("d_", "_coverage"),
+    ("d_", "_p"),
 )
+#: The columns of a matched-KL row that describe it rather than hold a metric's cell.
+ROW_COLUMNS = ("kl", "family", "n_betas", "kl_min", "kl_max", "status", "fit")
 MATCHED_COLUMNS = (
-    "kl",
-    "family",
-    "n_betas",
-    "kl_min",
-    "kl_max",
-    "status",
+    *ROW_COLUMNS,
     *(f"{p}{m}{s}" for m in MATCHED_METRICS for p, s in MATCHED_PARTS),
 )
 POINT_COLUMNS = (
@@ -83,9 +82,12 @@ def _ok(v) -> bool:
 def _value(r: dict, m: str) -> str:
     if not _ok(r.get(m)):
         return "–"
+    coverage = r.get(f"{m}_coverage", 1.0)
+    if coverage < MIN_COMPARISON_COVERAGE:
+        return f"not compared (coverage {number(coverage, 2)})"
     lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
     ci = f" [{number(lo)}, {number(hi)}]" if _ok(lo) and _ok(hi) else ""
-    dagger = " †" if r.get(f"{m}_coverage", 1.0) < 1.0 else ""
+    dagger = " †" if coverage < 1.0 else ""
     return f"{number(r[m])}{ci}{dagger}"
 
 
@@ -118,7 +120,7 @@ def _families(families: list[Family], ranges: dict, base: str) -> list[str]:
 def _note(r: dict) -> str:
     if r["status"] == "ok":
         return ""
-    if r["n_betas"] < 2:
+    if r["status"] != OUTSIDE:
         return r["status"]
     return f"outside its KL range [{number(r['kl_min'])}, {number(r['kl_max'])}]"
 
@@ -188,15 +190,120 @@ def _bon_table(rows: list[dict], metrics: list[str]) -> list[str]:
     return markdown_table(head, lines)
 
 
-def matched_markdown(
-    setup: dict, families: list[Family], matched: list[dict], points: list[dict], bon: list[dict]
-) -> str:
-    """The Markdown of ``reports/frontier/matched_kl.md``."""
-    base, metrics, levels = setup["baseline"], setup["metrics"], setup["levels"]
-    quality = setup.get("quality", [])
-    lines = [
-        "# Frontier: families at matched KL",
+#: How a family's value at a level is read off its points, per fit (the Markdown's words).
+FIT_TEXT = {
+    "linear": (
+        "Each family's value at a level is interpolated piecewise linearly in KL between "
+        "the two seed-mean points of its β curve that bracket the level, in every bootstrap "
+        "replicate too."
+    ),
+    "isotonic": (
+        "Each family's value at a level: per seed, the least-squares monotone (isotonic) fit "
+        "of the measure against KL through the family's points of that seed (one per variant), "
+        "read at the level by linear interpolation between fitted values, then the mean over "
+        "seeds, defined only where every seed's points reach the level; the fit's direction "
+        "per family and measure is the sign of Spearman's rank correlation between KL and the "
+        "measure over the pooled per-seed points (`<measure>_direction` in the CSV: +1 "
+        "non-decreasing, −1 non-increasing), fixed for every seed and replicate. In each "
+        "bootstrap replicate every original seed's points on the resampled prompts are "
+        "fitted the same way and averaged over the replicate's resampled seeds; a replicate "
+        "has a value only where all of them reach the level."
+    ),
+}
+
+
+def _how(fit: str, trajectory: bool) -> str:
+    """:data:`FIT_TEXT` of ``fit``, worded for the trajectory frontier's points if asked."""
+    if not trajectory:
+        return FIT_TEXT[fit]
+    return (
+        FIT_TEXT[fit]
+        .replace("β curve", "trajectory")
+        .replace("(one per variant)", "(SFT, checkpoints and endpoints)")
+    )
+
+
+def _fit_paragraph(fit: str, base: str, trajectory: bool = False) -> str:
+    """How the values are read (the former paragraph, word for word, for the linear β
+    frontier), then what every cell stores."""
+    what, csv_name = (
+        ("trajectory", "trajectory.csv") if trajectory else ("β curve", "matched_kl.csv")
+    )
+    short = "fewer than 2 points" if trajectory else "fewer than 2 β values"
+    how = FIT_TEXT[fit].replace("β curve", what)
+    if trajectory:
+        how = how.replace("(one per variant)", "(SFT, checkpoints and endpoints)")
+    bon = "interpolated" if fit == "linear" else "fitted"
+    return (
+        f'{how} "–": the family has {short} or the level lies outside its KL range (no '
+        "extrapolation). †: in some replicates the level lies outside the resampled range; the "
+        f"interval uses the others (coverage in {csv_name}). Δ: family minus **{base}** at the "
+        "same KL, paired; `*`: the 95% interval excludes 0; a Δ whose two curves both reach "
+        f"the level in fewer than {MIN_COMPARISON_COVERAGE:.0%} of the replicates is not "
+        "reported as a comparison, and † marks one below 100%. Best-of-n: the SFT policy's "
+        "best of n draws by reward, at its analytic KL log n − (n − 1)/n, "
+        f"{bon} between its n the same way.\n\n"
+        f"Every value and Δ cell stores its coverage (the share of replicates with a value) in "
+        f'{csv_name}; a value below {MIN_COMPARISON_COVERAGE:.0%} is shown as "not compared" '
+        "too. Every Δ stores its two-sided bootstrap p-value `d_<measure>_p` = min(1, "
+        "2·min(share of Δ ≤ 0, share of Δ ≥ 0)) over the replicates with a value. The primary "
+        f"fit is `frontier.fit` = {fit}; the {other_fit(fit)} fit follows as a sensitivity "
+        "analysis."
+    )
+
+
+def _level_sections(
+    matched: list[dict],
+    levels: list[float],
+    metrics: list[str],
+    quality: list[str],
+    base: str,
+    label: str = "",
+) -> list[str]:
+    lines: list[str] = []
+    for i, level in enumerate(levels):
+        rows = [r for r in matched if r["kl"] == level]
+        lines += ["", f"### KL = {number(level)} (level {i + 1} of {len(levels)}{label})"]
+        for group in GROUPS:
+            shown = [m for m in group if m in metrics]
+            if shown:
+                lines += ["", *_level_table(rows, shown, base)]
+        lines += _quality_tables(rows, quality, base)
+        lines += [
+            "",
+            f"Δ intervals that exclude 0 (sign of the difference): "
+            f"{_excluding(rows, [*metrics, *quality], base)}.",
+        ]
+    return lines
+
+
+def other_fit(fit: str) -> str:
+    """The fit reported as the sensitivity analysis of ``fit``."""
+    return next(f for f in FITS if f != fit)
+
+
+def _sensitivity(setup: dict, sensitivity: list[dict], trajectory: bool = False) -> list[str]:
+    fit, other = setup.get("fit", "linear"), other_fit(setup.get("fit", "linear"))
+    return [
         "",
+        f"## Sensitivity analysis: the {other} fit",
+        "",
+        f"The same comparison with the {other} fit instead of the {fit} one (rows with "
+        f"`fit` = {other} in the CSV), at the same KL levels and on the same bootstrap "
+        f"replicates. {_how(other, trajectory)}",
+        *_level_sections(
+            sensitivity,
+            setup["levels"],
+            setup["metrics"],
+            setup.get("quality", []),
+            setup["baseline"],
+            f", {other} fit",
+        ),
+    ]
+
+
+def _intro(setup: dict) -> str:
+    return (
         f"{plural(setup['n_prompts'], 'held-out prompt')} per policy and seed; "
         f"{'seed' if len(setup['seeds']) == 1 else 'seeds'} "
         f"{', '.join(map(str, setup['seeds']))}. Brackets: 95% intervals of the two-level "
@@ -208,7 +315,28 @@ def matched_markdown(
         "positions, `context_entropy` teacher-forced on the same held-out review tokens for "
         "every policy "
         "(stages/lib/evaluate.py); the last is the one that measures the policy alone. "
-        "A family is every variant equal in everything but β (stages/lib/frontier.py).",
+        "A family is every variant equal in everything but β (stages/lib/frontier.py)."
+    )
+
+
+def matched_markdown(
+    setup: dict,
+    families: list[Family],
+    matched: list[dict],
+    points: list[dict],
+    bon: list[dict],
+    sensitivity: list[dict] = (),
+) -> str:
+    """The Markdown of ``reports/frontier/matched_kl.md``: ``matched`` under the fit
+    ``setup["fit"]`` (default linear), ``sensitivity`` the rows of the other fit (a section
+    of their own, where there are KL levels)."""
+    base, metrics, levels = setup["baseline"], setup["metrics"], setup["levels"]
+    quality = setup.get("quality", [])
+    fit = setup.get("fit", "linear")
+    lines = [
+        "# Frontier: families at matched KL",
+        "",
+        _intro(setup),
         "",
         "## Families",
         "",
@@ -221,32 +349,13 @@ def matched_markdown(
     if levels:
         lines += [
             "",
-            "Each family's value at a level is interpolated piecewise linearly in KL between "
-            "the two seed-mean points of its β curve that bracket the level, in every bootstrap "
-            'replicate too. "–": the family has fewer than 2 β values or the level lies '
-            "outside its KL range (no extrapolation). †: in some replicates the level lies "
-            "outside the resampled range; the interval uses the others (coverage in "
-            f"matched_kl.csv). Δ: family minus **{base}** at the same KL, paired; `*`: the 95% "
-            "interval excludes 0; a Δ whose two curves both reach the level in fewer than "
-            f"{MIN_COMPARISON_COVERAGE:.0%} of the replicates is not reported as a comparison, "
-            "and † marks one below 100%. Best-of-n: the SFT policy's best of n draws by reward, at its "
-            "analytic KL log n − (n − 1)/n, interpolated between its n the same way.",
+            _fit_paragraph(fit, base),
         ]
     if levels and quality:
         lines += ["", QUALITY_NOTE]
-    for i, level in enumerate(levels):
-        rows = [r for r in matched if r["kl"] == level]
-        lines += ["", f"### KL = {number(level)} (level {i + 1} of {len(levels)})"]
-        for group in GROUPS:
-            shown = [m for m in group if m in metrics]
-            if shown:
-                lines += ["", *_level_table(rows, shown, base)]
-        lines += _quality_tables(rows, quality, base)
-        lines += [
-            "",
-            f"Δ intervals that exclude 0 (sign of the difference): "
-            f"{_excluding(rows, [*metrics, *quality], base)}.",
-        ]
+    lines += _level_sections(matched, levels, metrics, quality, base)
+    if levels:
+        lines += _sensitivity(setup, list(sensitivity))
     lines += [
         "",
         "## Pareto envelope (seed-mean points of sft and every variant)",
@@ -267,20 +376,81 @@ def matched_markdown(
     return "\n".join(lines) + "\n"
 
 
+#: ``reports/frontier/trajectory.md`` where no variant has checkpoints.
+NO_TRAJECTORY = (
+    "# Trajectory frontier: families at matched KL along training\n\n"
+    "No trajectories in this profile: no variant sets `checkpoints` (align.common or "
+    "align.variants.<v>) with evaluated checkpoint steps, so there is no trajectory "
+    "frontier; the β frontier is in matched_kl.md.\n"
+)
+
+
+def trajectory_markdown(
+    setup: dict, families: list[Family], matched: list[dict], sensitivity: list[dict]
+) -> str:
+    """The Markdown of ``reports/frontier/trajectory.md``: ``setup`` as
+    :func:`matched_markdown`'s plus ``steps`` (variant -> its checkpoint steps) and ``k_star``
+    (the KL, family and seed that bound the levels)."""
+    base, metrics, levels = setup["baseline"], setup["metrics"], setup["levels"]
+    quality, fit = setup.get("quality", []), setup.get("fit", "linear")
+    k, fam, seed = setup["k_star"]
+    rows = []
+    for f in families:
+        members = "; ".join(
+            f"{v} (β {'–' if b is None else f'{b:g}'}): "
+            + (", ".join(map(str, setup["steps"].get(v, []))) or "endpoint only")
+            for v, b in zip(f.variants, f.betas)
+        )
+        lo, hi = setup["ranges"].get(f.name, (math.nan, math.nan))
+        name = f"**{f.name}** (baseline)" if f.name == base else f.name
+        rows.append([name, members, f"{number(lo)} – {number(hi)}"])
+    lines = [
+        "# Trajectory frontier: families at matched KL along training",
+        "",
+        _intro(setup),
+        "",
+        "Each family's points, per seed: the SFT policy (KL 0), every evaluated checkpoint "
+        "of every β of the family (its training trajectory, data/trajectory) and every β's "
+        "final policy; so every family's curve starts at the SFT policy.",
+        "",
+        "## Families",
+        "",
+        *markdown_table(
+            ["family", "variants (β): checkpoint steps", f"KL of its points ({fit} fit)"], rows
+        ),
+        "",
+        "## KL levels",
+        "",
+        (f"{', '.join(number(v) for v in levels)} nats: " if levels else "no KL level: ")
+        + "1/4, 1/2 and 3/4 of the common range "
+        f"[0, K*], K* = {number(k)} the smallest, over families and seeds, of that seed's "
+        f"largest point-estimate KL (family {fam}, seed {seed}).",
+    ]
+    if not levels:
+        return "\n".join(lines) + "\n"
+    lines += ["", _fit_paragraph(fit, base, trajectory=True)]
+    if quality:
+        lines += ["", QUALITY_NOTE]
+    lines += _level_sections(matched, levels, metrics, quality, base)
+    lines += _sensitivity(setup, sensitivity, trajectory=True)
+    return "\n".join(lines) + "\n"
+
+
+#: Cells left out of metrics/frontier.json: flags and the fit's direction (not estimates).
+SKIP = ("_excludes_0", "_direction")
+
+
 def frontier_metrics(setup: dict, matched: list[dict]) -> dict:
     """``metrics/frontier.json``: the KL levels and, per family (and best-of-n) and level
     ``kl<i>``, the values, intervals and paired differences that exist (no NaN, no strings),
     the quality metrics' (``setup["quality"]``) after the others."""
     columns = matched_columns(setup.get("quality", ()))
+    cells = [k for k in columns if k not in ROW_COLUMNS and not k.endswith(SKIP)]
     out: dict = {"kl_levels": {f"kl{i + 1}": round(v, 6) for i, v in enumerate(setup["levels"])}}
     for i, level in enumerate(setup["levels"]):
         for r in matched:
             if r["kl"] != level or r["status"] != "ok":
                 continue
-            entry = {
-                k: round(float(r[k]), 6) + 0.0
-                for k in columns[6:]
-                if k in r and not k.endswith("_excludes_0") and _ok(r[k])
-            }
+            entry = {k: round(float(r[k]), 6) + 0.0 for k in cells if k in r and _ok(r[k])}
             out.setdefault(r["family"], {})[f"kl{i + 1}"] = entry
     return out

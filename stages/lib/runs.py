@@ -8,6 +8,7 @@ intervals from the two-level bootstrap (:mod:`stages.lib.bootstrap`)::
 
     runs = load_runs(["sft", "dpo"], seeds=[0, 1, 2])   # policy -> [Run], same prompts checked
     num, den = stack(runs["dpo"], METRICS)              # metric -> [S, P] (where every run has it)
+    steps = read_trajectory("dpo", 0)                   # [(step, Run)] of its checkpoints
     est = estimate(num, den, draws)                     # metric -> value, replicates, interval
 
 A metric added to :func:`per_prompt` (and :data:`METRICS`) is read by both stages: ``frontier``
@@ -16,6 +17,7 @@ compares every metric along the β curves, ``report`` tabulates those of its sum
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +199,55 @@ def load_runs(policies: list[str], seeds: list[int]) -> dict[str, list[Run]]:
     runs = {p: [read_eval(p, s) for s in seeds] for p in policies}
     check_runs([r for per in runs.values() for r in per])
     return runs
+
+
+def read_trajectory(variant: str, seed: int, final: Run | None = None) -> list[tuple[int, Run]]:
+    """The checkpoints of one align run, ``(step, run)`` in ascending steps ([] without any),
+    from ``data/trajectory/<variant>/seed-<s>/``: ``summary.json`` (``steps``) and one
+    ``step-<n>.jsonl`` per step, rows as ``data/eval``'s, on the final run's prompts
+    (``final``: that run, read here when not given). A missing folder or summary is a
+    ``FileNotFoundError`` naming it and the ``evaluate`` stage that writes it; a listed step
+    without its file, a file on other prompts or a bad summary a one-line ``ValueError``."""
+    folder = paths.trajectory_dir(variant, seed)
+    summary = folder / "summary.json"
+    for path in (folder, summary):
+        if not path.exists():
+            stage = eval_stage(variant, seed)
+            raise FileNotFoundError(f"{path}: not found (run `dvc repro {stage}`)")
+    try:
+        info = json.loads(summary.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{summary}: not JSON ({err.msg}, line {err.lineno})") from None
+    steps = info.get("steps") if isinstance(info, dict) else None
+    ok = (
+        isinstance(steps, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps)
+        and all(a < b for a, b in zip(steps, steps[1:]))
+        and info.get("variant") == variant
+        and info.get("seed") == seed
+    )
+    if not ok:
+        raise ValueError(
+            f"{summary}: must hold variant {variant!r}, seed {seed} and steps, an ascending "
+            f"list of integers >= 1 (re-run `dvc repro {eval_stage(variant, seed)}`)"
+        )
+    if steps and final is None:
+        final = read_eval(variant, seed)
+    out = []
+    for n in steps:
+        path = paths.trajectory_samples(variant, seed, n)
+        if not path.is_file():
+            raise ValueError(
+                f"{path}: not found, but {summary} lists step {n} "
+                f"(re-run `dvc repro {eval_stage(variant, seed)}`)"
+            )
+        rows = read_rows(path, EVALUATION)
+        num, den = per_prompt(rows, sft=False, where=str(path))
+        run = Run(f"{variant}@{n}", seed, path, [r["prompt_id"] for r in rows], num, den, {})
+        check_same_prompts(run.prompt_ids, final.prompt_ids, path, final.path)
+        run.sets = quality_sets(rows, str(path))
+        out.append((n, run))
+    return out
 
 
 # --------------------------------------------------------------------------- estimates
