@@ -89,6 +89,10 @@ from stages.lib.best_of_n import best_of_n, best_of_n_kl, n_values
 from stages.lib.bootstrap import Resamples, draw_resamples
 from stages.lib.common import atomic_path, write_json
 from stages.lib.config import load_params, read_seed, read_seeds
+from stages.lib.confirm import COLUMNS as CONFIRM_COLUMNS
+from stages.lib.confirm import confirm, hypotheses
+from stages.lib.confirm import markdown as confirm_markdown
+from stages.lib.confirm import metrics as confirm_metrics
 from stages.lib.contracts import BEST_OF_N, read_rows
 from stages.lib.frontier import (
     FITS,
@@ -258,6 +262,33 @@ def with_seeds(e: dict, num: dict, den: dict, draws: Resamples, sets=None) -> di
     return add_seed_replicates(e, num, den, draws, sets)
 
 
+def confirmatory_families(
+    cfg, families: list[Family], base: Family, compared: list[str]
+) -> list[str]:
+    """The families named by ``frontier.confirmatory`` (variants), in that order; a name that is
+    not a variant, a family equal to the baseline's or an endpoint that is not measured is a
+    one-line error naming the key."""
+    of = {v: f.name for f in families for v in f.variants}
+    names = []
+    for v in cfg.confirmatory:
+        if v not in of:
+            raise ValueError(
+                f"params: frontier.confirmatory: {v!r} is not a variant of align.variants"
+            )
+        if of[v] == base.name:
+            raise ValueError(
+                f"params: frontier.confirmatory: {v!r} is in the baseline's family {base.name}"
+            )
+        names.append(of[v])
+    for m in cfg.endpoints:
+        if cfg.confirmatory and m not in compared:
+            raise ValueError(
+                f"params: frontier.endpoints: {m!r} is not a measure of every run "
+                f"(measured: {', '.join(compared)})"
+            )
+    return names
+
+
 def k_star(curves: list) -> tuple[float, str, int]:
     """(K*, family, seed index): the smallest over curves and seeds of that seed's largest
     point-estimate KL."""
@@ -297,7 +328,8 @@ def trajectory(
         for v in f.variants:
             pts += [points[v, n] for n, _ in (traj[v][0] if v in traj else [])] + [est[v]]
         curves.append(curve(f.name, f.n_betas, pts, ms, kind="trajectory"))
-    k, fam, i = k_star(curves)
+    chosen = setup["k_star_families"]
+    k, fam, i = k_star([c for c in curves if not chosen or c.name in chosen])
     levels = [k * q for q in QUANTILES] if k > 0 else []  # K* <= 0: a family never left SFT
     fit = setup["fit"]
     rows = {f: matched_kl([*curves, bon_curve], base.name, levels, ms, f) for f in FITS}
@@ -382,6 +414,8 @@ def frontier(
         "ranges": {c.name: c.kl_range for c in curves},
         "fit": fit,
     }
+    confirmatory = confirmatory_families(cfg, families, base, compared)
+    setup["k_star_families"] = [base.name, *confirmatory] if confirmatory else []
     traj_result = None
     if traj:
         traj_result = trajectory(traj, est, families, curves[-1], draws, base, setup)
@@ -402,6 +436,15 @@ def frontier(
         with atomic_path(out / "trajectory.md") as tmp:
             tmp.write_text(NO_TRAJECTORY)
         write_csv(out / "trajectory.csv", [], matched_columns())
+    tested, how = (
+        (traj_result[1], "trajectory frontier") if traj_result else (matched, "β endpoints")
+    )
+    verdicts = confirm(hypotheses(tested, confirmatory, list(cfg.endpoints)))
+    with atomic_path(out / "confirmatory.md") as tmp:
+        tmp.write_text(confirm_markdown(verdicts, base.name, f"{how}, {fit} fit"))
+    write_csv(out / "confirmatory.csv", verdicts, CONFIRM_COLUMNS)
+    if verdicts:
+        summary["confirmatory"] = confirm_metrics(verdicts)
     write_json(metrics_path, summary)
     from stages.lib.frontier_plots import (
         families_png,

@@ -24,6 +24,7 @@ from stages.lib.config import (
     read_seeds,
     run_seed,
 )
+from stages.lib.frontier import FrontierConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {
@@ -35,7 +36,7 @@ SECTIONS = {
     "reference": ReferenceConfig,
     "evaluate": EvaluateConfig,
     "report": ReportConfig,
-    "frontier": ReportConfig,  # one dataclass for both sections
+    "frontier": FrontierConfig,  # ReportConfig's keys and the curve fit
 }
 
 

@@ -45,7 +45,7 @@ def test_bootstrap_p_is_two_sided_and_ignores_missing_replicates():
     assert bootstrap_p(np.array([1.0, 2.0, 3.0, 4.0])) == 0.0
     assert bootstrap_p(np.array([1.0, -1.0, 2.0, 3.0])) == 0.5  # 2 x 1/4 (one-sided would be 0.25)
     assert bootstrap_p(np.array([-1.0, np.nan, -2.0, 1.0])) == pytest.approx(2 / 3)
-    assert bootstrap_p(np.array([np.nan])) == 1.0
+    assert np.isnan(bootstrap_p(np.array([np.nan])))  # no replicate: no p (confirm: p = 1)
     assert bootstrap_p(np.zeros(5)) == 1.0  # Δ = 0 counts on both sides
 
 

@@ -513,3 +513,54 @@ def test_a_family_that_never_leaves_sft_gives_no_trajectory_level(repo):
     md = (repo / "reports/frontier/trajectory.md").read_text()
     assert "no KL level: 1/4, 1/2 and 3/4 of the common range [0, K*], K* = 0.000" in md
     assert "### KL =" not in md
+
+
+def test_confirmatory_comparisons_are_holm_corrected_and_set_k_star(repo):
+    """frontier.confirmatory: the named families' paired differences against the baseline at
+    the trajectory levels, Holm-corrected, in confirmatory.md/.csv and the metrics; K* is taken
+    over those families and the baseline only (hinge, whose largest KL 3 sets K* over every
+    family, is left out, so the levels move up). Catches K* over every family, a hypothesis
+    left out of m, and a verdict without the correction."""
+    write_trajectory()
+    frontier(_traj_params())
+    before = json.loads(Path("metrics/frontier.json").read_text())["trajectory"]["kl_levels"]
+    params = _traj_params()
+    params["frontier"].update(confirmatory=["jsd"], endpoints=["reward"])
+    frontier(params)
+    metrics = json.loads(Path("metrics/frontier.json").read_text())
+    levels = list(metrics["trajectory"]["kl_levels"].values())
+    assert levels[0] > list(before.values())[0]  # K* no longer hinge's 3
+    rows = _csv(Path("reports/frontier/confirmatory.csv"))
+    assert [(r["family"], r["endpoint"], r["level"]) for r in rows] == [
+        ("sigmoid-jsd", "reward", str(i)) for i in (1, 2, 3)
+    ]
+    assert all(r["verdict"] == "lower" and float(r["p_holm"]) <= 0.05 for r in rows)
+    cell = metrics["confirmatory"]["sigmoid-jsd"]["reward_L2"]
+    assert cell["rejected"] and cell["delta"] < 0
+    md = Path("reports/frontier/confirmatory.md").read_text()
+    assert "Holm-adjusted p over all 3 hypotheses" in md and "trajectory frontier" in md
+
+
+def test_without_confirmatory_families_the_file_says_so(repo):
+    frontier(_params())
+    assert "None in this profile" in Path("reports/frontier/confirmatory.md").read_text()
+    assert _csv(Path("reports/frontier/confirmatory.csv")) == []
+    assert "confirmatory" not in json.loads(Path("metrics/frontier.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "confirmatory, endpoints, message",
+    [
+        (["nope"], ["reward"], "params: frontier.confirmatory: 'nope' is not a variant"),
+        (["rkl-lo"], ["reward"], "params: frontier.confirmatory: 'rkl-lo' is in the baseline's"),
+        (["jsd"], ["bleu"], "params: frontier.endpoints: 'bleu' is not a measure of every run"),
+        (["jsd", "jsd"], ["reward"], "params: frontier.confirmatory: must be a list of distinct"),
+    ],
+)
+def test_bad_confirmatory_params_are_one_line_errors(repo, confirmatory, endpoints, message):
+    params = _params()
+    params["frontier"].update(confirmatory=confirmatory, endpoints=endpoints)
+    with pytest.raises(ValueError) as err:
+        frontier(params)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert not Path("reports").exists() and not Path("metrics").exists()

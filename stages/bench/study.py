@@ -42,6 +42,10 @@ SECONDS = {
     "best-of-n": 16.0,
     "report": 5.0,
     "frontier": 12.0,
+    # one checkpoint of a run's trajectory (align.common.checkpoints), measured by evaluate in the
+    # run's process: sampling, scoring, reward and quality measures of one more policy (issue 29;
+    # provisional, from one measurement on a loaded machine: docs/performance.md)
+    "checkpoint": 4.0,
     # prepare .. reference, once: a clean clone's 23.5 min minus the 21 min 46 s of sft,
     # reference, 30 align, 33 evaluate and report (README), plus sft and reference (~1 min)
     "shared": 165.0,
@@ -57,8 +61,10 @@ def study_size(params: dict, done: set[str], from_scratch: bool) -> dict:
     families = group_families(settings)
     seeds = len(params["seeds"])
     new = [v for v in settings if from_scratch or v not in done]
+    steps = params["align"]["common"].get("checkpoints") or []
     runs = {
         "align": len(new) * seeds,
+        "checkpoint": len(new) * seeds * len(steps),
         "evaluate": len(new) * seeds,
         "evaluate-sft": seeds if from_scratch else 0,
         "best-of-n": seeds if from_scratch else 0,

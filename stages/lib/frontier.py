@@ -57,6 +57,7 @@ import numpy as np
 
 from stages.lib.bootstrap import Resamples, interval
 from stages.lib.config import ReportConfig, param, read_section
+from stages.lib.confirm import bootstrap_p
 from stages.lib.monotone import isotonic, value_at
 from stages.lib.runs import Run, excludes_0
 from stages.lib.variants import LOSS_KEYS, default_sft_reduction, read_variants
@@ -170,6 +171,19 @@ class FrontierConfig(ReportConfig):
         FITS[0],
         check=lambda v: v in FITS,
         must=f"one of {', '.join(FITS)}",
+    )
+    confirmatory: list[str] = param(
+        "variants naming the families of the pre-registered comparisons against the baseline's "
+        "family (docs/protocol.md), Holm-corrected; they also set the trajectory's K*",
+        (),
+        check=lambda v: len(set(v)) == len(v),
+        must="a list of distinct variant names",
+    )
+    endpoints: list[str] = param(
+        "the primary endpoints of the confirmatory comparisons",
+        ("reward", "gold", "entropy_first_k"),
+        check=lambda v: bool(v) and len(set(v)) == len(v),
+        must="a non-empty list of distinct metric names",
     )
 
 
@@ -537,17 +551,6 @@ def fitted(curve: Curve, metric: str, grid, fit: str) -> np.ndarray:
         return np.array([float(interpolate(curve.kl, curve.values[metric], g)) for g in grid])
     (xs, fit_), _ = curve.seed_fit(metric)
     return np.array([value_at(xs, fit_, g).mean() for g in grid])
-
-
-def bootstrap_p(d) -> float:
-    """Two-sided bootstrap p-value of a paired difference from its replicates ``d``:
-    min(1, 2 * min(share <= 0, share >= 0)) over the replicates that have a value (NaN
-    where none has)."""
-    d = np.asarray(d, dtype=float)
-    d = d[~np.isnan(d)]
-    if not d.size:
-        return math.nan
-    return float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
 
 
 #: The status of a row whose KL level lies outside the curve's range.
