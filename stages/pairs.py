@@ -35,7 +35,7 @@ from stages.lib import paths
 from stages.lib.common import write_json, write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import SCORED, read_rows
-from stages.lib.preferences import build_preferences, validation_ids  # noqa: F401 (tests)
+from stages.lib.preferences import build_preferences
 from stages.lib.trl_format import difference_counts, pair_records, write_pairs
 
 

@@ -22,7 +22,7 @@ from stages.lib import paths
 from stages.lib.common import write_jsonl
 from stages.lib.config import DataConfig, RewardConfig, load_params, read_section
 from stages.lib.contracts import SAMPLES, read_rows
-from stages.lib.scored import attach_scores, full_texts, score_rows  # noqa: F401 (tests)
+from stages.lib.scored import score_rows
 from stages.lib.scoring import load_reward_model, score_texts
 from stages.lib.synthetic import gold_score
 

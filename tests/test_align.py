@@ -871,7 +871,7 @@ def test_pairs_of_the_files_strategy_train_the_same_run(project):
     """Preferences built by the pairs stage's own code (first_round, global seed 5): a run
     re-pairing them with first_round under the same global seed is the run on the file's pairs."""
     from stages.lib.config import PairsConfig
-    from stages.pairs import build_preferences
+    from stages.lib.preferences import build_preferences
 
     rows = _read_jsonl(Path("data/preferences.jsonl"))
     for r in rows:

@@ -306,7 +306,7 @@ def test_repairing_with_the_files_strategy_gives_its_pairs_back(strategy):
     """The pairs stage's own build, then align's re-pairing with the same strategy and global
     seed: the same pairs, the same items; another global seed draws other pairs."""
     from stages.lib.config import PairsConfig
-    from stages.pairs import build_preferences
+    from stages.lib.preferences import build_preferences
 
     scored = _ranked_rows(n_prompts=40)
     for n, r in enumerate(scored):

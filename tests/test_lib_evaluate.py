@@ -32,8 +32,8 @@ from stages.lib.evaluate import (
     summarize,
 )
 from stages.lib.modeling import save_pretrained, tiny_gpt2, train_bpe_tokenizer
+from stages.lib.sampling import sample_rows
 from stages.lib.synthetic import generate_splits, gold_score
-from stages.sample import sample_rows
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -9,7 +9,7 @@ from stages.lib.config import PairsConfig
 from stages.lib.contracts import PREFERENCES, PROMPTS, check_row
 from stages.lib.ingest import IngestConfig, build_outputs, tokenize_records
 from stages.lib.ingest_sources import Table, read_records
-from stages.pairs import build_preferences
+from stages.lib.preferences import build_preferences
 
 PAIRS = PairsConfig(strategy="first_round", val_fraction=0.2)
 

@@ -14,8 +14,9 @@ from stages.lib.common import write_jsonl
 from stages.lib.config import PairsConfig, load_params, read_section, read_seed
 from stages.lib.contracts import PREFERENCES, read_rows
 from stages.lib.pairs import first_round_pairs
+from stages.lib.preferences import build_preferences, validation_ids
 from stages.lib.trl_format import difference_counts, pair_records
-from stages.pairs import build_preferences, make_preference_file, validation_ids
+from stages.pairs import make_preference_file
 
 #: The repository's params; tests override single keys of it.
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")

@@ -15,10 +15,11 @@ import stages.score
 from stages.lib.common import write_jsonl
 from stages.lib.config import SampleConfig, load_params, read_section
 from stages.lib.contracts import PREFERENCES, SAMPLES, check_row, read_reference, read_rows
+from stages.lib.sampling import sample_rows
 from stages.lib.sequences import reference_rows
 from stages.pairs import make_preference_file
 from stages.reference import reference
-from stages.sample import sample, sample_rows
+from stages.sample import sample
 from stages.score import score
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

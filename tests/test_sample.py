@@ -16,7 +16,8 @@ from stages.lib.config import SampleConfig, load_params, read_section, read_seed
 from stages.lib.contracts import SAMPLES, read_rows
 from stages.lib.generation import generate_completions
 from stages.lib.modeling import load_causal_lm
-from stages.sample import main, sample, sample_rows
+from stages.lib.sampling import sample_rows
+from stages.sample import main, sample
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

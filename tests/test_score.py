@@ -10,8 +10,9 @@ import stages.score
 from stages.lib.common import write_jsonl
 from stages.lib.config import load_params
 from stages.lib.contracts import SCORED, read_rows
+from stages.lib.scored import attach_scores, full_texts, score_rows
 from stages.lib.synthetic import gold_score
-from stages.score import attach_scores, full_texts, score, score_rows
+from stages.score import score
 
 #: The repository's params; tests override single keys of it.
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
