@@ -1,7 +1,8 @@
 """``report``: every evaluated policy aggregated over run seeds and prompts: tables, plots,
 DVC metrics.
 
-Reads ``seed``, ``seeds``, ``report.*`` and ``align.common``/``align.variants`` from params.yaml
+Reads ``seed``, ``seeds``, ``report.*``, ``align.common``/``align.variants`` and ``online.*``'s
+variants, rounds and RLOO settings from params.yaml
 (the policies are ``sft`` plus every variant, labelled and grouped by their loss, divergence and
 alpha, read as the align stage reads them: the variant's keys over ``align.common``) and, for
 every policy and every seed of ``seeds``, ``metrics/eval/<policy>/seed-<s>.json``,
