@@ -199,9 +199,7 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def read_run(
-    policy: str, seed: int, external: bool = False, stage: str | None = None
-) -> PolicyRun:
+def read_run(policy: str, seed: int, external: bool = False, stage: str | None = None) -> PolicyRun:
     """The files of one (policy, seed) run, checked (one-line errors naming the file);
     ``external``: an external policy's run (no align run); ``stage``: an on-policy policy's
     run, evaluated by that DVC stage (no align run either)."""

@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_frontier import OFFSET, SEEDS, VARIANTS, write_best_of_n, write_eval
+from test_frontier import OFFSET, SEEDS, VARIANTS, write_best_of_n, write_eval, write_trajectory
 from test_frontier import _params as frontier_params
-from test_frontier import write_trajectory
 from test_report import POINTS, write_run
 
 from stages.frontier import frontier
@@ -141,7 +140,9 @@ def test_report_lists_online_policies_with_paired_differences(tmp_path, monkeypa
     assert rows["rloo-b"]["loss"] == "rloo"
     md = Path("reports/summary.md").read_text()
     assert "| online-dpo-r2 | sigmoid | reverse_kl | – | 6.000 [" in md
-    assert "- `online-dpo`: iterative dpo (on-policy rounds, stages online-round): rounds 1, 2" in md
+    assert (
+        "- `online-dpo`: iterative dpo (on-policy rounds, stages online-round): rounds 1, 2" in md
+    )
     assert "- `rloo`: trl's RLOO (stages online-rl), KL coefficient per setting: rloo-a (0.1)" in md
     points = json.loads(Path("reports/points.json").read_text())
     assert [p["policy"] for p in points][-4:] == list(extra)

@@ -38,7 +38,10 @@ def online_families(curves: list[OnlineCurve], settings: dict[str, dict]) -> lis
             words = (f"{len(c.policies)} rounds", "rounds " + ", ".join(f"{k:g}" for k in c.knobs))
         else:
             betas = tuple(c.knobs)
-            words = (f"{len(c.policies)} KL coef.", "KL coef. " + ", ".join(f"{k:g}" for k in c.knobs))
+            words = (
+                f"{len(c.policies)} KL coef.",
+                "KL coef. " + ", ".join(f"{k:g}" for k in c.knobs),
+            )
         tags = (("online", c.kind), ("points", words[0]), ("knobs", words[1]))
         out.append(Family(c.name, tags, c.policies, betas))
     return out
@@ -79,7 +82,7 @@ def online_markdown(curves: list[OnlineCurve], fits: list[Curve], fit: str, traj
         *markdown_table(["curve", "points", f"KL of its points ({fit} fit)"], rows),
         "",
         f"Each on-policy curve runs through {start}, read off with the families' fit on the "
-        "same bootstrap replicates; it needs at least 2 points, gets \"–\" where its range "
+        'same bootstrap replicates; it needs at least 2 points, gets "–" where its range '
         "misses a level (no extrapolation), and its Δ is against the baseline family at the "
         f"same KL. The on-policy curves do not move {levels}: they come from the offline "
         "families alone.",
