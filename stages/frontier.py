@@ -1,8 +1,9 @@
 """``frontier``: the honest comparison: families along β at matched KL, the Pareto envelope of
 non-dominated runs and the best-of-n baseline, with 95% intervals over seeds and prompts.
 
-Reads ``seed``, ``seeds``, ``frontier.*`` and ``align.common``/``align.variants`` from
-params.yaml and, for ``sft`` and every variant and every seed of ``seeds``,
+Reads ``seed``, ``seeds``, ``frontier.*``, ``align.common``/``align.variants`` and
+``online.variants``/``rounds``/``rl_settings`` from params.yaml and, for ``sft``, every variant,
+every on-policy policy and every seed of ``seeds``,
 ``data/eval/<policy>/seed-<s>.jsonl`` (the per-sample scores ``evaluate`` wrote) and
 ``data/best_of_n/seed-<s>.jsonl`` (``best-of-n``'s draws). Writes::
 
@@ -70,6 +71,13 @@ best-of-n has none ("–", empty cells). ``precision_recall.png`` draws the prec
 plane of the generative-modelling literature at each matched KL (a "no quality measures"
 notice without them).
 
+**On-policy curves** (issue #30; :mod:`stages.lib.online_policies`, :mod:`stages.lib.online_frontier`;
+none in the demo): with ``online.variants`` each variant's rounds 1..R are one curve
+``online-<v>``, with ``online.rl_settings`` the RLOO settings one curve ``rloo``, read from
+``data/eval`` and fitted, tabulated and plotted like a family (a curve from 2 points), with Δ
+against the baseline family, after the KL levels (and the trajectory's K*) are fixed by the
+offline families alone; the Markdown says so in its "On-policy curves" section.
+
 **Pareto envelope**: the policies (``sft`` and every variant, seed-mean points) that no other
 policy beats in both coordinates: max reward (gold) at min KL, and max reward at max entropy;
 drawn as the staircase of what the best run at that budget reaches.
@@ -119,6 +127,8 @@ from stages.lib.frontier_tables import (
     point_columns,
     trajectory_markdown,
 )
+from stages.lib.online_frontier import online_families, online_fits, online_markdown
+from stages.lib.online_policies import check_names, online_curves
 from stages.lib.runs import METRICS as RUN_METRICS
 from stages.lib.runs import (
     check_same_prompts,
@@ -306,12 +316,14 @@ def trajectory(
     draws: Resamples,
     base: Family,
     setup: dict,
+    online: list = (),
 ) -> tuple[dict, list[dict], list[dict], list[Curve]]:
     """The trajectory frontier (``traj``: :func:`read_trajectories`; ``est``: every policy's
     estimates with per-seed replicates): each family's points per seed are SFT, every
     checkpoint of every β and every endpoint, compared at 1/4, 1/2, 3/4 of [0, K*]
-    (:func:`k_star`); returns its setup, the rows of ``setup["fit"]`` and of the other fit,
-    and the family curves."""
+    (:func:`k_star`, over the families alone); the on-policy curves (``online``) from SFT
+    beside them; returns its setup, the rows of ``setup["fit"]`` and of the other fit, and
+    the curves."""
     every = [r for per_seed in traj.values() for t in per_seed for _, r in t]
     compared = [*setup["metrics"], *setup["quality"]]
     ms = [m for m in compared if all(m in r.num or m in r.sets for r in every)]
@@ -332,6 +344,7 @@ def trajectory(
     k, fam, i = k_star([c for c in curves if not chosen or c.name in chosen])
     levels = [k * q for q in QUANTILES] if k > 0 else []  # K* <= 0: a family never left SFT
     fit = setup["fit"]
+    curves += online_fits(online, est, ms, start=est[SFT])  # after K*: they never move it
     rows = {f: matched_kl([*curves, bon_curve], base.name, levels, ms, f) for f in FITS}
     tsetup = {
         **setup,
@@ -360,7 +373,9 @@ def frontier(
     settings = variant_settings(params)
     families = group_families(settings)
     base = baseline_family(families, cfg.baseline)
-    policies = [SFT, *settings]
+    online = online_curves(params)  # on-policy curves (issue #30); [] in the demo
+    check_names(online, [SFT, BON, *settings, *(f.name for f in families)])
+    policies = [SFT, *settings, *(p for c in online for p in c.policies)]
     runs = load_runs(policies, seeds)
     first = runs[SFT][0]
     for run in (r for per in runs.values() for r in per):
@@ -379,6 +394,7 @@ def frontier(
     draws = draw_resamples(len(seeds), len(first.prompt_ids), cfg.bootstrap, read_seed(params))
     # the per-seed replicates of the isotonic fit, only for points on some curve
     on_curve = {v for f in families if f.n_betas >= 2 for v in f.variants}
+    on_curve |= {p for c in online for p in c.policies}
     if traj:
         on_curve |= set(policies)
     est = {}
@@ -398,9 +414,13 @@ def frontier(
         levels, how = kl_levels(ranges, fallback)
     else:
         how = "given with --kl-levels (not the pipeline's automatic levels)"
+    # the on-policy curves join only now: the levels above are the offline families' alone
+    online_fit = online_fits(online, est, compared)
+    curves = [*curves[:-1], *online_fit, curves[-1]]  # best-of-n stays last
     by_fit = {f: matched_kl(curves, base.name, levels, compared, f) for f in FITS}
     matched, sensitivity = by_fit[fit], by_fit[other_fit(fit)]
-    points = point_rows(est, families, compared)
+    drawn = [*families, *online_families(online, settings)]
+    points = point_rows(est, drawn, compared)
     bon_rows = [{"n": n, **{k: e[k]["value"] for k in e}, **_cis(e)} for n, e in bon_est.items()]
     setup = {
         "seeds": seeds,
@@ -418,10 +438,12 @@ def frontier(
     setup["k_star_families"] = [base.name, *confirmatory] if confirmatory else []
     traj_result = None
     if traj:
-        traj_result = trajectory(traj, est, families, curves[-1], draws, base, setup)
+        traj_result = trajectory(traj, est, families, curves[-1], draws, base, setup, online)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "matched_kl.md") as tmp:
-        tmp.write_text(matched_markdown(setup, families, matched, points, bon_rows, sensitivity))
+        section = online_markdown(online, online_fit, fit)
+        text = matched_markdown(setup, families, matched, points, bon_rows, sensitivity, section)
+        tmp.write_text(text)
     write_csv(out / "matched_kl.csv", [*matched, *sensitivity], matched_columns(quality))
     write_csv(out / "points.csv", points, point_columns(quality))
     write_csv(out / "best_of_n.csv", bon_rows, BON_COLUMNS)
@@ -429,7 +451,8 @@ def frontier(
     if traj_result is not None:
         tsetup, t_rows, t_sens, t_curves = traj_result
         with atomic_path(out / "trajectory.md") as tmp:
-            tmp.write_text(trajectory_markdown(tsetup, families, t_rows, t_sens))
+            section = online_markdown(online, t_curves[len(families) :], fit, trajectory=True)
+            tmp.write_text(trajectory_markdown(tsetup, families, t_rows, t_sens, section))
         write_csv(out / "trajectory.csv", [*t_rows, *t_sens], matched_columns(tsetup["quality"]))
         summary["trajectory"] = frontier_metrics(tsetup, t_rows)
     else:
@@ -453,9 +476,9 @@ def frontier(
         trajectory_png,
     )
 
-    overview_png(out / "overview.png", families, est, bon_est, points, metrics)
-    families_png(out / "families.png", families, est, bon_est, points, metrics)
-    precision_recall_png(out / "precision_recall.png", families, matched, est[SFT], setup)
+    overview_png(out / "overview.png", drawn, est, bon_est, points, metrics)
+    families_png(out / "families.png", drawn, est, bon_est, points, metrics)
+    precision_recall_png(out / "precision_recall.png", drawn, matched, est[SFT], setup)
     if traj_result is not None:
         trajectory_png(out / "trajectory.png", traj_result[3], traj_result[0], fit)
     else:

@@ -1,7 +1,8 @@
 """``report``: every evaluated policy aggregated over run seeds and prompts: tables, plots,
 DVC metrics.
 
-Reads ``seed``, ``seeds``, ``report.*`` and ``align.common``/``align.variants`` from params.yaml
+Reads ``seed``, ``seeds``, ``report.*``, ``align.common``/``align.variants`` and ``online.*``'s
+variants, rounds and RLOO settings from params.yaml
 (the policies are ``sft`` plus every variant, labelled and grouped by their loss, divergence and
 alpha, read as the align stage reads them: the variant's keys over ``align.common``) and, for
 every policy and every seed of ``seeds``, ``metrics/eval/<policy>/seed-<s>.json``,
@@ -80,7 +81,12 @@ quality measures".
 
 **External policies** (``external`` in params.yaml: folders under ``models/external``, evaluated
 by ``evaluate-external@<name>-<seed>``) are reported like variants, labelled ``external`` in
-the loss column and drawn as grey diamonds; they have no align run (no val accuracy). **Without
+the loss column and drawn as grey diamonds; they have no align run (no val accuracy).
+**On-policy policies** (issue #30, :mod:`stages.lib.online_policies`, none in the demo): every
+round of ``online.variants`` (``online-<v>-r<r>``, labelled with its variant's loss) and every
+RLOO setting (``rloo-<setting>``, loss ``rloo``) are read from ``data/eval`` and
+``metrics/eval`` like a variant, with paired differences against the baseline, and named in a
+closing note of the summary; no align run behind them either. **Without
 a reward model** (``evaluate --no-reward``) reward is shown as ``n/a`` in the tables (never 0),
 ``metrics/summary.json`` has no reward keys, and the reward plots say that reward is not
 available.
@@ -108,6 +114,8 @@ from stages.lib.config import (
     read_seed,
     read_seeds,
 )
+from stages.lib.online_policies import OnlineCurve, check_names, online_curves, online_labels
+from stages.lib.online_policies import summary_note as online_note
 from stages.lib.report_plots import precision_recall_png, scatter_png
 from stages.lib.report_quality import COLUMNS as QUALITY_COLUMNS
 from stages.lib.report_quality import (
@@ -147,12 +155,16 @@ FAMILY_DIVERGENCES = ("reverse_kl", "alpha", "forward_kl")
 
 def variant_info(params: dict) -> dict[str, dict]:
     """policy -> {loss, divergence, alpha} for ``sft``, every variant of ``align.variants``
-    (read as the align stage reads them: :func:`stages.lib.variants.read_variants`) and every
-    external policy."""
+    (read as the align stage reads them: :func:`stages.lib.variants.read_variants`), every
+    on-policy policy (:func:`stages.lib.online_policies.online_curves`; none in the demo) and
+    every external policy."""
     info = {SFT: {"loss": "", "divergence": "", "alpha": None}}
     for name, variant in read_variants(params).items():
         loss = variant.loss()
         info[name] = {"loss": loss.loss, "divergence": loss.divergence, "alpha": loss.alpha}
+    curves = online_curves(params)
+    check_names(curves, info)
+    info.update(online_labels(curves, info))
     for name in read_external(params):
         if name in info:
             raise ValueError(
@@ -187,12 +199,13 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def read_run(policy: str, seed: int, external: bool = False) -> PolicyRun:
+def read_run(policy: str, seed: int, external: bool = False, stage: str | None = None) -> PolicyRun:
     """The files of one (policy, seed) run, checked (one-line errors naming the file);
-    ``external``: an external policy's run (no align run)."""
+    ``external``: an external policy's run (no align run); ``stage``: an on-policy policy's
+    run, evaluated by that DVC stage (no align run either)."""
     flag = " --external" if external else ""
     what = (
-        f"run `dvc repro {eval_stage(policy, seed, external)}` or "
+        f"run `dvc repro {stage or eval_stage(policy, seed, external)}` or "
         f"`python -m stages evaluate {policy}{flag} --seed {seed}`"
     )
     metrics_path = paths.eval_metrics(policy, seed)
@@ -204,6 +217,8 @@ def read_run(policy: str, seed: int, external: bool = False) -> PolicyRun:
     value = metrics.get("reward")
     if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)):
         raise ValueError(f"{metrics_path}: field 'reward' must be a finite number or null")
+    if stage is not None and not paths.eval_samples(policy, seed).is_file():
+        raise FileNotFoundError(f"{paths.eval_samples(policy, seed)}: not found ({what})")
     run = read_eval(policy, seed, external)
     samples_path, num = run.path, run.num
     if ("reward" in num) != (metrics.get("reward") is not None):
@@ -218,7 +233,7 @@ def read_run(policy: str, seed: int, external: bool = False) -> PolicyRun:
             f"{metrics['reward']:.6f} (files of different runs?)"
         )
     val = None
-    if policy != "sft" and not external:
+    if policy != "sft" and not external and stage is None:
         align_path = paths.align_metrics(policy, seed)
         align = _read_json(align_path, f"run `dvc repro align@{policy}-{seed}`")
         val = align.get("val_accuracy")
@@ -236,10 +251,22 @@ def _check_same_samples(runs: list[PolicyRun]) -> None:
             )
 
 
-def read_runs(info: dict[str, dict], seeds: list[int]) -> dict[str, list[PolicyRun]]:
-    """policy -> its runs, one per seed (params order), all on the same prompts."""
+def read_runs(
+    info: dict[str, dict], seeds: list[int], online: list[OnlineCurve] = ()
+) -> dict[str, list[PolicyRun]]:
+    """policy -> its runs, one per seed (params order), all on the same prompts (``online``:
+    the on-policy curves, whose policies have no align run)."""
+    of = {p: c for c in online for p in c.policies}
     runs = {
-        policy: [read_run(policy, s, labels["loss"] == EXTERNAL) for s in seeds]
+        policy: [
+            read_run(
+                policy,
+                s,
+                labels["loss"] == EXTERNAL,
+                of[policy].eval_stage(policy, s) if policy in of else None,
+            )
+            for s in seeds
+        ]
         for policy, labels in info.items()
     }
     every = [r for per in runs.values() for r in per]
@@ -407,7 +434,8 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
     info, seeds = variant_info(params), read_seeds(params)
     cfg = read_section(params, "report", ReportConfig)
     baseline = _baseline(cfg, info)
-    runs = read_runs(info, seeds)
+    online = online_curves(params)
+    runs = read_runs(info, seeds, online)
     n_prompts = len(runs[SFT][0].prompt_ids)
     draws = draw_resamples(len(seeds), n_prompts, cfg.bootstrap, read_seed(params))
     rows, per_seed = aggregate(info, runs, baseline, draws), seed_rows(runs)
@@ -415,7 +443,8 @@ def report(params: dict, out: Path = REPORTS) -> list[dict]:
     quality = quality_outputs(info, runs, baseline, draws, rows, seeds, cfg.bootstrap)
     warning = read_sft_warning()
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap, warning))
+        text = summary_markdown(rows, fit, seeds, baseline, cfg.bootstrap, warning)
+        tmp.write_text(text + "\n".join(["", *online_note(online)]) if online else text)
     write_csv(out / "summary.csv", rows, COLUMNS)
     write_csv(out / "seeds.csv", per_seed, SEED_COLUMNS)
     write_json(out / "points.json", rows)

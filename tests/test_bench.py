@@ -391,7 +391,7 @@ def test_bench_command_errors_are_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert (
         result.output.strip() == "error: --only: unknown item 'nope' (items: align, sample, "
-        "eval, flops, runs, sweep, paper, dvc)"
+        "eval, flops, runs, sweep, paper, dvc, online)"
     )
     result = CliRunner().invoke(app, ["bench", "--only", "align"])
     assert result.exit_code == 1
@@ -451,3 +451,49 @@ def test_bench_sample_settings_are_checked(tiny_lm_dir, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["bench", "--only", "sample", "--threads", "1"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: params: sample.temperature: must be > 0, got -1.0"
+
+
+def test_bench_online_times_a_round_rloo_and_align_side_by_side(
+    tiny_lm_dir, tmp_path, monkeypatch, torch_one_thread
+):
+    """The `online` item on tiny models: every phase of the round, the RLOO run, the align run
+    and the sampler comparison are timed in one run, their ratios written and positive."""
+    import shutil
+
+    from tests.conftest import save_classifier
+
+    shutil.copytree(tiny_lm_dir, tmp_path / "models/sft")
+    save_classifier(tmp_path / "models/reward")
+    (tmp_path / "data/prompts").mkdir(parents=True)
+    (tmp_path / "data/prompts/train.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt_id": f"train-{i}", "prompt": f"The film {i} was"}) + "\n"
+            for i in range(10)
+        )
+    )
+    params = copy.deepcopy(PARAMS)  # the repository's settings, benchmark-sized
+    params["online"]["round"]["sample"].update(max_new_tokens=6, batch_size=16, temperature=1.0)
+    params["align"]["common"].update(batch_prompts=2, epochs=1)
+    params["online"]["rl"].update(prompts_per_step=2, n_per_prompt=2, max_new_tokens=6)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "--only", "online", "--threads", "1", "--online-prompts", "8"]
+    result = CliRunner().invoke(app, [*args, "--rl-steps", "1"])
+    assert result.exit_code == 0, result.output
+    o = json.loads((tmp_path / "reports/bench.json").read_text())["online"]
+    assert (o["prompts"], o["completions"], o["variant"]) == (8, 8 * 4, "dpo")
+    phases = ("sample_s", "score_s", "pairs_s", "reference_s", "train_s")
+    assert all(o["round"][k] >= 0 for k in phases) and o["round"]["train_s"] > 0
+    assert o["round"]["total_s"] == pytest.approx(sum(o["round"][k] for k in phases))
+    assert o["align"]["train_steps"] == o["round"]["train_steps"] >= 1  # the same items
+    assert (o["rloo"]["steps"], o["rloo"]["prompt_visits"], o["rloo"]["kl_coef"]) == (1, 2, 0.05)
+    for key in ("round_vs_align", "rloo_vs_align", "rloo_per_prompt_vs_align"):
+        assert o[key] > 0
+    assert o["round_vs_align"] == pytest.approx(o["round"]["total_s"] / o["align"]["train_s"])
+    assert o["sampler_vs_one_prompt"] == o["sample"]["speedup_vs_one_prompt"] > 0
+    md = (tmp_path / "reports/bench.md").read_text()
+    assert "| On-policy vs offline (8 train prompts, dpo) |" in md
+    assert "`generate` one prompt at a time" in md
+    result = CliRunner().invoke(app, [*args[:-1], "11"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: bench online: --online-prompts 11 > 10 prompts"

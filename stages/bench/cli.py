@@ -30,6 +30,10 @@
 8. ``dvc``: what DVC spends around every stage on this repo's ``dvc.lock``: its load with
    ruamel's C and pure-Python loaders side by side, its round-trip rewrite after a stage, and
    ``dvc status`` (:mod:`stages.bench.lockfile`).
+9. ``online``: one on-policy round (sample, score, pairs, reference, train), a short RLOO run and
+   one offline align run on the same ``--online-prompts`` prompts, their ratios, and the round
+   sampler against ``generate`` one prompt at a time (:mod:`stages.bench.online`; about a
+   minute on the demo's models: ``--only online``).
 
 Benchmarks are not tests: nothing here asserts a time. Thread count, torch version and CPU are
 recorded with the figures.
@@ -60,6 +64,7 @@ from stages.bench.align import align_throughput
 from stages.bench.flops import alignment_flops, matmul_flops, step_scaling
 from stages.bench.generate import evaluation_cost, sampling_throughput
 from stages.bench.lockfile import lockfile_cost, status_seconds
+from stages.bench.online import online_costs, online_markdown
 from stages.bench.rehearsal import rehearse
 from stages.bench.runs import run_wall_times
 from stages.lib import paths
@@ -82,7 +87,7 @@ from stages.lib.config import (
 from stages.lib.contracts import PREFERENCES, PROMPTS, SCORED, read_rows
 from stages.lib.modeling import load_causal_lm
 
-ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep", "paper", "dvc")
+ITEMS = ("align", "sample", "eval", "flops", "runs", "sweep", "paper", "dvc", "online")
 #: Items run by default (``sweep`` and ``paper`` take minutes of their own: ask for them).
 DEFAULT_ITEMS = ("align", "sample", "eval", "flops", "runs", "dvc")
 
@@ -175,6 +180,8 @@ def run(
     baseline: str | None = None,
     run_variant: str = "dpo",
     imdb: Path = Path("../shared/data/imdb"),
+    online_prompts: int = 64,
+    rl_steps: int = 8,
 ) -> dict:
     """Run the chosen benchmark items; returns the ``reports/bench.json`` dict."""
     torch.set_num_threads(threads)
@@ -185,6 +192,7 @@ def run(
         "flops": [paths.SFT_DIR, paths.PREFERENCES],
         "runs": [paths.SFT_DIR, paths.REWARD_DIR, paths.PREFERENCES, paths.REFERENCE],
         "dvc": [Path("dvc.lock")],
+        "online": [paths.SFT_DIR, paths.REWARD_DIR, paths.TRAIN_PROMPTS],
     }
     for item in items:
         for path in needs.get(item, []):
@@ -304,6 +312,23 @@ def run(
         print(
             f"dvc: dvc.lock load {d['c_load_s']:.2f} s ({d['loader']}) vs "
             f"{d['pure_load_s']:.2f} s pure Python, rewrite {d['roundtrip_s']:.2f} s",
+            file=sys.stderr,
+        )
+    if "online" in items:
+        o = online_costs(
+            params,
+            paths.SFT_DIR,
+            paths.REWARD_DIR,
+            read_rows(paths.TRAIN_PROMPTS, PROMPTS),
+            n_prompts=online_prompts,
+            rl_steps=rl_steps,
+            variant=run_variant,
+        )
+        out["online"] = o
+        print(
+            f"online: round {o['round']['total_s']:.1f} s ({o['round_vs_align']:.2f}x align), "
+            f"RLOO {o['rloo']['train_s']:.1f} s ({o['rloo_vs_align']:.2f}x), align "
+            f"{o['align']['train_s']:.1f} s; sampler {o['sampler_vs_one_prompt']:.2f}x one prompt",
             file=sys.stderr,
         )
     if "sweep" in items:
@@ -473,6 +498,8 @@ def markdown(b: dict) -> str:
             f"`dvc status` {d['status_s']:.1f} s.",
             "",
         ]
+    if "online" in b:
+        lines += online_markdown(b["online"])
     if "sweep" in b:
         w = b["sweep"]
         lines += [
@@ -512,7 +539,11 @@ def main(
     baseline: str = typer.Option(
         None, help="Commit whose align + evaluate the `runs` item also times, side by side."
     ),
-    run_variant: str = typer.Option("dpo", help="Variant of align.variants the `runs` item runs."),
+    run_variant: str = typer.Option(
+        "dpo", help="Variant of align.variants the `runs` and `online` items train."
+    ),
+    online_prompts: int = typer.Option(64, help="Train prompts of the `online` item's runs."),
+    rl_steps: int = typer.Option(8, help="RLOO steps of the `online` item."),
     imdb: Path = typer.Option(
         Path(os.environ.get("IMDB_DIR", "../shared/data/imdb")),
         help="The local IMDB copy (train/test.jsonl) the `paper` rehearsal reads.",
@@ -545,6 +576,8 @@ def main(
         baseline=baseline,
         run_variant=run_variant,
         imdb=imdb,
+        online_prompts=online_prompts,
+        rl_steps=rl_steps,
     )
     write_json(out, result)
     md = markdown(result)

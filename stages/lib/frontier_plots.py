@@ -131,6 +131,18 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _points(fam: Family) -> str:
+    """A legend's count of a family's points: ``3 β``, or an on-policy curve's own words
+    (:func:`stages.lib.online_frontier.online_families`)."""
+    return dict(fam.settings).get("points") or f"{fam.n_betas} β"
+
+
+def _knobs(fam: Family) -> str:
+    """A panel title's knobs: ``β 0.1, 0.3``, or an on-policy curve's own words."""
+    betas = ", ".join("–" if b is None else f"{b:g}" for b in fam.betas)
+    return dict(fam.settings).get("knobs") or f"β {betas}"
+
+
 def overview_png(
     path: Path, families: list[Family], est: dict, bon: dict, points: list[dict], metrics
 ) -> None:
@@ -142,7 +154,7 @@ def overview_png(
         if not _panel(ax, x, y, metrics):
             continue
         for fam, color in zip(families, colors):
-            _family(ax, fam, est, x, y, color, f"{fam.name} ({fam.n_betas} β)")
+            _family(ax, fam, est, x, y, color, f"{fam.name} ({_points(fam)})")
         _context(ax, est, bon, points, x, y, flag, side)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
@@ -171,8 +183,7 @@ def families_png(
                 continue
             _family(ax, fam, est, x, y, color, fam.name)
             _context(ax, est, bon, points, x, y, flag, side)
-            betas = ", ".join("–" if b is None else f"{b:g}" for b in fam.betas)
-            ax.set_title(f"{fam.name}: β {betas}", fontsize=8)
+            ax.set_title(f"{fam.name}: {_knobs(fam)}", fontsize=8)
         row[0].legend(fontsize=6, loc="best")
     _save(fig, path)
     plt.close(fig)

@@ -326,10 +326,12 @@ def matched_markdown(
     points: list[dict],
     bon: list[dict],
     sensitivity: list[dict] = (),
+    online: list[str] = (),
 ) -> str:
     """The Markdown of ``reports/frontier/matched_kl.md``: ``matched`` under the fit
     ``setup["fit"]`` (default linear), ``sensitivity`` the rows of the other fit (a section
-    of their own, where there are KL levels)."""
+    of their own, where there are KL levels); ``online``: the on-policy curves' section
+    (:func:`stages.lib.online_frontier.online_markdown`), after the families."""
     base, metrics, levels = setup["baseline"], setup["metrics"], setup["levels"]
     quality = setup.get("quality", [])
     fit = setup.get("fit", "linear")
@@ -342,6 +344,7 @@ def matched_markdown(
         "",
         *_families(families, setup["ranges"], base),
         "",
+        *online,
         "## KL levels",
         "",
         (f"{', '.join(number(v) for v in levels)} nats: " if levels else "") + f"{setup['how']}.",
@@ -386,11 +389,15 @@ NO_TRAJECTORY = (
 
 
 def trajectory_markdown(
-    setup: dict, families: list[Family], matched: list[dict], sensitivity: list[dict]
+    setup: dict,
+    families: list[Family],
+    matched: list[dict],
+    sensitivity: list[dict],
+    online: list[str] = (),
 ) -> str:
     """The Markdown of ``reports/frontier/trajectory.md``: ``setup`` as
     :func:`matched_markdown`'s plus ``steps`` (variant -> its checkpoint steps) and ``k_star``
-    (the KL, family and seed that bound the levels)."""
+    (the KL, family and seed that bound the levels); ``online`` as :func:`matched_markdown`'s."""
     base, metrics, levels = setup["baseline"], setup["metrics"], setup["levels"]
     quality, fit = setup.get("quality", []), setup.get("fit", "linear")
     k, fam, seed = setup["k_star"]
@@ -419,6 +426,7 @@ def trajectory_markdown(
             ["family", "variants (β): checkpoint steps", f"KL of its points ({fit} fit)"], rows
         ),
         "",
+        *online,
         "## KL levels",
         "",
         (f"{', '.join(number(v) for v in levels)} nats: " if levels else "no KL level: ")
