@@ -50,9 +50,9 @@ from stages.lib.online import (
     round_model,
     round_preferences,
     round_prompts,
-    round_trainer,
     sample_seed,
 )
+from stages.lib.online_training import round_trainer
 from stages.lib.sampling import sample_rows
 from stages.lib.scored import score_rows
 from stages.lib.scoring import load_reward_model, score_texts

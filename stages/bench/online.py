@@ -33,7 +33,8 @@ from stages.bench.generate import sampling_throughput
 from stages.lib.align import TRAIN_KEYS, TrainConfig, build_items
 from stages.lib.config import DataConfig, RewardConfig, read_mapping, read_section
 from stages.lib.modeling import load_causal_lm
-from stages.lib.online import read_round_config, round_preferences, round_trainer
+from stages.lib.online import read_round_config, round_preferences
+from stages.lib.online_training import round_trainer
 from stages.lib.rl import read_rl_config, reward_function, rloo_trainer
 from stages.lib.sampling import sample_rows
 from stages.lib.scored import score_rows

@@ -12,6 +12,7 @@ with variant v's loss from round r-1's weights::
     rows, _ = sample_rows(policy, tokenizer, prompts, cfg.sample, sample_seed(run_seed, r))
     prefs, metrics = round_preferences(scored_rows, cfg.pairs, seed, r, where)
     trainer = round_trainer(policy, tokenizer, items, train_cfg, loss, out_dir, run, live_dir)
+                                                       # stages.lib.online_training
 
 The sampler, scorer, pair builder, reference pass and trainer are the offline stages' own
 (:mod:`stages.lib.sampling`, :mod:`stages.lib.scored`, :mod:`stages.lib.preferences`,
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stages.lib import paths
 from stages.lib.common import seeded_subset
@@ -35,10 +35,6 @@ from stages.lib.config import (
     read_mapping,
 )
 from stages.lib.preferences import build_preferences
-
-if TYPE_CHECKING:
-    from stages.lib.align import PreferenceTrainer, TrainConfig
-    from stages.lib.variants import LossConfig
 
 #: Where the reference log-probs of a round come from.
 REFERENCES = ("sft", "previous")
@@ -182,39 +178,3 @@ def round_preferences(
             f"val_fraction"
         )
     return rows, metrics
-
-
-def round_trainer(
-    model,
-    tokenizer,
-    items: list[dict],
-    cfg: TrainConfig,
-    loss: LossConfig,
-    output_dir: Path,
-    run: str,
-    live_dir: Path,
-) -> PreferenceTrainer:
-    """The offline trainer (:class:`stages.lib.align.PreferenceTrainer`) on a round's prompt
-    items (:func:`stages.lib.align.build_items`), dropout off, evaluating on the ``val`` items."""
-    from stages.lib.align import (
-        PreferenceTrainer,
-        PromptCollator,
-        curriculum_order,
-        disable_dropout,
-        training_arguments,
-    )
-
-    train = curriculum_order([i for i in items if i["split"] == "train"], cfg.curriculum, cfg.seed)
-    val = [i for i in items if i["split"] == "val"]
-    disable_dropout(model)
-    return PreferenceTrainer(
-        model=model,
-        args=training_arguments(cfg, output_dir, run, bool(val)),
-        train_dataset=train,
-        eval_dataset=val or None,
-        data_collator=PromptCollator(tokenizer, cfg.max_length),
-        processing_class=tokenizer,
-        loss_config=loss,
-        variant=run,
-        live_dir=str(live_dir),
-    )
