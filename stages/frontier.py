@@ -43,7 +43,7 @@ family's curve; the Markdown says which range was used. **Fit** (``frontier.fit`
 family's value at a level is read off a per-seed monotone (isotonic) fit in KL averaged over
 seeds (``isotonic``, the default), or interpolated piecewise linearly in KL along its
 seed-mean points (``linear``), in every bootstrap replicate too
-(:mod:`stages.lib.frontier`); the other fit is reported beside it as a sensitivity analysis
+(:mod:`stages.lib.matched_kl`); the other fit is reported beside it as a sensitivity analysis
 (its own Markdown section; ``fit`` column in the CSV; ``metrics/frontier.json`` holds the
 primary's). Families with fewer than 2 β values, or whose range misses a level, get "–", never
 an extrapolation. Every cell stores its bootstrap coverage, every Δ its two-sided bootstrap
@@ -103,15 +103,8 @@ from stages.lib.confirm import markdown as confirm_markdown
 from stages.lib.confirm import metrics as confirm_metrics
 from stages.lib.contracts import BEST_OF_N, read_rows
 from stages.lib.frontier import (
-    FITS,
-    QUANTILES,
-    Curve,
     Family,
-    add_seed_replicates,
-    curve,
     group_families,
-    kl_levels,
-    matched_kl,
     point_rows,
     quality_metrics,
     read_config,
@@ -126,6 +119,15 @@ from stages.lib.frontier_tables import (
     other_fit,
     point_columns,
     trajectory_markdown,
+)
+from stages.lib.matched_kl import (
+    FITS,
+    QUANTILES,
+    Curve,
+    add_seed_replicates,
+    curve,
+    kl_levels,
+    matched_kl,
 )
 from stages.lib.online_frontier import online_families, online_fits, online_markdown
 from stages.lib.online_policies import check_names, online_curves

@@ -24,7 +24,7 @@ from stages.lib.config import (
     read_seeds,
     run_seed,
 )
-from stages.lib.frontier import FrontierConfig  # noqa: E402
+from stages.lib.frontier import FrontierConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {

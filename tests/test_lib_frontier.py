@@ -10,23 +10,25 @@ import numpy as np
 import pytest
 
 from stages.lib.bootstrap import draw_resamples, replicates, set_replicates
+from stages.lib.confirm import bootstrap_p
 from stages.lib.frontier import (
     FAMILY_EXTRA,
+    family_name,
+    group_families,
+    pareto_front,
+    read_config,
+)
+from stages.lib.frontier_tables import frontier_metrics
+from stages.lib.matched_kl import (
     Curve,
     SeedPoints,
     add_seed_replicates,
-    bootstrap_p,
     curve,
-    family_name,
-    group_families,
     interpolate,
     kl_levels,
     matched_kl,
-    pareto_front,
-    read_config,
     spearman,
 )
-from stages.lib.frontier_tables import frontier_metrics
 from stages.lib.runs import estimate, per_prompt
 
 # --------------------------------------------------------------------------- families

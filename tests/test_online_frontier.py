@@ -15,7 +15,7 @@ from test_report import POINTS, write_run
 
 from stages.frontier import frontier
 from stages.lib.config import load_params
-from stages.lib.frontier import OUTSIDE
+from stages.lib.matched_kl import OUTSIDE
 from stages.lib.online_policies import online_curves, online_policies
 from stages.report import report, variant_info
 from stages.tools.params import compose

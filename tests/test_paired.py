@@ -29,7 +29,7 @@ from stages.frontier import curve
 from stages.lib import bootstrap
 from stages.lib import runs as runs_module
 from stages.lib.bootstrap import Resamples, draw_resamples, interval
-from stages.lib.frontier import kl_levels, matched_kl
+from stages.lib.matched_kl import kl_levels, matched_kl
 from stages.lib.report_tables import ESTIMATES, MEANS
 from stages.lib.runs import Run, estimate, per_prompt, stack
 from stages.report import PolicyRun, aggregate, estimates

@@ -71,7 +71,7 @@ def confirm(cells: list[dict], alpha: float = ALPHA) -> list[dict]:
 
 
 def hypotheses(rows: list[dict], families: list[str], endpoints: list[str]) -> list[dict]:
-    """The pre-registered cells of matched-KL ``rows`` (:func:`stages.lib.frontier.matched_kl`,
+    """The pre-registered cells of matched-KL ``rows`` (:func:`stages.lib.matched_kl.matched_kl`,
     one fit): every (family, endpoint, level) of ``families`` x ``endpoints`` x the rows' levels,
     with its paired difference against the baseline, interval, coverage and p-value (a family's
     row without a value at a level gives coverage 0: not compared)."""

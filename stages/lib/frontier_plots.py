@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.lib.common import atomic_path
-from stages.lib.frontier import Curve, Family, fitted, quality_groups
+from stages.lib.frontier import Family, quality_groups
+from stages.lib.matched_kl import Curve, fitted
 
 #: (x, y, envelope flag in the points rows, staircase side) of the four panels.
 PANELS = (

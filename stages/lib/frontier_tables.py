@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 
-from stages.lib.frontier import FITS, MIN_COMPARISON_COVERAGE, OUTSIDE, Family, quality_groups
+from stages.lib.frontier import Family, quality_groups
+from stages.lib.matched_kl import FITS, MIN_COMPARISON_COVERAGE, OUTSIDE
 from stages.lib.tables import markdown_table, number, plural
 
 #: Metrics a matched-KL row may carry (KL is the level itself).
 MATCHED_METRICS = ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")
 #: The matched-KL tables per level: reward and gold; the three entropies.
 GROUPS = (("reward", "gold"), ("entropy", "entropy_first_k", "context_entropy"))
-#: (prefix, suffix) of a metric's columns in a matched-KL row (stages.lib.frontier.matched_row).
+#: (prefix, suffix) of a metric's columns in a matched-KL row (stages.lib.matched_kl.matched_row).
 MATCHED_PARTS = (
     ("", ""),
     ("", "_lo"),

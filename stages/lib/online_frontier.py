@@ -7,7 +7,7 @@ offline families' KL levels::
     traj = online_fits(curves, est, ms, start=est["sft"])   # trajectory frontier: SFT first
     lines = online_markdown(curves, fits, "isotonic")       # the Markdown's section
 
-An on-policy curve is a :class:`stages.lib.frontier.Curve` of kind ``online``: a curve from 2
+An on-policy curve is a :class:`stages.lib.matched_kl.Curve` of kind ``online``: a curve from 2
 points (rounds 1..R of a variant; RLOO's settings), fitted and compared like a family's β curve
 (same fit, same bootstrap replicates, Δ against the baseline family). It never sets the KL
 levels: the stage computes them from the offline families' ranges before it adds these curves.
@@ -18,7 +18,8 @@ so does every on-policy curve, and K* stays the offline families'.
 
 from __future__ import annotations
 
-from stages.lib.frontier import Curve, Family, curve
+from stages.lib.frontier import Family
+from stages.lib.matched_kl import Curve, curve
 from stages.lib.online_policies import OnlineCurve
 from stages.lib.tables import markdown_table, number
 
