@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stages.lib.bootstrap import Resamples, interval
-from stages.lib.confirm import bootstrap_p
+from stages.lib.confirm import MIN_COVERAGE, bootstrap_p
 from stages.lib.monotone import isotonic, value_at
 from stages.lib.runs import excludes_0
 
@@ -306,9 +306,9 @@ def fitted(curve: Curve, metric: str, grid, fit: str) -> np.ndarray:
 #: The status of a row whose KL level lies outside the curve's range.
 OUTSIDE = "KL level outside the family's range"
 #: The share of bootstrap replicates in which a cell has a value (a Δ cell: both curves reach
-#: the KL level) for it to count as a comparison (issue 29: cells below 0.9 are "not compared";
-#: below 1.0 they carry †).
-MIN_COMPARISON_COVERAGE = 0.9
+#: the KL level) for it to count as a comparison (issue 29: cells below it are "not compared";
+#: below 1.0 they carry †): the confirmatory analysis's own threshold, one number.
+MIN_COMPARISON_COVERAGE = MIN_COVERAGE
 
 
 def matched_row(
