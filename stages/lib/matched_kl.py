@@ -37,7 +37,7 @@ import numpy as np
 
 from stages.lib.bootstrap import Resamples, interval
 from stages.lib.confirm import MIN_COVERAGE, bootstrap_p
-from stages.lib.monotone import isotonic, value_at
+from stages.lib.monotone import isotonic, sorted_rows, value_at
 from stages.lib.runs import excludes_0
 
 #: The fits of a curve in KL (``frontier.fit``): per-seed isotonic (the primary) or piecewise
@@ -54,13 +54,8 @@ def interpolate(x, y, level: float) -> np.ndarray:
     """``y`` at ``x = level``, piecewise linear between the points ordered by ``x``, per row of
     ``x``/``y`` ([B, m], or [m] for one curve: returns [B] or a 0-d array); NaN where ``level``
     is outside the row's ``x`` range. Points with equal ``x`` at ``level`` give their mean."""
-    one = np.ndim(x) == 1
-    x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.atleast_2d(np.asarray(y, dtype=float))
-    if x.shape != y.shape or x.shape[1] < 1:
-        raise ValueError(f"x {x.shape} and y {y.shape} must be equal, non-empty shapes")
-    order = np.argsort(x, axis=1, kind="stable")
-    xs, ys = np.take_along_axis(x, order, 1), np.take_along_axis(y, order, 1)
-    out = np.full(x.shape[0], np.nan)
+    one, xs, ys = sorted_rows(x, y)
+    out = np.full(xs.shape[0], np.nan)
     inside = (xs[:, 0] <= level) & (level <= xs[:, -1])
     exact = np.isclose(xs, level, rtol=0, atol=1e-12)
     hit = exact.any(1)

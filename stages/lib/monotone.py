@@ -39,17 +39,23 @@ def _fit(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return upper.max(axis=1)
 
 
-def isotonic(x, y, increasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(xs, fit)``: per row of ``x``, ``y`` ([R, N], or [N] for one problem), the ``x``
-    sorted (stable) and the least-squares non-decreasing fit of ``y`` in that order
-    (non-increasing with ``increasing=False``); tied ``x`` share one fitted value. A row
-    holding a NaN gets a NaN fit."""
+def sorted_rows(x, y) -> tuple[bool, np.ndarray, np.ndarray]:
+    """``(one, xs, ys)``: ``x``, ``y`` ([R, N], or [N] for one problem: ``one``) as float rows
+    sorted by ``x`` (stable), or a ``ValueError`` for unequal or empty shapes."""
     one = np.ndim(x) == 1
     x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.atleast_2d(np.asarray(y, dtype=float))
     if x.shape != y.shape or x.shape[1] < 1:
         raise ValueError(f"x {x.shape} and y {y.shape} must be equal, non-empty shapes")
     order = np.argsort(x, axis=1, kind="stable")
-    xs, ys = np.take_along_axis(x, order, 1), np.take_along_axis(y, order, 1)
+    return one, np.take_along_axis(x, order, 1), np.take_along_axis(y, order, 1)
+
+
+def isotonic(x, y, increasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(xs, fit)``: per row of ``x``, ``y`` ([R, N], or [N] for one problem), the ``x``
+    sorted (stable) and the least-squares non-decreasing fit of ``y`` in that order
+    (non-increasing with ``increasing=False``); tied ``x`` share one fitted value. A row
+    holding a NaN gets a NaN fit."""
+    one, xs, ys = sorted_rows(x, y)
     sign = 1.0 if increasing else -1.0
     fit = np.empty_like(ys)
     step = max(1, BLOCK // xs.shape[1] ** 2)
