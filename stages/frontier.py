@@ -198,7 +198,7 @@ def bon_estimates(bon: list[tuple[np.ndarray, np.ndarray | None]], draws: Resamp
         if all(g is not None for _, g in bon):
             num["gold"] = np.stack([best_of_n(r, n, g) for r, g in bon])
         den = {m: np.ones_like(v) for m, v in num.items()}
-        est = with_seeds(estimate(num, den, draws), num, den, draws)
+        est = add_seed_replicates(estimate(num, den, draws), num, den, draws)
         kl = best_of_n_kl(n)
         reps = np.full(len(draws.seeds), kl)
         est["kl"] = {"value": kl, "reps": reps, "seeds": np.full(len(bon), kl), "ci": (kl, kl)}
@@ -269,11 +269,6 @@ def read_trajectories(params: dict, seeds: list[int], runs: dict) -> dict[str, l
     return out
 
 
-def with_seeds(e: dict, num: dict, den: dict, draws: Resamples, sets=None) -> dict:
-    """:func:`estimate`'s dict with the per-seed replicates the isotonic fit needs."""
-    return add_seed_replicates(e, num, den, draws, sets)
-
-
 def confirmatory_families(
     cfg, families: list[Family], base: Family, compared: list[str]
 ) -> list[str]:
@@ -292,12 +287,12 @@ def confirmatory_families(
                 f"params: frontier.confirmatory: {v!r} is in the baseline's family {base.name}"
             )
         names.append(of[v])
-    for m in cfg.endpoints:
-        if cfg.confirmatory and m not in compared:
-            raise ValueError(
-                f"params: frontier.endpoints: {m!r} is not a measure of every run "
-                f"(measured: {', '.join(compared)})"
-            )
+    missing = [m for m in cfg.endpoints if m not in compared] if cfg.confirmatory else []
+    if missing:
+        raise ValueError(
+            f"params: frontier.endpoints: {missing[0]!r} is not a measure of every run "
+            f"(measured: {', '.join(compared)})"
+        )
     return names
 
 
@@ -335,7 +330,9 @@ def trajectory(
             step_runs = [t[k][1] for t in per_seed]
             sets = {m: h for m, h in stack_sets(step_runs).items() if m in ms}
             num, den = stack(step_runs, ("kl", *ms))
-            points[v, n] = with_seeds(estimate(num, den, draws, sets=sets), num, den, draws, sets)
+            points[v, n] = add_seed_replicates(
+                estimate(num, den, draws, sets=sets), num, den, draws, sets
+            )
     curves = []
     for f in families:
         pts = [est[SFT]]
@@ -405,7 +402,7 @@ def frontier(
         num, den = stack(runs[p], ("kl", *metrics, *quality))
         est[p] = estimate(num, den, draws, sets=sets)
         if p in on_curve:
-            with_seeds(est[p], num, den, draws, sets)
+            add_seed_replicates(est[p], num, den, draws, sets)
     bon_est = bon_estimates(bon, draws)
     curves = [curve(f.name, f.n_betas, [est[v] for v in f.variants], compared) for f in families]
     curves.append(curve(BON, len(bon_est), list(bon_est.values()), compared))

@@ -173,10 +173,16 @@ def read_eval(policy: str, seed: int, external: bool = False) -> Run:
     if not path.is_file():
         stage = eval_stage(policy, seed, external)
         raise FileNotFoundError(f"{path}: not found (run `dvc repro {stage}`)")
+    return read_run(policy, seed, path, sft=policy == "sft")
+
+
+def read_run(name: str, seed: int, path: Path, sft: bool) -> Run:
+    """The :class:`Run` of one evaluation samples file (contract ``EVALUATION``): its prompt
+    ids, per-prompt numerators and denominators and quality hit matrices."""
     rows = read_rows(path, EVALUATION)
-    num, den = per_prompt(rows, sft=policy == "sft", where=str(path))
+    num, den = per_prompt(rows, sft=sft, where=str(path))
     sets = quality_sets(rows, str(path))
-    return Run(policy, seed, path, [r["prompt_id"] for r in rows], num, den, sets)
+    return Run(name, seed, path, [r["prompt_id"] for r in rows], num, den, sets)
 
 
 def check_same_prompts(ids: list[str], first: list[str], path: Path, first_path: Path) -> None:
@@ -241,11 +247,8 @@ def read_trajectory(variant: str, seed: int, final: Run | None = None) -> list[t
                 f"{path}: not found, but {summary} lists step {n} "
                 f"(re-run `dvc repro {eval_stage(variant, seed)}`)"
             )
-        rows = read_rows(path, EVALUATION)
-        num, den = per_prompt(rows, sft=False, where=str(path))
-        run = Run(f"{variant}@{n}", seed, path, [r["prompt_id"] for r in rows], num, den, {})
+        run = read_run(f"{variant}@{n}", seed, path, sft=False)
         check_same_prompts(run.prompt_ids, final.prompt_ids, path, final.path)
-        run.sets = quality_sets(rows, str(path))
         out.append((n, run))
     return out
 
