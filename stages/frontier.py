@@ -104,7 +104,10 @@ from stages.lib.confirm import metrics as confirm_metrics
 from stages.lib.contracts import BEST_OF_N, read_rows
 from stages.lib.frontier import (
     Family,
+    confirmatory_families,
     group_families,
+    k_star,
+    k_star_families,
     point_rows,
     quality_metrics,
     read_config,
@@ -269,42 +272,6 @@ def read_trajectories(params: dict, seeds: list[int], runs: dict) -> dict[str, l
     return out
 
 
-def confirmatory_families(
-    cfg, families: list[Family], base: Family, compared: list[str]
-) -> list[str]:
-    """The families named by ``frontier.confirmatory`` (variants), in that order; a name that is
-    not a variant, a family equal to the baseline's or an endpoint that is not measured is a
-    one-line error naming the key."""
-    of = {v: f.name for f in families for v in f.variants}
-    names = []
-    for v in cfg.confirmatory:
-        if v not in of:
-            raise ValueError(
-                f"params: frontier.confirmatory: {v!r} is not a variant of align.variants"
-            )
-        if of[v] == base.name:
-            raise ValueError(
-                f"params: frontier.confirmatory: {v!r} is in the baseline's family {base.name}"
-            )
-        names.append(of[v])
-    missing = [m for m in cfg.endpoints if m not in compared] if cfg.confirmatory else []
-    if missing:
-        raise ValueError(
-            f"params: frontier.endpoints: {missing[0]!r} is not a measure of every run "
-            f"(measured: {', '.join(compared)})"
-        )
-    return names
-
-
-def k_star(curves: list) -> tuple[float, str, int]:
-    """(K*, family, seed index): the smallest over curves and seeds of that seed's largest
-    point-estimate KL."""
-    found = [
-        (float(c.seeds.kl[i].max()), c.name, i) for c in curves for i in range(len(c.seeds.kl))
-    ]
-    return min(found)
-
-
 def trajectory(
     traj: dict,
     est: dict,
@@ -434,7 +401,7 @@ def frontier(
         "fit": fit,
     }
     confirmatory = confirmatory_families(cfg, families, base, compared)
-    setup["k_star_families"] = [base.name, *confirmatory] if confirmatory else []
+    setup["k_star_families"] = k_star_families(cfg, families, base, confirmatory)
     traj_result = None
     if traj:
         traj_result = trajectory(traj, est, families, curves[-1], draws, base, setup, online)

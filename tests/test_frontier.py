@@ -541,6 +541,30 @@ def test_confirmatory_comparisons_are_holm_corrected_and_set_k_star(repo):
     assert "Holm-adjusted p over all 3 hypotheses" in md and "trajectory frontier" in md
 
 
+def test_k_star_from_names_the_families_that_set_the_levels(repo):
+    """frontier.k_star_from: K* over the named families only (hinge, whose largest KL 3 sets K*
+    over every family, is left out, so the levels move up exactly as with confirmatory: [jsd]),
+    and no hypothesis is tested. Catches the key being ignored or turned into comparisons."""
+    write_trajectory()
+    frontier(_traj_params())
+    every = json.loads(Path("metrics/frontier.json").read_text())["trajectory"]["kl_levels"]
+    params = _traj_params()
+    params["frontier"].update(confirmatory=["jsd"], endpoints=["reward"])
+    frontier(params)
+    chosen = json.loads(Path("metrics/frontier.json").read_text())["trajectory"]["kl_levels"]
+    params = _traj_params()
+    params["frontier"].update(k_star_from=["rkl-lo", "jsd"])
+    frontier(params)
+    metrics = json.loads(Path("metrics/frontier.json").read_text())
+    assert metrics["trajectory"]["kl_levels"] == chosen != every
+    assert "confirmatory" not in metrics
+    params["frontier"].update(k_star_from=["nope"])
+    with pytest.raises(
+        ValueError, match=r"^params: frontier\.k_star_from: 'nope' is not a variant"
+    ):
+        frontier(params)
+
+
 def test_without_confirmatory_families_the_file_says_so(repo):
     frontier(_params())
     assert "None in this profile" in Path("reports/frontier/confirmatory.md").read_text()

@@ -150,6 +150,13 @@ class FrontierConfig(ReportConfig):
         check=lambda v: len(set(v)) == len(v),
         must="a list of distinct variant names",
     )
+    k_star_from: list[str] = param(
+        "variants naming the families whose curves set the trajectory's K*; [] = the "
+        "confirmatory families and the baseline's where confirmatory is set, else every family",
+        (),
+        check=lambda v: len(set(v)) == len(v),
+        must="a list of distinct variant names",
+    )
     endpoints: list[str] = param(
         "the primary endpoints of the confirmatory comparisons",
         ("reward", "gold", "entropy_first_k"),
@@ -266,3 +273,56 @@ def quality_groups(metrics) -> list[tuple[str, list[str]]]:
         if found:
             groups.setdefault(found[1], {})[found[0]] = name
     return [(g, [by[m] for m in QUALITY_MEASURES if m in by]) for g, by in groups.items()]
+
+
+def confirmatory_families(
+    cfg, families: list[Family], base: Family, compared: list[str]
+) -> list[str]:
+    """The families named by ``frontier.confirmatory`` (variants), in that order; a name that is
+    not a variant, a family equal to the baseline's or an endpoint that is not measured is a
+    one-line error naming the key."""
+    of = {v: f.name for f in families for v in f.variants}
+    names = []
+    for v in cfg.confirmatory:
+        if v not in of:
+            raise ValueError(
+                f"params: frontier.confirmatory: {v!r} is not a variant of align.variants"
+            )
+        if of[v] == base.name:
+            raise ValueError(
+                f"params: frontier.confirmatory: {v!r} is in the baseline's family {base.name}"
+            )
+        names.append(of[v])
+    missing = [m for m in cfg.endpoints if m not in compared] if cfg.confirmatory else []
+    if missing:
+        raise ValueError(
+            f"params: frontier.endpoints: {missing[0]!r} is not a measure of every run "
+            f"(measured: {', '.join(compared)})"
+        )
+    return names
+
+
+def k_star_families(
+    cfg, families: list[Family], base: Family, confirmatory: list[str]
+) -> list[str]:
+    """The families whose curves set the trajectory's K*: ``frontier.k_star_from``'s (a name
+    that is not a variant is a one-line error naming the key), else the baseline's and the
+    confirmatory ones where those are set, else [] (every family)."""
+    of = {v: f.name for f in families for v in f.variants}
+    for v in cfg.k_star_from:
+        if v not in of:
+            raise ValueError(
+                f"params: frontier.k_star_from: {v!r} is not a variant of align.variants"
+            )
+    if cfg.k_star_from:
+        return list(dict.fromkeys(of[v] for v in cfg.k_star_from))
+    return [base.name, *confirmatory] if confirmatory else []
+
+
+def k_star(curves: list) -> tuple[float, str, int]:
+    """(K*, family, seed index): the smallest over curves and seeds of that seed's largest
+    point-estimate KL."""
+    found = [
+        (float(c.seeds.kl[i].max()), c.name, i) for c in curves for i in range(len(c.seeds.kl))
+    ]
+    return min(found)
