@@ -156,7 +156,11 @@ def test_the_study_gives_every_family_three_betas_and_one_optimiser():
     assert not any(training - {"learning_rate"} & set(v) for v in variants.values())
     families = _betas(study, variants)
     with_beta = [b for b in families.values() if b != {None}]
-    assert len(with_beta) == 14 and sorted(len(b) for b in with_beta) == [1] * 4 + [3] * 10
+    # ten families with three β; four α points and seven families on all pairs (added after
+    # the confirmatory run, exploratory) with one
+    assert len(with_beta) == 21 and sorted(len(b) for b in with_beta) == [1] * 11 + [3] * 10
+    on_all = [f for f in families if dict(f).get("pairs") == "all"]
+    assert len(on_all) == 8  # DPO (three β) and every other pairwise family with a β curve
     assert sum(b == {None} for b in families.values()) == 2  # SLiC-HF, RRHF: no β
     assert any(dict(f).get("pairs") == "all" for f in families)  # equal information
     assert study["seeds"] == [0, 1, 2, 3, 4]

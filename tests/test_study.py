@@ -6,12 +6,13 @@ from stages.bench.study import compose, main, study_size
 
 
 def test_study_profile_counts_its_runs():
-    """Issue 29's design: 36 variants (the demo's 10 among them), 5 seeds; every run is new
-    (the trajectory and the one learning rate change every demo run), so from scratch."""
+    """Issue 29's design: 36 variants (the demo's 10 among them) in the confirmatory run and 7
+    on all pairs after it, 5 seeds; every run is new (the trajectory and the one learning rate
+    change every demo run), so from scratch."""
     study, demo = compose("study"), compose("demo")
     size = study_size(study, set(demo["align"]["variants"]), from_scratch=True)
-    assert size["new_variants"] == 36 and size["seeds"] == 5
-    assert size["runs"]["align"] == size["runs"]["evaluate"] == 180
+    assert size["new_variants"] == 43 and size["seeds"] == 5
+    assert size["runs"]["align"] == size["runs"]["evaluate"] == 215
     assert size["runs"]["best-of-n"] == 5 == size["runs"]["evaluate-sft"]
 
 
