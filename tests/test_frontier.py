@@ -18,6 +18,7 @@ from stages.frontier import frontier, main
 from stages.lib.best_of_n import best_of_n_kl
 from stages.lib.config import load_params
 from stages.lib.frontier import variant_settings
+from stages.lib.frontier_tables import SFT_CHORD
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = load_params(ROOT / "params.yaml")
@@ -425,6 +426,17 @@ def test_trajectory_frontier_on_fabricated_checkpoints(repo, fit):
             assert row["fit"] == fit and row["status"] == "ok"
             assert row["reward"] == pytest.approx(v), (fam, level)
             assert row["reward_coverage"] == 1.0
+    # below a curve's first point after SFT a value is read on the line from SFT: flagged
+    # (rkl's first checkpoint is at KL 1; jsd's and hinge's first points at KL >= 3)
+    chord = {
+        (i, fam)
+        for (lv, fam), r in by.items()
+        for i, x in enumerate(levels)
+        if lv == round(x, 9) and r.get("sft_chord")
+    }
+    assert chord == {(0, "sigmoid-reverse_kl")} | {
+        (i, f) for i in range(3) for f in ("sigmoid-jsd", "hinge-reverse_kl")
+    }
     rkl = metrics["trajectory"]["sigmoid-reverse_kl"]["kl2"]
     assert rkl["reward"] == pytest.approx(1.75)
     assert metrics["trajectory"]["sigmoid-jsd"]["kl2"]["d_reward"] == pytest.approx(-0.75)
@@ -433,6 +445,7 @@ def test_trajectory_frontier_on_fabricated_checkpoints(repo, fit):
     assert "K* = 3.000 the smallest, over families and seeds" in md
     assert "(family hinge-reverse_kl, seed 0)" in md
     assert "dpo (β 0.3): 10, 20" in md and "rkl-lo (β 0.1): endpoint only" in md
+    assert md.count(SFT_CHORD) >= 7  # the seven flagged cells of the primary fit's tables
     assert f"## Sensitivity analysis: the {'linear' if fit == 'isotonic' else 'isotonic'} fit" in md
     rows = _csv(out / "trajectory.csv")
     assert len(rows) == 2 * 3 * 4 and rows[0]["fit"] == fit

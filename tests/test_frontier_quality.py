@@ -56,6 +56,7 @@ OLD_MATCHED = (
     "kl_max",
     "status",
     "fit",  # issue 29: isotonic or linear (both are written, the primary first)
+    "sft_chord",  # a trajectory value read between the SFT policy and a curve's first point
     *(
         f"{p}{m}{s}"
         for m in ("reward", "gold", "entropy", "entropy_first_k", "context_entropy")

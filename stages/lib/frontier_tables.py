@@ -31,7 +31,7 @@ MATCHED_PARTS = (
     ("d_", "_p"),
 )
 #: The columns of a matched-KL row that describe it rather than hold a metric's cell.
-ROW_COLUMNS = ("kl", "family", "n_betas", "kl_min", "kl_max", "status", "fit")
+ROW_COLUMNS = ("kl", "family", "n_betas", "kl_min", "kl_max", "status", "fit", "sft_chord")
 MATCHED_COLUMNS = (
     *ROW_COLUMNS,
     *(f"{p}{m}{s}" for m in MATCHED_METRICS for p, s in MATCHED_PARTS),
@@ -118,9 +118,13 @@ def _families(families: list[Family], ranges: dict, base: str) -> list[str]:
     return markdown_table(["family", "β values", "variants (β)", "KL of its β curve"], lines)
 
 
+#: The note of a value read between the SFT policy and a trajectory curve's first point.
+SFT_CHORD = "below its first point in some seed: read on the line from the SFT policy"
+
+
 def _note(r: dict) -> str:
     if r["status"] == "ok":
-        return ""
+        return SFT_CHORD if r.get("sft_chord") else ""
     if r["status"] != OUTSIDE:
         return r["status"]
     return f"outside its KL range [{number(r['kl_min'])}, {number(r['kl_max'])}]"

@@ -170,6 +170,17 @@ class Curve:
         kl = self._seeds().kl
         return float(kl.min(1).max()), float(kl.max(1).min())
 
+    def first_point(self, fit: str) -> float:
+        """A trajectory curve's KL below which a value is read on the straight line from the
+        SFT policy (its first point, KL 0) to its next point, in some seed (``isotonic``) or on
+        the seed-mean points (``linear``): an interpolation, not a measurement. 0 for a β curve
+        and for any curve that does not start at the SFT policy."""
+        if self.kind == "beta" or len(self.kl) < 2 or self.kl.min() != 0.0:
+            return 0.0
+        if fit == "linear":
+            return float(np.sort(self.kl)[1])
+        return float(np.sort(self._seeds().kl, axis=1)[:, 1].max())
+
     def covers(self, level: float, fit: str) -> bool:
         lo, hi = self.range(fit)
         return self.is_curve and lo <= level <= hi
@@ -324,6 +335,7 @@ def matched_row(
     if not lo <= level <= hi:
         return {**row, "status": OUTSIDE}
     row["status"] = "ok"
+    row["sft_chord"] = level < curve.first_point(fit)
     for m in metrics:
         if m not in curve.values:
             continue
