@@ -6,20 +6,25 @@ import glob
 import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 STEPS = (6, 10, 16, 32, "final")
 points = defaultdict(lambda: defaultdict(list))  # variant -> step -> [(kl, reward)]
 for f in glob.glob("part*/trajectory/*/seed-*.json"):
-    d = json.load(open(f))
+    d = json.loads(Path(f).read_text())
     for n, m in d["checkpoints"].items():
         points[d["variant"]][int(n)].append((m["kl"], m["reward"]))
 for f in glob.glob("part*/metrics/eval/*/seed-*.json"):
     v = f.split("/")[-2]
     if v != "sft":
-        m = json.load(open(f))
+        m = json.loads(Path(f).read_text())
         points[v]["final"].append((m["kl"], m["reward"]))
 print("KL / reward, seed means (5 seeds each), by optimizer step\n")
-print("| variant | " + " | ".join(f"step {n}" if n != "final" else "final (112)" for n in STEPS) + " |")
+print(
+    "| variant | "
+    + " | ".join(f"step {n}" if n != "final" else "final (112)" for n in STEPS)
+    + " |"
+)
 print("|---|" + "---|" * len(STEPS))
 for v in sorted(points):
     cells = []
