@@ -1,6 +1,6 @@
 #!/bin/bash
 # Issue 30: copy the online profile's outputs from the run's clone into main's results/online/.
-src=/work/online; out=/work/main/results/online
+src=/work/online; out=${OUT:-/work/main/results/online}
 rm -rf $out; mkdir -p $out/metrics $out/reports
 cd $src
 cp -r metrics/online metrics/online-rl $out/metrics/
