@@ -275,24 +275,28 @@ def quality_groups(metrics) -> list[tuple[str, list[str]]]:
     return [(g, [by[m] for m in QUALITY_MEASURES if m in by]) for g, by in groups.items()]
 
 
+def named_families(key: str, names: list[str], families: list[Family]) -> list[str]:
+    """The family of each variant in ``names`` (params key ``frontier.<key>``), in order; a name
+    that is not a variant is a one-line error naming the key."""
+    of = {v: f.name for f in families for v in f.variants}
+    for v in names:
+        if v not in of:
+            raise ValueError(f"params: frontier.{key}: {v!r} is not a variant of align.variants")
+    return [of[v] for v in names]
+
+
 def confirmatory_families(
     cfg, families: list[Family], base: Family, compared: list[str]
 ) -> list[str]:
     """The families named by ``frontier.confirmatory`` (variants), in that order; a name that is
     not a variant, a family equal to the baseline's or an endpoint that is not measured is a
     one-line error naming the key."""
-    of = {v: f.name for f in families for v in f.variants}
-    names = []
-    for v in cfg.confirmatory:
-        if v not in of:
-            raise ValueError(
-                f"params: frontier.confirmatory: {v!r} is not a variant of align.variants"
-            )
-        if of[v] == base.name:
+    names = named_families("confirmatory", cfg.confirmatory, families)
+    for v, name in zip(cfg.confirmatory, names):
+        if name == base.name:
             raise ValueError(
                 f"params: frontier.confirmatory: {v!r} is in the baseline's family {base.name}"
             )
-        names.append(of[v])
     missing = [m for m in cfg.endpoints if m not in compared] if cfg.confirmatory else []
     if missing:
         raise ValueError(
@@ -308,14 +312,8 @@ def k_star_families(
     """The families whose curves set the trajectory's K*: ``frontier.k_star_from``'s (a name
     that is not a variant is a one-line error naming the key), else the baseline's and the
     confirmatory ones where those are set, else [] (every family)."""
-    of = {v: f.name for f in families for v in f.variants}
-    for v in cfg.k_star_from:
-        if v not in of:
-            raise ValueError(
-                f"params: frontier.k_star_from: {v!r} is not a variant of align.variants"
-            )
     if cfg.k_star_from:
-        return list(dict.fromkeys(of[v] for v in cfg.k_star_from))
+        return list(dict.fromkeys(named_families("k_star_from", cfg.k_star_from, families)))
     return [base.name, *confirmatory] if confirmatory else []
 
 
